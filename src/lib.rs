@@ -1,0 +1,18 @@
+//! `writer`: Intuition MultiVault events from rindexer's Redis streams into a
+//! PostgreSQL read model.
+//!
+//! The data path, one module per stage:
+//! Redis entry ([`consume`]) → decode and validate ([`decode`], [`event`]) →
+//! apply in one Postgres transaction with its cascade ([`apply`]) → commit →
+//! XACK → analytics channel → analytics worker ([`analytics`]).
+
+pub mod apply;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod decode;
+pub mod event;
+pub mod lock;
+pub mod migrate;
+pub mod telemetry;
+pub mod workload;

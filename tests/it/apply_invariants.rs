@@ -1,0 +1,290 @@
+//! Invariants 1–5 of SPEC §2, one focused test each, against real Postgres.
+
+use crate::support::TestDb;
+use crate::support::events::*;
+
+const E18: u128 = 1_000_000_000_000_000_000;
+
+/// Invariant 2: shares follow the newest Deposited/Redeemed by chain
+/// position; the totals are sums; redelivery changes nothing.
+#[tokio::test]
+async fn position_follows_newest_event_in_any_order() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let (alice, term) = (addr(0xa), id(1));
+    let first = deposited(&at(10, 0), &alice, &term, 1, 100, 100, 0);
+    let middle = deposited(&at(11, 5), &alice, &term, 1, 50, 150, 0);
+    let last = redeemed(&at(12, 1), &alice, &term, 1, 70, 40, 0);
+    // Newest first, then the older ones.
+    apply_each(&rm, &[last.clone(), first.clone(), middle.clone()]).await;
+    let expected = [format!("{alice}|{term}|1|40|150|70|12|1")];
+    let got = db.rows("SELECT lower(account_id), term_id, curve_id, shares, total_deposit_assets_after_total_fees, total_redeem_assets_for_receiver, last_event_block, last_event_log_index FROM position").await;
+    assert_eq!(got, expected);
+
+    // Redelivering everything, together and one by one, changes nothing.
+    let again = apply_each(&rm, &[first.clone(), middle.clone(), last.clone()]).await;
+    assert_eq!((again.inserted, again.duplicates), (0, 3));
+    let all = [first, middle, last];
+    let events = decode_all(&all);
+    let batch = rm.apply(&events).await.unwrap();
+    assert_eq!((batch.inserted, batch.duplicates), (0, 3));
+    let got = db.rows("SELECT lower(account_id), term_id, curve_id, shares, total_deposit_assets_after_total_fees, total_redeem_assets_for_receiver, last_event_block, last_event_log_index FROM position").await;
+    assert_eq!(got, expected);
+}
+
+/// Invariant 2 within one batch: several events of one position in the
+/// same transaction, plus an in-batch duplicate.
+#[tokio::test]
+async fn one_batch_with_many_events_per_position() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let (bob, term) = (addr(0xb), id(2));
+    let d1 = deposited(&at(20, 0), &bob, &term, 1, 10, 10, 0);
+    let d2 = deposited(&at(21, 0), &bob, &term, 1, 20, 30, 0);
+    let r1 = redeemed(&at(22, 0), &bob, &term, 1, 5, 25, 0);
+    let payloads = [r1, d2.clone(), d1, d2];
+    let events = decode_all(&payloads);
+    let applied = rm.apply(&events).await.unwrap();
+    assert_eq!((applied.inserted, applied.duplicates), (3, 1));
+    assert_eq!(
+        db.rows("SELECT shares, total_deposit_assets_after_total_fees, total_redeem_assets_for_receiver FROM position").await,
+        ["25|30|5"]
+    );
+    assert_eq!(db.rows("SELECT position_count FROM vault").await, ["1"]);
+}
+
+/// Invariant 3: a Redeemed that zeroes a position lowers position_count; an
+/// older deposit arriving afterwards does not revive it.
+#[tokio::test]
+async fn redeem_to_zero_lowers_position_count() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let term = id(3);
+    apply_each(
+        &rm,
+        &[
+            deposited(&at(30, 0), &addr(1), &term, 1, 100, 100, 0),
+            deposited(&at(30, 1), &addr(2), &term, 1, 100, 100, 0),
+            deposited(&at(30, 2), &addr(3), &term, 2, 100, 100, 0),
+        ],
+    )
+    .await;
+    assert_eq!(
+        db.rows("SELECT curve_id, position_count FROM vault").await,
+        ["1|2", "2|1"]
+    );
+    apply_each(&rm, &[redeemed(&at(31, 0), &addr(1), &term, 1, 100, 0, 0)]).await;
+    assert_eq!(
+        db.rows("SELECT curve_id, position_count FROM vault").await,
+        ["1|1", "2|1"]
+    );
+    // A deposit from before the redeem arrives late: shares stay 0.
+    apply_each(&rm, &[deposited(&at(30, 9), &addr(1), &term, 1, 5, 105, 0)]).await;
+    assert_eq!(
+        db.rows("SELECT curve_id, position_count FROM vault").await,
+        ["1|1", "2|1"]
+    );
+    assert_eq!(
+        db.rows(&format!("SELECT shares, total_deposit_assets_after_total_fees FROM position WHERE lower(account_id) = '{}' ", addr(1))).await,
+        ["0|105"]
+    );
+    // And a newer deposit re-opens it.
+    apply_each(&rm, &[deposited(&at(32, 0), &addr(1), &term, 1, 5, 5, 0)]).await;
+    assert_eq!(
+        db.rows("SELECT curve_id, position_count FROM vault").await,
+        ["1|2", "2|1"]
+    );
+}
+
+/// Invariant 3: vault values come from the newest SharePriceChanged (zero
+/// before one arrives), market cap is floored, vault_type is the code.
+#[tokio::test]
+async fn vault_follows_newest_share_price_and_floors_market_cap() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let term = id(4);
+    apply_each(&rm, &[deposited(&at(40, 0), &addr(1), &term, 7, 1, 1, 2)]).await;
+    assert_eq!(
+        db.rows("SELECT total_shares, current_share_price, total_assets, market_cap, vault_type FROM vault").await,
+        ["0|0|0|0|2"]
+    );
+    let newest = share_price(&at(42, 0), &term, 7, E18 + E18 / 2, 5, E18 * 1000 + 1, 2);
+    let older = share_price(&at(41, 3), &term, 7, 3 * E18, 99, 99, 2);
+    apply_each(&rm, &[newest, older]).await;
+    // ⌊(1000·10^18 + 1) · 1.5·10^18 / 10^18⌋ = 1500·10^18 + 1 (the .5 floored)
+    assert_eq!(
+        db.rows("SELECT total_shares, current_share_price, total_assets, market_cap FROM vault")
+            .await,
+        [format!(
+            "{}|{}|5|{}",
+            E18 * 1000 + 1,
+            E18 + E18 / 2,
+            E18 * 1500 + 1
+        )]
+    );
+    // A price below one unit per share floors to zero.
+    apply_each(&rm, &[share_price(&at(43, 0), &term, 7, E18 / 3, 1, 2, 2)]).await;
+    assert_eq!(db.rows("SELECT market_cap FROM vault").await, ["0"]);
+}
+
+/// Invariant 4: a vault's term is Unknown until its AtomCreated arrives,
+/// whose late arrival makes it Atom; totals sum the term's vaults.
+#[tokio::test]
+async fn late_atom_created_turns_unknown_into_atom() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let term = id(5);
+    apply_each(
+        &rm,
+        &[
+            deposited(&at(50, 0), &addr(1), &term, 1, 10, 10, 0),
+            share_price(&at(50, 1), &term, 1, 2 * E18, 10, 5, 0),
+            share_price(&at(50, 2), &term, 2, 3 * E18, 20, 7, 0),
+        ],
+    )
+    .await;
+    assert_eq!(
+        db.rows("SELECT id, type, atom_id, triple_id, total_assets, total_market_cap FROM term")
+            .await,
+        [format!("{term}|Unknown|∅|∅|30|31")]
+    );
+    apply_each(&rm, &[atom_created(&at(49, 0), &term, "0x6869")]).await;
+    assert_eq!(
+        db.rows("SELECT id, type, atom_id, triple_id, total_assets, total_market_cap FROM term")
+            .await,
+        [format!("{term}|Atom|{term}|∅|30|31")]
+    );
+    assert_eq!(
+        db.rows("SELECT data, resolving_status FROM atom").await,
+        ["hi|Pending"]
+    );
+}
+
+/// Invariants 4 and 5: a triple gives its pro and counter terms type Triple
+/// with triple_id = the pro term; the counter id is keccak-derived; a
+/// counter vault seen before the TripleCreated is Unknown until it arrives.
+#[tokio::test]
+async fn triple_and_counter_terms() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let (s, p, o, t) = (id(0x51), id(0x52), id(0x53), id(7));
+    let counter = counter_of(&t);
+    // Known vector (see decode::value tests): counter of 0x…07.
+    assert_eq!(
+        counter,
+        "0x3d158d4daa2137b5742751c60977e24ec6b226f1d9046d9e2623b0336ce8dc5f"
+    );
+    apply_each(
+        &rm,
+        &[deposited(&at(60, 0), &addr(1), &counter, 1, 10, 10, 2)],
+    )
+    .await;
+    assert_eq!(
+        db.rows("SELECT id, type, triple_id FROM term").await,
+        [format!("{counter}|Unknown|∅")]
+    );
+    apply_each(&rm, &[triple_created(&at(59, 0), &t, &s, &p, &o)]).await;
+    let mut expected = vec![format!("{counter}|Triple|{t}"), format!("{t}|Triple|{t}")];
+    expected.sort();
+    assert_eq!(
+        db.rows("SELECT id, type, triple_id FROM term").await,
+        expected
+    );
+    assert_eq!(
+        db.rows("SELECT counter_term_id FROM triple").await,
+        std::slice::from_ref(&counter)
+    );
+    assert_eq!(
+        db.rows("SELECT counter_term_id FROM triple_created_events")
+            .await,
+        [counter]
+    );
+    // The triple is marked dirty for the analytics worker.
+    assert_eq!(db.rows("SELECT term_id FROM analytics_dirty").await, [t]);
+}
+
+/// Invariant 1: redelivery of a whole mixed batch changes nothing, and an
+/// event with the same identity but other content is not applied twice.
+#[tokio::test]
+async fn redelivery_changes_nothing() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let term = id(8);
+    let payloads = vec![
+        atom_created(&at(70, 0), &term, "0x00ff"),
+        deposited(&at(70, 1), &addr(1), &term, 1, 10, 10, 0),
+        share_price(&at(70, 2), &term, 1, E18, 10, 10, 0),
+        redeemed(&at(71, 0), &addr(1), &term, 1, 3, 7, 0),
+    ];
+    let events = decode_all(&payloads);
+    let first = rm.apply(&events).await.unwrap();
+    assert_eq!((first.inserted, first.duplicates), (4, 0));
+    let before = db.dump_core().await;
+    for _ in 0..3 {
+        let again = rm.apply(&events).await.unwrap();
+        assert_eq!((again.inserted, again.duplicates), (0, 4));
+    }
+    assert_eq!(db.dump_core().await, before);
+    assert_eq!(
+        db.rows("SELECT data, encode(raw_data, 'hex') FROM atom")
+            .await,
+        ["∅|00ff"]
+    );
+}
+
+/// One event that Postgres cannot store (its market cap overflows
+/// NUMERIC(78,0)) is isolated; its batch-mates commit.
+#[tokio::test]
+async fn a_failing_event_does_not_sink_its_batch() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let term = id(9);
+    let huge = 1u128 << 127;
+    let mut payloads = Vec::new();
+    for i in 0..7 {
+        payloads.push(deposited(&at(80, i), &addr(i as u64), &term, 1, 10, 10, 0));
+    }
+    // 2^127·2^127 / 10^18 ≈ 2.9·10^58 fits; make it not fit with a price
+    // near 2^256 given in hex.
+    let bad = share_price(&at(80, 50), &term, 1, huge, 1, huge, 0).replace(
+        &format!("\"sharePrice\":\"{huge}\""),
+        &format!("\"sharePrice\":\"0x{}\"", "f".repeat(64)),
+    );
+    payloads.insert(3, bad);
+    let events = decode_all(&payloads);
+    let out = rm.apply_isolating(&events).await.unwrap();
+    assert_eq!(out.applied.inserted, 7);
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(out.rejected[0].index, 3);
+    assert!(
+        out.rejected[0].error.to_string().contains("overflow"),
+        "{}",
+        out.rejected[0].error
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM deposited_events").await,
+        7
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM share_price_changed_events")
+            .await,
+        0
+    );
+    assert_eq!(db.rows("SELECT position_count FROM vault").await, ["7"]);
+}
+
+/// Generic events are stored with their data as JSONB and cascade nothing.
+#[tokio::test]
+async fn generic_events_are_stored() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let payload = r#"{"event_name":"Transfer","event_signature_hash":"0xddf2","event_data":{"from":"0x01","value":"5","transaction_information":{"address":"0x0000000000000000000000000000000000000001","block_hash":"0x0000000000000000000000000000000000000000000000000000000000000001","block_number":"0x5","block_timestamp":null,"log_index":0,"network":"n","transaction_hash":"0x0000000000000000000000000000000000000000000000000000000000000002","transaction_index":0}}}"#.to_owned();
+    let events = decode_all(std::slice::from_ref(&payload));
+    rm.apply(&events).await.unwrap();
+    rm.apply(&events).await.unwrap();
+    assert_eq!(
+        db.rows("SELECT event_name, event_signature_hash, event_data->>'value', block_number FROM generic_events").await,
+        ["Transfer|0xddf2|5|5"]
+    );
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM term").await, 0);
+}

@@ -1,0 +1,11 @@
+//! Integration tests against the real local Postgres (and Redis, for the
+//! service tests). One test binary, so the crate links once; every test
+//! makes its own schema and streams, so they run in parallel.
+
+mod support;
+
+mod apply_invariants;
+mod apply_property;
+mod check_config;
+mod malformed;
+mod migrate;

@@ -1,0 +1,8 @@
+//! Test fixtures: a private schema per test, table dumps, an independent
+//! model of the invariants.
+
+pub mod db;
+pub mod events;
+pub mod model;
+
+pub use db::TestDb;
