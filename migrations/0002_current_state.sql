@@ -74,8 +74,10 @@ CREATE TABLE vault (
     PRIMARY KEY (term_id, curve_id)
 );
 
+-- Ids sort bytewise ("C") so `writer backfill` walks them in the order the
+-- writer sorts them, using the primary key index.
 CREATE TABLE term (
-    id               TEXT PRIMARY KEY,
+    id               TEXT COLLATE "C" PRIMARY KEY,
     type             TEXT           NOT NULL CHECK (type IN ('Atom', 'Triple', 'Unknown')),
     atom_id          TEXT,
     triple_id        TEXT,

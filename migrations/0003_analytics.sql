@@ -48,14 +48,14 @@ CREATE TABLE subject_predicate (
 -- transaction as the recomputation. The durable half of the analytics
 -- channel (ADR 0002).
 CREATE TABLE analytics_dirty (
-    term_id   TEXT PRIMARY KEY,
+    term_id   TEXT COLLATE "C" PRIMARY KEY,
     marked_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
 -- The last term the analytics worker finished.
 CREATE TABLE analytics_checkpoint (
     id               SMALLINT PRIMARY KEY DEFAULT 1 CHECK (id = 1),
-    last_term_id     TEXT,
+    last_term_id     TEXT COLLATE "C",
     terms_processed  BIGINT      NOT NULL DEFAULT 0,
     updated_at       TIMESTAMPTZ NOT NULL DEFAULT now()
 );

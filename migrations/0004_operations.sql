@@ -47,8 +47,8 @@ CREATE TABLE reorged_events (
 );
 
 CREATE TABLE backfill_progress (
-    from_term    TEXT PRIMARY KEY,
-    last_term    TEXT,
+    from_term    TEXT COLLATE "C" PRIMARY KEY,
+    last_term    TEXT COLLATE "C",
     terms_done   BIGINT      NOT NULL DEFAULT 0,
     started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at   TIMESTAMPTZ NOT NULL DEFAULT now(),

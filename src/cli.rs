@@ -1,8 +1,16 @@
 //! The command line: `writer <command>`.
 
-use clap::{Parser, Subcommand};
+use std::sync::Arc;
 
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::ReadModel;
 use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::retry::Circuit;
+use crate::service::Stopped;
+use crate::stream::StreamEntry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,11 +25,45 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service: consume the streams, apply, serve /health and /metrics.
+    Run,
     /// Apply pending schema migrations to DATABASE_SCHEMA and exit.
     Migrate,
+    /// Recompute cascade and analytics rows for every term ≥ TERM_ID.
+    Backfill {
+        /// Lowest term id to recompute (`0x00` for all).
+        #[arg(long, value_parser = crate::backfill::parse_from_term)]
+        from_term: String,
+        /// Terms per batch.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch_size: u32,
+        /// Start over instead of resuming an interrupted run.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Print the effective configuration (secrets redacted); exit 2 listing
     /// every invalid setting.
     CheckConfig,
+    /// Inspect or replay dead-lettered entries.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// List dead letters, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Re-submit stored payloads through the normal decode/apply path: the
+    /// given ids, or every letter not yet replayed.
+    Replay {
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+    },
 }
 
 /// Prints `check-config` output.
@@ -31,23 +73,163 @@ pub fn print_config(config: &Config) {
     }
 }
 
-/// Runs a command that needs the database.
+/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
+fn on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        let mut signals = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            signals += 1;
+            if signals == 1 {
+                tracing::info!("shutdown requested; finishing in-flight batches (signal again to exit at once)");
+                token.cancel();
+            } else {
+                tracing::warn!("second signal: exiting now; un-ACKed entries will be redelivered");
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+/// Runs a command that needs the database (everything but check-config).
 pub async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig => print_config(&config),
+        Command::Run => {
+            let shutdown = CancellationToken::new();
+            on_signals(shutdown.clone());
+            if crate::service::run(config, shutdown).await? == Stopped::TimedOut {
+                anyhow::bail!("shutdown timed out; un-ACKed entries stay pending and will be redelivered");
+            }
+        }
         Command::Migrate => {
             let pool = crate::db::pool(&config.database)?;
             let applied = crate::migrate::run(&pool, &config.database.schema).await?;
             if applied.is_empty() {
                 println!("schema {} is up to date", config.database.schema);
             } else {
-                println!(
-                    "schema {}: applied migrations {applied:?}",
-                    config.database.schema
-                );
+                println!("schema {}: applied migrations {applied:?}", config.database.schema);
+            }
+            pool.close().await;
+        }
+        Command::Backfill {
+            from_term,
+            batch_size,
+            restart,
+        } => {
+            let pool = crate::db::pool(&config.database)?;
+            crate::migrate::run(&pool, &config.database.schema).await?;
+            let summary = crate::backfill::run(
+                &pool,
+                &config.database.schema,
+                &from_term,
+                batch_size as usize,
+                restart,
+                |line| println!("{line}"),
+            )
+            .await?;
+            println!("backfill done: {} terms in {} batches", summary.terms, summary.batches);
+            pool.close().await;
+        }
+        Command::DeadLetters { action } => {
+            let pool = crate::db::pool(&config.database)?;
+            match action {
+                DeadLetterAction::List { limit } => list_dead_letters(&pool, limit).await?,
+                DeadLetterAction::Replay { ids } => replay_dead_letters(&pool, &config, &ids).await?,
             }
             pool.close().await;
         }
     }
+    Ok(())
+}
+
+async fn list_dead_letters(pool: &sqlx::PgPool, limit: i64) -> anyhow::Result<()> {
+    let letters = crate::dead_letter::list(pool, limit.clamp(1, 100_000)).await?;
+    if letters.is_empty() {
+        println!("no dead letters");
+    }
+    for l in letters {
+        let state = match (&l.replayed_at, &l.replay_error) {
+            (Some(at), _) => format!("replayed {at}"),
+            (None, Some(e)) => format!("replay failed: {e}"),
+            (None, None) => "pending".to_owned(),
+        };
+        println!(
+            "#{} {} {} deliveries={} last_seen={} [{}]\n    error: {}\n    payload: {}",
+            l.id,
+            l.stream,
+            l.entry_id,
+            l.delivery_count,
+            l.last_seen,
+            state,
+            l.error,
+            truncate(&String::from_utf8_lossy(&l.payload), 300)
+        );
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}… ({} bytes)", &s[..i], s.len()),
+        None => s.to_owned(),
+    }
+}
+
+async fn replay_dead_letters(pool: &sqlx::PgPool, config: &Config, ids: &[i64]) -> anyhow::Result<()> {
+    let ingest = Ingest {
+        read_model: ReadModel::new(pool.clone(), config.database.schema.as_str()),
+        max_deliveries: config.redis.max_deliveries,
+        retry: config.retry.clone(),
+        circuit: Arc::new(Circuit::new(config.retry.max_retries)),
+    };
+    let letters = crate::dead_letter::for_replay(pool, ids).await?;
+    if letters.is_empty() {
+        println!("nothing to replay");
+    }
+    let never = CancellationToken::new();
+    let (mut ok, mut failed) = (0, 0);
+    for letter in letters {
+        let entry = StreamEntry {
+            stream: letter.stream.as_str().into(),
+            id: letter.entry_id.clone(),
+            fields: vec![(
+                letter.payload_field.clone().unwrap_or_else(|| "payload".to_owned()),
+                letter.payload.clone(),
+            )],
+            // A replay is a fresh attempt: the delivery limit does not apply.
+            deliveries: 0,
+        };
+        let Some(processed) = ingest.process(std::slice::from_ref(&entry), &never).await else {
+            anyhow::bail!("replay interrupted");
+        };
+        if processed.dead_lettered == 0 {
+            crate::dead_letter::mark_replayed(pool, letter.id, None).await?;
+            println!("#{} replayed: {} events applied", letter.id, processed.applied.inserted.total());
+            ok += 1;
+        } else {
+            let reason: String = sqlx::query_scalar(
+                "SELECT error FROM dead_letter WHERE stream = $1 AND entry_id = $2",
+            )
+            .bind(&letter.stream)
+            .bind(&letter.entry_id)
+            .fetch_one(pool)
+            .await?;
+            crate::dead_letter::mark_replayed(pool, letter.id, Some(&reason)).await?;
+            println!("#{} still fails: {reason}", letter.id);
+            failed += 1;
+        }
+    }
+    println!("replay: {ok} applied, {failed} still failing");
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! `LOG_LEVEL`. Nothing logged anywhere includes a password: URLs are only
 //! ever logged through `config::redact_url`, and secrets are `Secret`s.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -26,7 +28,11 @@ pub fn init(format: LogFormat, level: &str) {
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init(),
     };
     // Already installed (tests call init more than once): keep the first.

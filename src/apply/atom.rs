@@ -57,6 +57,46 @@ atoms AS (
 SELECT count(*) FROM ins
 "#;
 
+/// Rebuilds the atom rows of `$1` from the earliest remaining AtomCreated;
+/// deletes those left without one (after a reorg). Resolver columns
+/// (label, image, …) of surviving atoms are kept.
+const RECOMPUTE: &str = r#"
+WITH ids AS (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)),
+earliest AS (
+    SELECT DISTINCT ON (e.term_id) e.term_id, e.atom_wallet, e.creator, e.atom_data, e.raw_data,
+        e.block_number, e.log_index
+    FROM atom_created_events e JOIN ids ON e.term_id = ids.id
+    ORDER BY e.term_id, e.block_number, e.log_index
+),
+upserted AS (
+    INSERT INTO atom AS a (term_id, wallet_id, creator_id, data, raw_data, last_event_block,
+        last_event_log_index)
+    SELECT term_id, atom_wallet, creator, atom_data, raw_data, block_number, log_index
+    FROM earliest
+    ON CONFLICT (term_id) DO UPDATE SET
+        wallet_id = EXCLUDED.wallet_id,
+        creator_id = EXCLUDED.creator_id,
+        data = EXCLUDED.data,
+        raw_data = EXCLUDED.raw_data,
+        last_event_block = EXCLUDED.last_event_block,
+        last_event_log_index = EXCLUDED.last_event_log_index,
+        updated_at = now()
+    WHERE (a.last_event_block, a.last_event_log_index)
+        IS DISTINCT FROM (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+)
+DELETE FROM atom a USING ids
+WHERE a.term_id = ids.id AND NOT EXISTS (SELECT 1 FROM earliest e WHERE e.term_id = ids.id)
+"#;
+
+/// Rebuilds atoms from their events (see [`RECOMPUTE`]). Callers hold the
+/// term locks.
+pub async fn recompute(conn: &mut PgConnection, ids: &[&str]) -> Result<(), sqlx::Error> {
+    if !ids.is_empty() {
+        sqlx::query(RECOMPUTE).bind(ids).execute(conn).await?;
+    }
+    Ok(())
+}
+
 impl<'e> AtomRows<'e> {
     pub fn push(&mut self, chain: &'e ChainPosition<'_>, atom: &'e AtomCreated) {
         self.chain.push(chain);

@@ -15,12 +15,12 @@
 //! batch-mates: on a permanent error it bisects the batch into separate
 //! transactions until the failing events stand alone.
 
-mod atom;
+pub mod atom;
 mod columns;
 mod generic;
 pub mod term;
-mod triple;
-mod vault;
+pub mod triple;
+pub mod vault;
 
 use std::sync::Arc;
 
@@ -30,11 +30,42 @@ use crate::db::{Failure, classify};
 use crate::event::{ChainEvent, EventKind, Hash32};
 use crate::lock::{self, Domain, LockSet};
 
+/// Event counts per event type, in the order of [`KINDS`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KindCounts(pub [u64; 6]);
+
+/// Event type labels, as used in metrics.
+pub const KINDS: [&str; 6] = [
+    "AtomCreated",
+    "TripleCreated",
+    "Deposited",
+    "Redeemed",
+    "SharePriceChanged",
+    "Generic",
+];
+
+impl KindCounts {
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub fn add(&mut self, other: &KindCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    /// `(label, count)` for each type with a non-zero count.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        KINDS.iter().copied().zip(self.0).filter(|(_, n)| *n > 0)
+    }
+}
+
 /// What one committed batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// Events inserted for the first time.
-    pub inserted: u64,
+    /// Events inserted for the first time, by type.
+    pub inserted: KindCounts,
     /// Events already present (redeliveries, duplicates within the batch).
     pub duplicates: u64,
     /// Triples whose analytics are now dirty.
@@ -43,7 +74,7 @@ pub struct Applied {
 
 impl Applied {
     fn absorb(&mut self, other: Applied) {
-        self.inserted += other.inserted;
+        self.inserted.add(&other.inserted);
         self.duplicates += other.duplicates;
         self.dirty_triples.extend(other.dirty_triples);
     }
@@ -95,6 +126,15 @@ pub(crate) async fn take_locks(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Whether a failure is isolated by bisecting (instead of retried whole).
+fn isolable(failure: Failure, escalate: bool) -> bool {
+    match failure {
+        Failure::Permanent => true,
+        Failure::Transient => escalate,
+        Failure::Unavailable => false,
+    }
 }
 
 impl ReadModel {
@@ -167,18 +207,19 @@ impl ReadModel {
 
         let mut tx = self.pool.begin().await?;
         take_locks(&mut tx, &self.schema, false, &locks.into_sorted()).await?;
-        let mut inserted = 0;
-        inserted += atoms.apply(&mut tx).await?;
-        inserted += triples.apply(&mut tx).await?;
-        inserted += vaults.apply(&mut tx).await?;
-        inserted += generics.apply(&mut tx).await?;
+        let atoms = atoms.apply(&mut tx).await?;
+        let triples = triples.apply(&mut tx).await?;
+        let (deposits, redeems, prices) = vaults.apply(&mut tx).await?;
+        let generics = generics.apply(&mut tx).await?;
         let dirty_triples = term::refresh(&mut tx, &term_ids).await?;
         tx.commit().await?;
 
-        let inserted = inserted as u64;
+        let inserted = KindCounts(
+            [atoms, triples, deposits, redeems, prices, generics].map(|n| n.max(0) as u64),
+        );
         Ok(Applied {
+            duplicates: total as u64 - inserted.total(),
             inserted,
-            duplicates: total as u64 - inserted,
             dirty_triples,
         })
     }
@@ -191,9 +232,12 @@ impl ReadModel {
     /// Errors that are not permanent (Postgres unreachable, deadlock,
     /// timeout) are returned as such: the caller retries the whole batch,
     /// which is safe because re-applying committed events changes nothing.
+    /// With `escalate`, transient errors are isolated like permanent ones
+    /// (for a batch that kept failing transiently); unavailability never is.
     pub async fn apply_isolating(
         &self,
-        events: &[ChainEvent<'_>],
+        events: &[&ChainEvent<'_>],
+        escalate: bool,
     ) -> Result<Isolated, sqlx::Error> {
         let mut out = Isolated::default();
         // Ranges of `events` still to apply, depth-first.
@@ -203,10 +247,9 @@ impl ReadModel {
             if range.is_empty() {
                 continue;
             }
-            let refs: Vec<&ChainEvent<'_>> = events[range.clone()].iter().collect();
-            match self.apply_refs(refs).await {
+            match self.apply_refs(events[range.clone()].to_vec()).await {
                 Ok(applied) => out.applied.absorb(applied),
-                Err(e) if classify(&e) != Failure::Permanent => return Err(e),
+                Err(e) if !isolable(classify(&e), escalate) => return Err(e),
                 Err(e) if range.len() == 1 => out.rejected.push(Rejected {
                     index: range.start,
                     error: e,

@@ -56,6 +56,55 @@ triples AS (
 SELECT count(*) FROM ins
 "#;
 
+/// Rebuilds the triple rows of `$1` from the earliest remaining
+/// TripleCreated; deletes those left without one (after a reorg) and
+/// returns them with their subject, predicate and object, so their
+/// analytics can be removed.
+const RECOMPUTE: &str = r#"
+WITH ids AS (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)),
+earliest AS (
+    SELECT DISTINCT ON (e.term_id) e.term_id, e.creator, e.subject_id, e.predicate_id,
+        e.object_id, e.counter_term_id, e.block_number, e.log_index
+    FROM triple_created_events e JOIN ids ON e.term_id = ids.id
+    ORDER BY e.term_id, e.block_number, e.log_index
+),
+upserted AS (
+    INSERT INTO triple AS t (term_id, creator_id, subject_id, predicate_id, object_id,
+        counter_term_id, last_event_block, last_event_log_index)
+    SELECT term_id, creator, subject_id, predicate_id, object_id, counter_term_id,
+        block_number, log_index
+    FROM earliest
+    ON CONFLICT (term_id) DO UPDATE SET
+        creator_id = EXCLUDED.creator_id,
+        subject_id = EXCLUDED.subject_id,
+        predicate_id = EXCLUDED.predicate_id,
+        object_id = EXCLUDED.object_id,
+        last_event_block = EXCLUDED.last_event_block,
+        last_event_log_index = EXCLUDED.last_event_log_index,
+        updated_at = now()
+    WHERE (t.last_event_block, t.last_event_log_index)
+        IS DISTINCT FROM (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+)
+DELETE FROM triple t USING ids
+WHERE t.term_id = ids.id AND NOT EXISTS (SELECT 1 FROM earliest e WHERE e.term_id = ids.id)
+RETURNING t.term_id, t.counter_term_id, t.subject_id, t.predicate_id, t.object_id
+"#;
+
+/// A triple that no longer exists: (term, counter, subject, predicate, object).
+pub type RemovedTriple = (String, String, String, String, String);
+
+/// Rebuilds triples from their events (see [`RECOMPUTE`]); returns the
+/// triples deleted. Callers hold the term locks.
+pub async fn recompute(
+    conn: &mut PgConnection,
+    ids: &[&str],
+) -> Result<Vec<RemovedTriple>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(RECOMPUTE).bind(ids).fetch_all(conn).await
+}
+
 impl<'e> TripleRows<'e> {
     pub fn push(&mut self, chain: &'e ChainPosition<'_>, triple: &'e TripleCreated) {
         self.chain.push(chain);

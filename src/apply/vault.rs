@@ -237,8 +237,166 @@ vaults AS (
                                     THEN EXCLUDED.last_event_log_index ELSE v.last_event_log_index END,
         updated_at = now()
 )
-SELECT (SELECT count(*) FROM dep) + (SELECT count(*) FROM red) + (SELECT count(*) FROM spc)
+SELECT (SELECT count(*) FROM dep), (SELECT count(*) FROM red), (SELECT count(*) FROM spc)
 "#;
+
+/// Rebuilds the given positions from the events that remain (after a reorg
+/// removed some, or for a backfill): newest totalShares, sums of assets.
+/// Positions left without events are deleted. `$1..$3` = account, term, curve.
+const RECOMPUTE_POSITIONS: &str = r#"
+WITH keys AS (
+    SELECT DISTINCT account_id, term_id, curve_id
+    FROM unnest($1::text[], $2::text[], $3::text[]::numeric[]) AS k(account_id, term_id, curve_id)
+),
+moves AS (
+    SELECT d.receiver AS account_id, d.term_id, d.curve_id, d.assets_after_fees AS deposited,
+        0::numeric AS redeemed, d.total_shares, d.block_number, d.log_index
+    FROM deposited_events d
+    JOIN keys k ON d.term_id = k.term_id AND d.curve_id = k.curve_id AND d.receiver = k.account_id
+    UNION ALL
+    SELECT r.receiver, r.term_id, r.curve_id, 0, r.assets, r.total_shares, r.block_number,
+        r.log_index
+    FROM redeemed_events r
+    JOIN keys k ON r.term_id = k.term_id AND r.curve_id = k.curve_id AND r.receiver = k.account_id
+),
+computed AS (
+    SELECT DISTINCT ON (account_id, term_id, curve_id)
+        account_id, term_id, curve_id, total_shares, block_number, log_index,
+        sum(deposited) OVER w AS deposited, sum(redeemed) OVER w AS redeemed
+    FROM moves
+    WINDOW w AS (PARTITION BY account_id, term_id, curve_id)
+    ORDER BY account_id, term_id, curve_id, block_number DESC, log_index DESC
+),
+upserted AS (
+    INSERT INTO position AS p (account_id, term_id, curve_id, shares,
+        total_deposit_assets_after_total_fees, total_redeem_assets_for_receiver,
+        last_event_block, last_event_log_index)
+    SELECT account_id, term_id, curve_id, total_shares, deposited, redeemed, block_number,
+        log_index
+    FROM computed
+    ON CONFLICT (account_id, term_id, curve_id) DO UPDATE SET
+        shares = EXCLUDED.shares,
+        total_deposit_assets_after_total_fees = EXCLUDED.total_deposit_assets_after_total_fees,
+        total_redeem_assets_for_receiver = EXCLUDED.total_redeem_assets_for_receiver,
+        last_event_block = EXCLUDED.last_event_block,
+        last_event_log_index = EXCLUDED.last_event_log_index,
+        updated_at = now()
+    WHERE (p.shares, p.total_deposit_assets_after_total_fees, p.total_redeem_assets_for_receiver,
+           p.last_event_block, p.last_event_log_index)
+        IS DISTINCT FROM (EXCLUDED.shares, EXCLUDED.total_deposit_assets_after_total_fees,
+           EXCLUDED.total_redeem_assets_for_receiver, EXCLUDED.last_event_block,
+           EXCLUDED.last_event_log_index)
+)
+DELETE FROM position p USING keys k
+WHERE p.account_id = k.account_id AND p.term_id = k.term_id AND p.curve_id = k.curve_id
+  AND NOT EXISTS (SELECT 1 FROM computed c WHERE c.account_id = k.account_id
+                  AND c.term_id = k.term_id AND c.curve_id = k.curve_id)
+"#;
+
+/// Rebuilds the given vaults from their remaining events and current
+/// positions (run after [`RECOMPUTE_POSITIONS`]). Vaults no event names any
+/// more are deleted. `$1..$2` = term, curve.
+const RECOMPUTE_VAULTS: &str = r#"
+WITH keys AS (
+    SELECT DISTINCT term_id, curve_id
+    FROM unnest($1::text[], $2::text[]::numeric[]) AS k(term_id, curve_id)
+),
+prices AS (
+    SELECT DISTINCT ON (s.term_id, s.curve_id) s.term_id, s.curve_id, s.share_price,
+        s.total_assets, s.total_shares, s.block_number, s.log_index
+    FROM share_price_changed_events s JOIN keys k USING (term_id, curve_id)
+    ORDER BY s.term_id, s.curve_id, s.block_number DESC, s.log_index DESC
+),
+newest AS (
+    SELECT DISTINCT ON (term_id, curve_id) term_id, curve_id, vault_type, block_number, log_index
+    FROM (
+        SELECT d.term_id, d.curve_id, d.vault_type, d.block_number, d.log_index
+        FROM deposited_events d JOIN keys k USING (term_id, curve_id)
+        UNION ALL
+        SELECT r.term_id, r.curve_id, r.vault_type, r.block_number, r.log_index
+        FROM redeemed_events r JOIN keys k USING (term_id, curve_id)
+        UNION ALL
+        SELECT s.term_id, s.curve_id, s.vault_type, s.block_number, s.log_index
+        FROM share_price_changed_events s JOIN keys k USING (term_id, curve_id)
+    ) e
+    ORDER BY term_id, curve_id, block_number DESC, log_index DESC
+),
+counts AS (
+    SELECT p.term_id, p.curve_id, count(*) FILTER (WHERE p.shares > 0) AS open_positions
+    FROM position p JOIN keys k USING (term_id, curve_id)
+    GROUP BY p.term_id, p.curve_id
+),
+upserted AS (
+    INSERT INTO vault AS v (term_id, curve_id, total_shares, current_share_price, total_assets,
+        market_cap, position_count, vault_type, share_price_block, share_price_log_index,
+        last_event_block, last_event_log_index)
+    SELECT n.term_id, n.curve_id, coalesce(pr.total_shares, 0), coalesce(pr.share_price, 0),
+        coalesce(pr.total_assets, 0),
+        coalesce(div(pr.total_shares * pr.share_price, 1000000000000000000), 0),
+        coalesce(c.open_positions, 0), n.vault_type::text, pr.block_number, pr.log_index,
+        n.block_number, n.log_index
+    FROM newest n
+    LEFT JOIN prices pr USING (term_id, curve_id)
+    LEFT JOIN counts c USING (term_id, curve_id)
+    ON CONFLICT (term_id, curve_id) DO UPDATE SET
+        total_shares = EXCLUDED.total_shares,
+        current_share_price = EXCLUDED.current_share_price,
+        total_assets = EXCLUDED.total_assets,
+        market_cap = EXCLUDED.market_cap,
+        position_count = EXCLUDED.position_count,
+        vault_type = EXCLUDED.vault_type,
+        share_price_block = EXCLUDED.share_price_block,
+        share_price_log_index = EXCLUDED.share_price_log_index,
+        last_event_block = EXCLUDED.last_event_block,
+        last_event_log_index = EXCLUDED.last_event_log_index,
+        updated_at = now()
+    WHERE (v.total_shares, v.current_share_price, v.total_assets, v.market_cap,
+           v.position_count, v.vault_type, v.share_price_block, v.share_price_log_index,
+           v.last_event_block, v.last_event_log_index)
+        IS DISTINCT FROM (EXCLUDED.total_shares, EXCLUDED.current_share_price,
+           EXCLUDED.total_assets, EXCLUDED.market_cap, EXCLUDED.position_count,
+           EXCLUDED.vault_type, EXCLUDED.share_price_block, EXCLUDED.share_price_log_index,
+           EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+)
+DELETE FROM vault v USING keys k
+WHERE v.term_id = k.term_id AND v.curve_id = k.curve_id
+  AND NOT EXISTS (SELECT 1 FROM newest n WHERE n.term_id = k.term_id AND n.curve_id = k.curve_id)
+"#;
+
+/// A position: account, term, curve (canonical decimal).
+pub type PositionKey = (String, String, String);
+/// A vault: term, curve (canonical decimal).
+pub type VaultKey = (String, String);
+
+/// Rebuilds positions, then vaults, from the events that remain. Callers
+/// hold the term locks of every term named.
+pub async fn recompute(
+    conn: &mut PgConnection,
+    positions: &[PositionKey],
+    vaults: &[VaultKey],
+) -> Result<(), sqlx::Error> {
+    if !positions.is_empty() {
+        let accounts: Vec<&str> = positions.iter().map(|k| k.0.as_str()).collect();
+        let terms: Vec<&str> = positions.iter().map(|k| k.1.as_str()).collect();
+        let curves: Vec<&str> = positions.iter().map(|k| k.2.as_str()).collect();
+        sqlx::query(RECOMPUTE_POSITIONS)
+            .bind(&accounts)
+            .bind(&terms)
+            .bind(&curves)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !vaults.is_empty() {
+        let terms: Vec<&str> = vaults.iter().map(|k| k.0.as_str()).collect();
+        let curves: Vec<&str> = vaults.iter().map(|k| k.1.as_str()).collect();
+        sqlx::query(RECOMPUTE_VAULTS)
+            .bind(&terms)
+            .bind(&curves)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
 
 impl<'e> VaultRows<'e> {
     pub fn push_deposit(&mut self, chain: &'e ChainPosition<'_>, d: &'e Deposited) {
@@ -286,9 +444,11 @@ impl<'e> VaultRows<'e> {
             && self.prices.chain.is_empty()
     }
 
-    pub async fn apply(&self, conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    /// Returns how many Deposited, Redeemed and SharePriceChanged events
+    /// were new.
+    pub async fn apply(&self, conn: &mut PgConnection) -> Result<(i64, i64, i64), sqlx::Error> {
         if self.is_empty() {
-            return Ok(0);
+            return Ok((0, 0, 0));
         }
         let (d, r, p) = (&self.deposits, &self.redeems, &self.prices);
         let q = d
@@ -326,6 +486,7 @@ impl<'e> VaultRows<'e> {
             .bind(&p.vault_type[..])
             .fetch_one(conn)
             .await?;
-        sqlx::Row::try_get(&row, 0)
+        use sqlx::Row;
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
     }
 }

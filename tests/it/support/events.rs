@@ -149,7 +149,7 @@ pub async fn apply_each(model: &ReadModel, payloads: &[String]) -> Applied {
     for p in payloads {
         let events = decode_all(std::slice::from_ref(p));
         let a = model.apply(&events).await.expect("apply");
-        total.inserted += a.inserted;
+        total.inserted.add(&a.inserted);
         total.duplicates += a.duplicates;
     }
     total

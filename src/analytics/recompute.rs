@@ -1,0 +1,209 @@
+//! Set-based recomputation of the analytics rows of a set of triples.
+//!
+//! Given triple ids, three statements rebuild exactly the affected rows:
+//! `triple_vault` and `triple_term` of those triples (one statement: the
+//! per-curve rows and their per-triple sums come from the same CTE), then
+//! `predicate_object` and `subject_predicate` of every pair those triples
+//! belong to (one statement). Rows whose triple or pair no longer exists
+//! (after a reorg) are deleted. No per-term query loops.
+//!
+//! Concurrent recomputations (several workers, backfill, a reorg) are
+//! serialised with advisory locks on each triple and each pair, taken
+//! sorted: without them, two transactions could each compute a pair total
+//! from a snapshot missing the other's triple_term update.
+
+use sqlx::PgConnection;
+
+use crate::apply::triple::RemovedTriple;
+use crate::lock::{self, Domain, LockSet};
+
+const TRIPLE_ROWS: &str = r#"
+WITH t AS (
+    SELECT term_id, counter_term_id FROM triple WHERE term_id = ANY($1::text[])
+),
+per_curve AS (
+    SELECT term_id, counter_term_id, curve_id,
+        sum(total_shares) AS total_shares, sum(total_assets) AS total_assets,
+        sum(position_count)::bigint AS position_count, sum(market_cap) AS market_cap
+    FROM (
+        SELECT t.term_id, t.counter_term_id, v.curve_id, v.total_shares, v.total_assets,
+            v.position_count, v.market_cap
+        FROM t JOIN vault v ON v.term_id = t.term_id
+        UNION ALL
+        SELECT t.term_id, t.counter_term_id, v.curve_id, v.total_shares, v.total_assets,
+            v.position_count, v.market_cap
+        FROM t JOIN vault v ON v.term_id = t.counter_term_id
+    ) sides
+    GROUP BY term_id, counter_term_id, curve_id
+),
+vault_rows AS (
+    INSERT INTO triple_vault AS tv (term_id, counter_term_id, curve_id, total_shares,
+        total_assets, position_count, market_cap)
+    SELECT term_id, counter_term_id, curve_id, total_shares, total_assets, position_count,
+        market_cap
+    FROM per_curve
+    ORDER BY term_id, curve_id
+    ON CONFLICT (term_id, counter_term_id, curve_id) DO UPDATE SET
+        total_shares = EXCLUDED.total_shares,
+        total_assets = EXCLUDED.total_assets,
+        position_count = EXCLUDED.position_count,
+        market_cap = EXCLUDED.market_cap,
+        updated_at = now()
+    WHERE (tv.total_shares, tv.total_assets, tv.position_count, tv.market_cap)
+        IS DISTINCT FROM (EXCLUDED.total_shares, EXCLUDED.total_assets,
+                          EXCLUDED.position_count, EXCLUDED.market_cap)
+),
+stale_vault_rows AS (
+    DELETE FROM triple_vault tv
+    WHERE tv.term_id = ANY($1::text[])
+      AND NOT EXISTS (SELECT 1 FROM per_curve c WHERE c.term_id = tv.term_id
+                      AND c.counter_term_id = tv.counter_term_id AND c.curve_id = tv.curve_id)
+),
+per_triple AS (
+    SELECT t.term_id, t.counter_term_id,
+        coalesce(sum(c.total_assets), 0) AS total_assets,
+        coalesce(sum(c.market_cap), 0) AS total_market_cap,
+        coalesce(sum(c.position_count), 0)::bigint AS total_position_count
+    FROM t LEFT JOIN per_curve c USING (term_id, counter_term_id)
+    GROUP BY t.term_id, t.counter_term_id
+),
+term_rows AS (
+    INSERT INTO triple_term AS tt (term_id, counter_term_id, total_assets, total_market_cap,
+        total_position_count)
+    SELECT term_id, counter_term_id, total_assets, total_market_cap, total_position_count
+    FROM per_triple
+    ORDER BY term_id
+    ON CONFLICT (term_id, counter_term_id) DO UPDATE SET
+        total_assets = EXCLUDED.total_assets,
+        total_market_cap = EXCLUDED.total_market_cap,
+        total_position_count = EXCLUDED.total_position_count,
+        updated_at = now()
+    WHERE (tt.total_assets, tt.total_market_cap, tt.total_position_count)
+        IS DISTINCT FROM (EXCLUDED.total_assets, EXCLUDED.total_market_cap,
+                          EXCLUDED.total_position_count)
+)
+DELETE FROM triple_term tt
+WHERE tt.term_id = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM t WHERE t.term_id = tt.term_id)
+"#;
+
+const PAIR_ROWS: &str = r#"
+WITH po_pairs AS (
+    SELECT DISTINCT p, o FROM unnest($1::text[], $2::text[]) AS u(p, o)
+),
+sp_pairs AS (
+    SELECT DISTINCT s, p FROM unnest($3::text[], $4::text[]) AS u(s, p)
+),
+po AS (
+    SELECT pr.p, pr.o, count(*) AS triple_count,
+        coalesce(sum(tt.total_position_count), 0)::bigint AS total_position_count,
+        coalesce(sum(tt.total_market_cap), 0) AS total_market_cap
+    FROM po_pairs pr
+    JOIN triple t ON t.predicate_id = pr.p AND t.object_id = pr.o
+    LEFT JOIN triple_term tt ON tt.term_id = t.term_id AND tt.counter_term_id = t.counter_term_id
+    GROUP BY pr.p, pr.o
+),
+sp AS (
+    SELECT pr.s, pr.p, count(*) AS triple_count,
+        coalesce(sum(tt.total_position_count), 0)::bigint AS total_position_count,
+        coalesce(sum(tt.total_market_cap), 0) AS total_market_cap
+    FROM sp_pairs pr
+    JOIN triple t ON t.subject_id = pr.s AND t.predicate_id = pr.p
+    LEFT JOIN triple_term tt ON tt.term_id = t.term_id AND tt.counter_term_id = t.counter_term_id
+    GROUP BY pr.s, pr.p
+),
+po_rows AS (
+    INSERT INTO predicate_object AS x (predicate_id, object_id, triple_count,
+        total_position_count, total_market_cap)
+    SELECT p, o, triple_count, total_position_count, total_market_cap FROM po
+    ORDER BY p, o
+    ON CONFLICT (predicate_id, object_id) DO UPDATE SET
+        triple_count = EXCLUDED.triple_count,
+        total_position_count = EXCLUDED.total_position_count,
+        total_market_cap = EXCLUDED.total_market_cap,
+        updated_at = now()
+    WHERE (x.triple_count, x.total_position_count, x.total_market_cap)
+        IS DISTINCT FROM (EXCLUDED.triple_count, EXCLUDED.total_position_count,
+                          EXCLUDED.total_market_cap)
+),
+po_stale AS (
+    DELETE FROM predicate_object x USING po_pairs pr
+    WHERE x.predicate_id = pr.p AND x.object_id = pr.o
+      AND NOT EXISTS (SELECT 1 FROM po WHERE po.p = pr.p AND po.o = pr.o)
+),
+sp_rows AS (
+    INSERT INTO subject_predicate AS x (subject_id, predicate_id, triple_count,
+        total_position_count, total_market_cap)
+    SELECT s, p, triple_count, total_position_count, total_market_cap FROM sp
+    ORDER BY s, p
+    ON CONFLICT (subject_id, predicate_id) DO UPDATE SET
+        triple_count = EXCLUDED.triple_count,
+        total_position_count = EXCLUDED.total_position_count,
+        total_market_cap = EXCLUDED.total_market_cap,
+        updated_at = now()
+    WHERE (x.triple_count, x.total_position_count, x.total_market_cap)
+        IS DISTINCT FROM (EXCLUDED.triple_count, EXCLUDED.total_position_count,
+                          EXCLUDED.total_market_cap)
+)
+DELETE FROM subject_predicate x USING sp_pairs pr
+WHERE x.subject_id = pr.s AND x.predicate_id = pr.p
+  AND NOT EXISTS (SELECT 1 FROM sp WHERE sp.s = pr.s AND sp.p = pr.p)
+"#;
+
+/// Recomputes the analytics rows of `triple_ids` (pro term ids), and of the
+/// pairs of `removed` triples (which no longer exist). Runs inside the
+/// caller's transaction; takes the analytics locks it needs.
+pub async fn recompute(
+    conn: &mut PgConnection,
+    schema: &str,
+    triple_ids: &[&str],
+    removed: &[RemovedTriple],
+) -> Result<(), sqlx::Error> {
+    if triple_ids.is_empty() && removed.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<&str> = triple_ids.to_vec();
+    ids.extend(removed.iter().map(|r| r.0.as_str()));
+    ids.sort_unstable();
+    ids.dedup();
+    // Subject, predicate, object of the triples that exist.
+    let existing: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT subject_id, predicate_id, object_id FROM triple WHERE term_id = ANY($1::text[])",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let spo: Vec<(&str, &str, &str)> = existing
+        .iter()
+        .map(|(s, p, o)| (s.as_str(), p.as_str(), o.as_str()))
+        .chain(removed.iter().map(|r| (r.2.as_str(), r.3.as_str(), r.4.as_str())))
+        .collect();
+
+    let mut locks = LockSet::with_capacity(ids.len() + 2 * spo.len());
+    for id in &ids {
+        locks.add(lock::key(schema, Domain::AnalyticsTriple, id));
+    }
+    for (s, p, o) in &spo {
+        locks.add(lock::key(schema, Domain::PredicateObject, &format!("{p}:{o}")));
+        locks.add(lock::key(schema, Domain::SubjectPredicate, &format!("{s}:{p}")));
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
+        .bind(locks.into_sorted())
+        .execute(&mut *conn)
+        .await?;
+
+    sqlx::query(TRIPLE_ROWS)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    let subjects: Vec<&str> = spo.iter().map(|t| t.0).collect();
+    let predicates: Vec<&str> = spo.iter().map(|t| t.1).collect();
+    let objects: Vec<&str> = spo.iter().map(|t| t.2).collect();
+    sqlx::query(PAIR_ROWS)
+        .bind(&predicates)
+        .bind(&objects)
+        .bind(&subjects)
+        .bind(&predicates)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

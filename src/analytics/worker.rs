@@ -1,0 +1,175 @@
+//! The analytics worker: batches dirty triples, recomputes their rows, and
+//! clears their dirty marks in the same transaction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fnv::FnvHashSet;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::AnalyticsReceiver;
+use super::Claim;
+use crate::config::{AnalyticsConfig, RetryConfig};
+use crate::retry::Backoff;
+
+/// What /health and /metrics read about the worker.
+#[derive(Debug)]
+pub struct WorkerState {
+    /// False after a failed batch, true again after a successful one.
+    pub healthy: AtomicBool,
+    /// Unix milliseconds of the last successful batch (0: none yet).
+    pub last_success_ms: AtomicU64,
+    pub terms_processed: AtomicU64,
+}
+
+impl Default for WorkerState {
+    fn default() -> Self {
+        WorkerState {
+            healthy: AtomicBool::new(true),
+            last_success_ms: AtomicU64::new(0),
+            terms_processed: AtomicU64::new(0),
+        }
+    }
+}
+
+pub struct Worker {
+    pool: PgPool,
+    schema: Arc<str>,
+    config: AnalyticsConfig,
+    retry: RetryConfig,
+    rx: AnalyticsReceiver,
+    state: Arc<WorkerState>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Worker {
+    pub fn new(
+        pool: PgPool,
+        schema: impl Into<Arc<str>>,
+        config: AnalyticsConfig,
+        retry: RetryConfig,
+        rx: AnalyticsReceiver,
+        state: Arc<WorkerState>,
+    ) -> Worker {
+        Worker {
+            pool,
+            schema: schema.into(),
+            config,
+            retry,
+            rx,
+            state,
+        }
+    }
+
+    /// Runs until `cancel`. Work still queued at that point is not lost: it
+    /// is marked dirty in Postgres and drained by the next start.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        self.sweep(&cancel).await;
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.tick().await;
+        let mut pending: FnvHashSet<String> = FnvHashSet::default();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                message = self.rx.recv() => match message {
+                    Some(triples) => pending.extend(triples),
+                    None => break,
+                },
+                _ = sweep.tick() => {
+                    self.sweep(&cancel).await;
+                    continue;
+                }
+            }
+            while pending.len() < self.config.batch_size {
+                match self.rx.try_recv() {
+                    Ok(triples) => pending.extend(triples),
+                    Err(_) => break,
+                }
+            }
+            let mut ids: Vec<String> = pending.drain().collect();
+            ids.sort_unstable();
+            for chunk in ids.chunks(self.config.batch_size) {
+                if self.process_retrying(Some(chunk), &cancel).await.is_none() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Processes dirty marks until none are left unclaimed.
+    async fn sweep(&mut self, cancel: &CancellationToken) {
+        loop {
+            match self.process_retrying(None, cancel).await {
+                Some(0) | None => return,
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// One batch, retried with backoff until it succeeds; None if cancelled.
+    async fn process_retrying(
+        &mut self,
+        listed: Option<&[String]>,
+        cancel: &CancellationToken,
+    ) -> Option<usize> {
+        let mut backoff = Backoff::new(&self.retry);
+        loop {
+            let started = Instant::now();
+            match self.process(listed).await {
+                Ok(n) => {
+                    self.state.healthy.store(true, Ordering::Relaxed);
+                    self.state.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                    if n > 0 {
+                        self.state
+                            .terms_processed
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        metrics::counter!("writer_analytics_terms_total").increment(n as u64);
+                        metrics::histogram!("writer_analytics_batch_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        self.pace(n, started, cancel).await;
+                    }
+                    return Some(n);
+                }
+                Err(e) => {
+                    self.state.healthy.store(false, Ordering::Relaxed);
+                    metrics::counter!("writer_retries_total", "stage" => "analytics").increment(1);
+                    tracing::warn!(error = %e, attempt = backoff.attempts() + 1, "analytics batch failed; retrying");
+                    if !backoff.wait(cancel).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps to MAX_MESSAGES_PER_SECOND and MIN_BATCH_INTERVAL_MS.
+    async fn pace(&self, terms: usize, started: Instant, cancel: &CancellationToken) {
+        let budget = Duration::from_secs_f64(terms as f64 / self.config.max_terms_per_second as f64);
+        let wait = budget
+            .max(self.config.min_batch_interval)
+            .saturating_sub(started.elapsed());
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+    }
+
+    async fn process(&self, listed: Option<&[String]>) -> Result<usize, sqlx::Error> {
+        let claim = match listed {
+            Some(ids) => Claim::Listed(ids),
+            None => Claim::Any(self.config.batch_size),
+        };
+        super::refresh(&self.pool, &self.schema, claim, &[]).await
+    }
+}

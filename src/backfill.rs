@@ -1,0 +1,185 @@
+//! `writer backfill --from-term <TERM_ID>`: rebuilds the cascade and the
+//! analytics of every term ≥ TERM_ID, in id order, in batches.
+//!
+//! Per batch, two transactions: the cascade (atoms, triples, positions,
+//! vaults from their events; term rows; under the same term locks `writer
+//! run` takes, so it is safe alongside a running service), then the
+//! analytics of the batch's triples (under the analytics locks, clearing
+//! the dirty marks it can claim); then the progress row records the batch.
+//! An interrupted backfill resumes after the last recorded batch when run
+//! again with the same `--from-term` (redoing a batch is harmless).
+
+use std::time::Instant;
+
+use sqlx::PgPool;
+
+use crate::apply::{atom, take_locks, term, triple, vault};
+use crate::lock::{self, Domain, LockSet};
+
+/// Validates and normalises a `--from-term` bound: `0x` and 0–64 hex digits.
+pub fn parse_from_term(text: &str) -> Result<String, String> {
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .ok_or_else(|| format!("`{text}` must start with 0x"))?;
+    if digits.len() > 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{text}` must be 0x followed by at most 64 hex digits"));
+    }
+    Ok(format!("0x{}", digits.to_ascii_lowercase()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub terms: u64,
+    pub batches: u64,
+    pub resumed_after: Option<String>,
+}
+
+/// Runs (or resumes) a backfill; `progress` receives one line per batch.
+pub async fn run(
+    pool: &PgPool,
+    schema: &str,
+    from_term: &str,
+    batch_size: usize,
+    restart: bool,
+    mut progress: impl FnMut(&str),
+) -> Result<Summary, sqlx::Error> {
+    let (last, done): (Option<String>, i64) = sqlx::query_as(
+        "INSERT INTO backfill_progress AS b (from_term) VALUES ($1)
+         ON CONFLICT (from_term) DO UPDATE SET
+             last_term = CASE WHEN $2 OR b.finished_at IS NOT NULL THEN NULL ELSE b.last_term END,
+             terms_done = CASE WHEN $2 OR b.finished_at IS NOT NULL THEN 0 ELSE b.terms_done END,
+             started_at = CASE WHEN $2 OR b.finished_at IS NOT NULL THEN now() ELSE b.started_at END,
+             finished_at = NULL,
+             updated_at = now()
+         RETURNING last_term, terms_done",
+    )
+    .bind(from_term)
+    .bind(restart)
+    .fetch_one(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM term WHERE id >= $1")
+        .bind(from_term)
+        .fetch_one(pool)
+        .await?;
+    let resumed_after = last.clone();
+    if let Some(l) = &last {
+        progress(&format!("resuming after {l} ({done} of {total} terms already done)"));
+    }
+    let started = Instant::now();
+    let mut cursor = last;
+    let mut terms = done as u64;
+    let mut batches = 0;
+    loop {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM term WHERE id >= $1 AND ($2::text IS NULL OR id > $2)
+             ORDER BY id LIMIT $3",
+        )
+        .bind(from_term)
+        .bind(cursor.as_deref())
+        .bind(batch_size as i64)
+        .fetch_all(pool)
+        .await?;
+        let Some(last_id) = ids.last().cloned() else {
+            break;
+        };
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        rebuild_cascade(pool, schema, &id_refs).await?;
+        rebuild_analytics(pool, schema, from_term, &id_refs).await?;
+        terms += ids.len() as u64;
+        batches += 1;
+        progress(&format!(
+            "backfill: {terms}/{total} terms ({:.1}%), last {last_id}, {:.1}s",
+            100.0 * terms as f64 / total.max(1) as f64,
+            started.elapsed().as_secs_f64()
+        ));
+        cursor = Some(last_id);
+    }
+    sqlx::query("UPDATE backfill_progress SET finished_at = now(), updated_at = now() WHERE from_term = $1")
+        .bind(from_term)
+        .execute(pool)
+        .await?;
+    Ok(Summary {
+        terms,
+        batches,
+        resumed_after,
+    })
+}
+
+/// Atoms, triples, positions, vaults and term rows of `ids`, rebuilt from
+/// their events under the term locks.
+async fn rebuild_cascade(pool: &PgPool, schema: &str, ids: &[&str]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut locks = LockSet::with_capacity(ids.len());
+    for id in ids {
+        locks.add(lock::key(schema, Domain::Term, id));
+    }
+    take_locks(&mut tx, schema, false, &locks.into_sorted()).await?;
+    atom::recompute(&mut tx, ids).await?;
+    // Only pro terms have TripleCreated events; counter ids find nothing.
+    triple::recompute(&mut tx, ids).await?;
+    let positions: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT receiver, term_id, curve_id::text FROM deposited_events WHERE term_id = ANY($1::text[])
+         UNION SELECT receiver, term_id, curve_id::text FROM redeemed_events WHERE term_id = ANY($1::text[])
+         UNION SELECT account_id, term_id, curve_id::text FROM position WHERE term_id = ANY($1::text[])",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let vaults: Vec<(String, String)> = sqlx::query_as(
+        "SELECT term_id, curve_id::text FROM deposited_events WHERE term_id = ANY($1::text[])
+         UNION SELECT term_id, curve_id::text FROM redeemed_events WHERE term_id = ANY($1::text[])
+         UNION SELECT term_id, curve_id::text FROM share_price_changed_events WHERE term_id = ANY($1::text[])
+         UNION SELECT term_id, curve_id::text FROM vault WHERE term_id = ANY($1::text[])",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    vault::recompute(&mut tx, &positions, &vaults).await?;
+    term::refresh(&mut tx, ids).await?;
+    tx.commit().await
+}
+
+/// Analytics of the triples among `ids` (pro or counter terms), then the
+/// progress row.
+async fn rebuild_analytics(
+    pool: &PgPool,
+    schema: &str,
+    from_term: &str,
+    ids: &[&str],
+) -> Result<(), sqlx::Error> {
+    let triples: Vec<String> = sqlx::query_scalar(
+        "SELECT term_id FROM triple WHERE term_id = ANY($1::text[])
+         UNION SELECT term_id FROM triple WHERE counter_term_id = ANY($1::text[])",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    let refs: Vec<&str> = triples.iter().map(String::as_str).collect();
+    crate::analytics::refresh(pool, schema, crate::analytics::Claim::Listed(&triples), &refs).await?;
+    sqlx::query(
+        "UPDATE backfill_progress SET last_term = $2, terms_done = terms_done + $3, updated_at = now()
+         WHERE from_term = $1",
+    )
+    .bind(from_term)
+    .bind(ids.last().copied())
+    .bind(ids.len() as i64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_term_bounds() {
+        assert_eq!(parse_from_term("0x00").unwrap(), "0x00");
+        assert_eq!(parse_from_term("0XAB").unwrap(), "0xab");
+        assert_eq!(parse_from_term("0x").unwrap(), "0x");
+        assert!(parse_from_term("00").is_err());
+        assert!(parse_from_term("0xzz").is_err());
+        assert!(parse_from_term(&format!("0x{}", "0".repeat(65))).is_err());
+    }
+}

@@ -1,0 +1,458 @@
+//! The Redis consumer: reads batches with `XREADGROUP`, reclaims entries of
+//! dead consumers with `XAUTOCLAIM`, applies each batch ([`Ingest`]), and
+//! ACKs its entries only after their transaction committed (ADR 0003).
+//!
+//! Concurrency: at most `WORKERS` batches are in flight; the reader takes a
+//! permit before each read, so a slow database slows reading instead of
+//! piling entries up in memory. While the circuit breaker is open the reader
+//! and claimer pause; the batch that tripped it keeps retrying and closes it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::AsyncConnectionConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::analytics::AnalyticsSender;
+use crate::config::{RedisConfig, RetryConfig};
+use crate::ingest::Ingest;
+use crate::retry::Backoff;
+use crate::stream::{self, GroupInfo, StreamEntry};
+
+/// What /health and /metrics read about the consumer.
+#[derive(Debug, Default)]
+pub struct ConsumerState {
+    /// False while Redis commands fail.
+    pub redis_healthy: AtomicBool,
+    pub entries_acked: AtomicU64,
+    pub events_applied: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub batches: AtomicU64,
+    /// Per stream: the group's lag and pending count, refreshed periodically.
+    pub streams: RwLock<Vec<(String, GroupInfo)>>,
+    /// Entries being processed by this process, so the claimer never takes
+    /// back (and double-processes) our own slow batches.
+    in_flight: Mutex<HashSet<String>>,
+}
+
+fn in_flight_key(e: &StreamEntry) -> String {
+    format!("{}\u{0}{}", e.stream, e.id)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Everything the consumer's tasks share.
+struct Shared {
+    config: RedisConfig,
+    streams: Vec<Arc<str>>,
+    client: redis::Client,
+    /// For XACK, XAUTOCLAIM, XPENDING, XINFO: never for blocking reads.
+    commands: ConnectionManager,
+    ingest: Ingest,
+    analytics: AnalyticsSender,
+    state: Arc<ConsumerState>,
+    retry: RetryConfig,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    abort: CancellationToken,
+}
+
+pub struct Consumer {
+    shared: Arc<Shared>,
+}
+
+impl Consumer {
+    pub fn new(
+        config: RedisConfig,
+        workers: usize,
+        retry: RetryConfig,
+        ingest: Ingest,
+        analytics: AnalyticsSender,
+        state: Arc<ConsumerState>,
+        abort: CancellationToken,
+    ) -> Result<Consumer, redis::RedisError> {
+        let client = redis::Client::open(config.url.expose())?;
+        let commands = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(Duration::from_secs(10)))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2)),
+        )?;
+        let streams = config.streams.iter().map(|s| Arc::from(s.as_str())).collect();
+        Ok(Consumer {
+            shared: Arc::new(Shared {
+                config,
+                streams,
+                client,
+                commands,
+                ingest,
+                analytics,
+                state,
+                retry,
+                permits: Arc::new(Semaphore::new(workers.max(1))),
+                tracker: TaskTracker::new(),
+                abort,
+            }),
+        })
+    }
+
+    /// Consumes until `cancel`, then waits for in-flight batches to commit
+    /// and ACK (or for `abort`, after which un-ACKed entries stay pending
+    /// and are redelivered to the next run).
+    pub async fn run(self, cancel: CancellationToken) {
+        let shared = self.shared;
+        if !shared.setup(&cancel).await {
+            return;
+        }
+        let reader = tokio::spawn(shared.clone().read_loop(cancel.clone()));
+        let claimer = tokio::spawn(shared.clone().claim_loop(cancel.clone()));
+        let monitor = tokio::spawn(shared.clone().monitor_loop(cancel.clone()));
+        let _ = tokio::join!(reader, claimer, monitor);
+        shared.tracker.close();
+        shared.tracker.wait().await;
+        tracing::info!("consumer stopped; in-flight batches finished");
+    }
+}
+
+impl Shared {
+    /// Creates the consumer groups, retrying until Redis answers.
+    async fn setup(&self, cancel: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new(&self.retry);
+        loop {
+            let mut conn = self.commands.clone();
+            match stream::ensure_groups(&mut conn, &self.streams, &self.config.group).await {
+                Ok(()) => {
+                    self.state.redis_healthy.store(true, Ordering::Relaxed);
+                    return true;
+                }
+                Err(e) => {
+                    self.state.redis_healthy.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cannot create consumer groups; retrying");
+                    if !backoff.wait(cancel).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reader_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(self.config.block + Duration::from_secs(5)));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    async fn acquire(&self, cancel: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            _ = cancel.cancelled() => None,
+        }
+    }
+
+    /// Reads this consumer's own pending entries first (a restart resumes
+    /// what it had not ACKed), then new entries.
+    async fn read_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let mut conn: Option<MultiplexedConnection> = None;
+        let mut backoff = Backoff::new(&self.retry);
+        // Pending phase: per stream, the id after which to continue.
+        let mut pending: Vec<(Arc<str>, String)> =
+            self.streams.iter().map(|s| (s.clone(), "0".to_owned())).collect();
+        let block_ms = self.config.block.as_millis() as u64;
+        while !cancel.is_cancelled() {
+            if !self.ingest.circuit.wait_closed(&cancel).await {
+                break;
+            }
+            let Some(permit) = self.acquire(&cancel).await else {
+                break;
+            };
+            if conn.is_none() {
+                match self.reader_connection().await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        self.redis_failed(&e, "connect");
+                        drop(permit);
+                        if !backoff.wait(&cancel).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let reading_pending = !pending.is_empty();
+            let result = if reading_pending {
+                let streams: Vec<Arc<str>> = pending.iter().map(|(s, _)| s.clone()).collect();
+                let ids: Vec<&str> = pending.iter().map(|(_, id)| id.as_str()).collect();
+                stream::read_group(c, &self.config.group, &self.config.consumer, &streams, &ids, self.config.batch_size, None).await
+            } else {
+                let ids = vec![">"; self.streams.len()];
+                stream::read_group(c, &self.config.group, &self.config.consumer, &self.streams, &ids, self.config.batch_size, Some(block_ms)).await
+            };
+            match result {
+                Ok(mut entries) => {
+                    self.state.redis_healthy.store(true, Ordering::Relaxed);
+                    backoff.reset();
+                    if reading_pending {
+                        pending.retain_mut(|(s, cursor)| match entries.iter().rev().find(|e| e.stream == *s) {
+                            Some(last) => {
+                                *cursor = last.id.clone();
+                                true
+                            }
+                            None => false,
+                        });
+                        if let Err(e) = self.set_delivery_counts(&mut entries).await {
+                            self.redis_failed(&e, "XPENDING");
+                            continue;
+                        }
+                    }
+                    self.dispatch(entries, permit).await;
+                }
+                Err(e) => {
+                    drop(permit);
+                    self.redis_failed(&e, "XREADGROUP");
+                    conn = None;
+                    if stream::is_missing_group(&e) {
+                        self.setup(&cancel).await;
+                    }
+                    if !backoff.wait(&cancel).await {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn redis_failed(&self, error: &redis::RedisError, what: &str) {
+        self.state.redis_healthy.store(false, Ordering::Relaxed);
+        metrics::counter!("writer_retries_total", "stage" => "redis").increment(1);
+        tracing::warn!(error = %error, command = what, "Redis command failed");
+    }
+
+    /// Reads how often each entry was delivered (for entries that may have
+    /// been delivered before: own pending ones, reclaimed ones).
+    async fn set_delivery_counts(&self, entries: &mut [StreamEntry]) -> redis::RedisResult<()> {
+        let mut conn = self.commands.clone();
+        for s in &self.streams {
+            let mine: Vec<StreamEntry> = entries.iter().filter(|e| e.stream == *s).cloned().collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let counts = stream::delivery_counts(&mut conn, s, &self.config.group, &mine).await?;
+            for e in entries.iter_mut().filter(|e| e.stream == *s) {
+                if let Some(n) = counts.get(&e.id) {
+                    e.deliveries = *n;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits entries into batches of at most BATCH_SIZE and spawns one task
+    /// per batch, each holding a permit.
+    async fn dispatch(self: &Arc<Self>, mut entries: Vec<StreamEntry>, permit: OwnedSemaphorePermit) {
+        if entries.is_empty() {
+            return;
+        }
+        {
+            let mut in_flight = self.state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &entries {
+                in_flight.insert(in_flight_key(e));
+            }
+        }
+        let mut permit = Some(permit);
+        while !entries.is_empty() {
+            let rest = entries.split_off(entries.len().min(self.config.batch_size));
+            let batch = std::mem::replace(&mut entries, rest);
+            let permit = match permit.take() {
+                Some(p) => p,
+                // The batch must run even during shutdown: its entries are
+                // already delivered to us. Wait for a permit regardless.
+                None => match self.permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let shared = self.clone();
+            self.tracker.spawn(async move { shared.process_batch(batch, permit).await });
+        }
+    }
+
+    async fn process_batch(self: Arc<Self>, batch: Vec<StreamEntry>, permit: OwnedSemaphorePermit) {
+        let processed = self.ingest.process(&batch, &self.abort).await;
+        if let Some(processed) = processed {
+            let committed_ms = now_ms();
+            for e in &batch {
+                if let Some(added) = e.added_at_ms() {
+                    metrics::histogram!("writer_end_to_end_seconds")
+                        .record(committed_ms.saturating_sub(added) as f64 / 1000.0);
+                }
+            }
+            if self.ack(&batch).await {
+                self.state.entries_acked.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.state
+                    .events_applied
+                    .fetch_add(processed.applied.inserted.total(), Ordering::Relaxed);
+                self.state
+                    .dead_letters
+                    .fetch_add(processed.dead_lettered as u64, Ordering::Relaxed);
+                self.state.batches.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    entries = batch.len(),
+                    inserted = processed.applied.inserted.total(),
+                    duplicates = processed.applied.duplicates,
+                    dead_lettered = processed.dead_lettered,
+                    "batch committed and acknowledged"
+                );
+            }
+            self.analytics.notify(processed.applied.dirty_triples);
+        }
+        {
+            let mut in_flight = self.state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &batch {
+                in_flight.remove(&in_flight_key(e));
+            }
+        }
+        drop(permit);
+    }
+
+    /// XACKs a committed batch, retrying until Redis answers (or abort: the
+    /// entries are then redelivered later, and re-applying them is a no-op).
+    async fn ack(&self, batch: &[StreamEntry]) -> bool {
+        let started = Instant::now();
+        let ids: Vec<(&str, &str)> = batch.iter().map(|e| (e.stream.as_ref(), e.id.as_str())).collect();
+        let mut backoff = Backoff::new(&self.retry);
+        loop {
+            let mut conn = self.commands.clone();
+            match stream::ack(&mut conn, &self.config.group, &ids).await {
+                Ok(()) => {
+                    self.state.redis_healthy.store(true, Ordering::Relaxed);
+                    metrics::histogram!("writer_stage_seconds", "stage" => "ack")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!("writer_entries_acked_total").increment(batch.len() as u64);
+                    return true;
+                }
+                Err(e) => {
+                    self.redis_failed(&e, "XACK");
+                    if !backoff.wait(&self.abort).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodically reclaims entries other consumers left pending for
+    /// longer than CLAIM_IDLE_MS.
+    async fn claim_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.claim_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => return,
+            }
+            if self.ingest.circuit.is_open() {
+                continue;
+            }
+            for s in &self.streams {
+                if let Err(e) = self.claim_stream(s, &cancel).await {
+                    self.redis_failed(&e, "XAUTOCLAIM");
+                }
+            }
+        }
+    }
+
+    async fn claim_stream(self: &Arc<Self>, s: &Arc<str>, cancel: &CancellationToken) -> redis::RedisResult<()> {
+        let mut conn = self.commands.clone();
+        let mut cursor = "0-0".to_owned();
+        let idle = self.config.claim_idle.as_millis() as u64;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            let Some(permit) = self.acquire(cancel).await else {
+                return Ok(());
+            };
+            let (next, claimed, deleted) = stream::autoclaim(
+                &mut conn,
+                s,
+                &self.config.group,
+                &self.config.consumer,
+                idle,
+                &cursor,
+                self.config.batch_size,
+            )
+            .await?;
+            if !deleted.is_empty() {
+                // Pending entries trimmed from the stream: nothing to apply.
+                let ids: Vec<(&str, &str)> = deleted.iter().map(|id| (s.as_ref(), id.as_str())).collect();
+                stream::ack(&mut conn, &self.config.group, &ids).await?;
+            }
+            let mut claimed: Vec<StreamEntry> = {
+                let in_flight = self.state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                claimed
+                    .into_iter()
+                    .filter(|e| !in_flight.contains(&in_flight_key(e)))
+                    .collect()
+            };
+            if !claimed.is_empty() {
+                tracing::info!(stream = %s, entries = claimed.len(), "reclaimed entries of an idle consumer");
+                metrics::counter!("writer_entries_reclaimed_total").increment(claimed.len() as u64);
+                self.set_delivery_counts(&mut claimed).await?;
+                self.dispatch(claimed, permit).await;
+            }
+            if next == "0-0" {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// Refreshes per-stream lag and pending counts for /health and /metrics.
+    async fn monitor_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => return,
+            }
+            let mut conn = self.commands.clone();
+            let mut infos = Vec::with_capacity(self.streams.len());
+            for s in &self.streams {
+                match stream::group_info(&mut conn, s, &self.config.group).await {
+                    Ok(info) => {
+                        let info = info.unwrap_or_default();
+                        metrics::gauge!("writer_stream_lag", "stream" => s.to_string())
+                            .set(info.lag.unwrap_or(0) as f64);
+                        metrics::gauge!("writer_stream_pending", "stream" => s.to_string())
+                            .set(info.pending as f64);
+                        infos.push((s.to_string(), info));
+                    }
+                    Err(e) => {
+                        self.redis_failed(&e, "XINFO");
+                        break;
+                    }
+                }
+            }
+            if infos.len() == self.streams.len() {
+                self.state.redis_healthy.store(true, Ordering::Relaxed);
+                *self.state.streams.write().unwrap_or_else(|p| p.into_inner()) = infos;
+            }
+        }
+    }
+}

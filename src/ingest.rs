@@ -1,0 +1,231 @@
+//! One batch of stream entries → committed events and dead letters.
+//!
+//! Decoding happens once; applying is retried with backoff while Postgres
+//! fails (the circuit breaker tells the reader to stop pulling meanwhile).
+//! When [`Ingest::process`] returns, every entry of the batch is either
+//! applied or recorded in `dead_letter`, both committed: the caller may ACK
+//! all of them. Used by the consumer and by `writer dead-letters replay`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{Applied, KINDS, ReadModel};
+use crate::config::RetryConfig;
+use crate::db::{Failure, classify};
+use crate::dead_letter::{self, NewDeadLetter};
+use crate::decode::{self, DecodedEntry};
+use crate::event::ChainEvent;
+use crate::retry::{Backoff, Circuit};
+use crate::stream::StreamEntry;
+
+/// What a processed batch did.
+#[derive(Debug, Default, Clone)]
+pub struct Processed {
+    pub applied: Applied,
+    pub dead_lettered: usize,
+    pub reorgs: usize,
+}
+
+/// Applies batches of entries.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    pub read_model: ReadModel,
+    pub max_deliveries: u32,
+    pub retry: RetryConfig,
+    pub circuit: Arc<Circuit>,
+}
+
+/// An entry with what decoding made of it.
+struct Decoded<'e> {
+    entry: &'e StreamEntry,
+    payload_field: Option<&'static str>,
+    payload: &'e [u8],
+    decoded: DecodedEntry<'e>,
+    /// Reasons it (or part of it) cannot be applied.
+    problems: Vec<String>,
+}
+
+/// The entry as stored in a dead letter when it had no JSON field: all its
+/// fields as a JSON object (values lossily decoded).
+fn all_fields_json(entry: &StreamEntry) -> Vec<u8> {
+    let map: serde_json::Map<String, serde_json::Value> = entry
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned().into()))
+        .collect();
+    serde_json::Value::Object(map).to_string().into_bytes()
+}
+
+fn decode_entry<'e>(entry: &'e StreamEntry, max_deliveries: u32) -> Decoded<'e> {
+    let mut d = Decoded {
+        entry,
+        payload_field: None,
+        payload: &[],
+        decoded: DecodedEntry::default(),
+        problems: Vec::new(),
+    };
+    match decode::select_payload(entry.field_pairs()) {
+        Ok((field, payload)) => {
+            d.payload_field = Some(field);
+            d.payload = payload;
+        }
+        Err(e) => {
+            d.problems.push(e.to_string());
+            return d;
+        }
+    }
+    if entry.deliveries > max_deliveries {
+        d.problems.push(format!(
+            "delivered {} times, more than MAX_DELIVERIES ({max_deliveries}); not applied",
+            entry.deliveries
+        ));
+        return d;
+    }
+    d.decoded = decode::decode_payload(d.payload);
+    for e in &d.decoded.errors {
+        metrics::counter!("writer_events_failed_total", "event_type" => "undecodable").increment(1);
+        d.problems.push(e.to_string());
+    }
+    d
+}
+
+impl Ingest {
+    /// Decodes, applies and dead-letters one batch. Returns None only if
+    /// `abort` fired while Postgres kept failing: then nothing may be ACKed.
+    pub async fn process(&self, entries: &[StreamEntry], abort: &CancellationToken) -> Option<Processed> {
+        let started = Instant::now();
+        let decoded: Vec<Decoded<'_>> = entries
+            .iter()
+            .filter(|e| !e.fields.is_empty())
+            .map(|e| decode_entry(e, self.max_deliveries))
+            .collect();
+        metrics::histogram!("writer_stage_seconds", "stage" => "decode")
+            .record(started.elapsed().as_secs_f64());
+
+        let mut backoff = Backoff::new(&self.retry);
+        loop {
+            let escalate = backoff.attempts() >= self.retry.max_retries;
+            match self.attempt(&decoded, escalate).await {
+                Ok(processed) => {
+                    self.circuit.record_success();
+                    return Some(processed);
+                }
+                Err(e) => {
+                    let failure = classify(&e);
+                    if self.circuit.record_failure(failure == Failure::Unavailable) {
+                        tracing::error!(error = %e, "Postgres is failing; circuit open, consumer paused");
+                    } else {
+                        tracing::warn!(error = %e, attempt = backoff.attempts() + 1, "batch failed; retrying");
+                    }
+                    metrics::counter!("writer_retries_total", "stage" => "apply").increment(1);
+                    if !backoff.wait(abort).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt: apply in entry order (events up to a reorg notice, the
+    /// notice, the rest), then record dead letters. Safe to repeat: what an
+    /// earlier attempt committed is a no-op the second time.
+    async fn attempt(&self, decoded: &[Decoded<'_>], escalate: bool) -> Result<Processed, sqlx::Error> {
+        let started = Instant::now();
+        let mut out = Processed::default();
+        let mut rejections: Vec<(usize, String)> = Vec::new();
+        let mut segment: Vec<&ChainEvent<'_>> = Vec::new();
+        let mut owners: Vec<usize> = Vec::new();
+        for (i, d) in decoded.iter().enumerate() {
+            segment.extend(d.decoded.events.iter());
+            owners.extend(std::iter::repeat_n(i, d.decoded.events.len()));
+            if d.decoded.reorgs.is_empty() {
+                continue;
+            }
+            self.apply_segment(&mut segment, &mut owners, escalate, &mut out, &mut rejections).await?;
+            for notice in &d.decoded.reorgs {
+                match crate::reorg::apply(&self.read_model, notice).await {
+                    Ok(r) => {
+                        out.reorgs += usize::from(r.applied);
+                        out.applied.dirty_triples.extend(r.dirty_triples);
+                    }
+                    Err(e) if classify(&e) == Failure::Permanent => {
+                        rejections.push((i, format!("reorg notice could not be applied: {e}")));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.apply_segment(&mut segment, &mut owners, escalate, &mut out, &mut rejections).await?;
+        metrics::histogram!("writer_stage_seconds", "stage" => "apply")
+            .record(started.elapsed().as_secs_f64());
+
+        let mut letters = Vec::new();
+        for (i, d) in decoded.iter().enumerate() {
+            let mut reasons: Vec<&str> = d.problems.iter().map(String::as_str).collect();
+            reasons.extend(rejections.iter().filter(|(o, _)| *o == i).map(|(_, r)| r.as_str()));
+            if reasons.is_empty() {
+                continue;
+            }
+            let (field, payload) = match d.payload_field {
+                Some(f) => (Some(f), d.payload.to_vec()),
+                None => (None, all_fields_json(d.entry)),
+            };
+            letters.push(NewDeadLetter {
+                stream: &d.entry.stream,
+                entry_id: &d.entry.id,
+                payload_field: field,
+                payload,
+                error: reasons.join("; "),
+                delivery_count: d.entry.deliveries.min(i32::MAX as u32) as i32,
+            });
+        }
+        dead_letter::record(self.read_model.pool(), &letters).await?;
+        for l in &letters {
+            tracing::warn!(stream = l.stream, entry_id = l.entry_id, error = %l.error, "dead-lettered entry");
+        }
+        out.dead_lettered = letters.len();
+        Ok(out)
+    }
+
+    async fn apply_segment(
+        &self,
+        segment: &mut Vec<&ChainEvent<'_>>,
+        owners: &mut Vec<usize>,
+        escalate: bool,
+        out: &mut Processed,
+        rejections: &mut Vec<(usize, String)>,
+    ) -> Result<(), sqlx::Error> {
+        if segment.is_empty() {
+            return Ok(());
+        }
+        let isolated = self.read_model.apply_isolating(segment, escalate).await?;
+        for (kind, n) in isolated.applied.inserted.iter() {
+            metrics::counter!("writer_events_applied_total", "event_type" => kind).increment(n);
+        }
+        metrics::counter!("writer_events_duplicate_total").increment(isolated.applied.duplicates);
+        metrics::histogram!("writer_batch_events").record(segment.len() as f64);
+        for r in &isolated.rejected {
+            let event = &segment[r.index];
+            let kind = KINDS.iter().find(|k| **k == event.kind.name()).copied().unwrap_or("Generic");
+            metrics::counter!("writer_events_failed_total", "event_type" => kind).increment(1);
+            rejections.push((
+                owners[r.index],
+                format!(
+                    "event {}:{} ({}) could not be stored: {}",
+                    event.chain.transaction_hash,
+                    event.chain.log_index,
+                    event.kind.name(),
+                    r.error
+                ),
+            ));
+        }
+        out.applied.inserted.add(&isolated.applied.inserted);
+        out.applied.duplicates += isolated.applied.duplicates;
+        out.applied.dirty_triples.extend(isolated.applied.dirty_triples);
+        segment.clear();
+        owners.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! Chain reorganisations (SPEC §1 "Reorgs", ADR 0004).
+//!
+//! A notice removes the events of the affected transactions on its network
+//! at blocks ≥ `fork_block`. Everything they touched is rebuilt from the
+//! events that remain — positions, vaults, atoms, triples, terms, and the
+//! analytics of triples that disappear — so the tables end exactly as if the
+//! removed events had never arrived. Removed events are kept as tombstones
+//! (`reorged_events`, by transaction, log index and block hash): if the
+//! abandoned fork's entry is delivered again it is not re-inserted, while
+//! the re-published event of the new chain (another block hash) applies.
+//!
+//! The whole notice is one transaction holding the reorg lock exclusively:
+//! every batch takes that lock shared before its term locks, so no batch
+//! runs concurrently with a reorg and none can slip an abandoned event in
+//! between the deletion and the tombstones.
+
+use sha2::{Digest, Sha256};
+
+use crate::apply::vault::{PositionKey, VaultKey};
+use crate::apply::{ReadModel, atom, take_locks, term, triple, vault};
+use crate::event::ReorgNotice;
+
+/// What a notice did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReorgOutcome {
+    /// False when the same notice had been applied before.
+    pub applied: bool,
+    pub removed_events: u64,
+    pub dirty_triples: Vec<String>,
+}
+
+const REMOVE: &str = r#"
+WITH a AS (
+    DELETE FROM atom_created_events
+    WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
+    RETURNING 'atom_created_events' AS tbl, transaction_hash, log_index, block_hash,
+        term_id AS term, NULL::text AS counter, NULL::text AS account, NULL::text AS curve
+),
+t AS (
+    DELETE FROM triple_created_events
+    WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
+    RETURNING 'triple_created_events', transaction_hash, log_index, block_hash,
+        term_id, counter_term_id, NULL::text, NULL::text
+),
+d AS (
+    DELETE FROM deposited_events
+    WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
+    RETURNING 'deposited_events', transaction_hash, log_index, block_hash,
+        term_id, NULL::text, receiver, curve_id::text
+),
+r AS (
+    DELETE FROM redeemed_events
+    WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
+    RETURNING 'redeemed_events', transaction_hash, log_index, block_hash,
+        term_id, NULL::text, receiver, curve_id::text
+),
+s AS (
+    DELETE FROM share_price_changed_events
+    WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
+    RETURNING 'share_price_changed_events', transaction_hash, log_index, block_hash,
+        term_id, NULL::text, NULL::text, curve_id::text
+),
+g AS (
+    DELETE FROM generic_events
+    WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
+    RETURNING 'generic_events', transaction_hash, log_index, block_hash,
+        NULL::text, NULL::text, NULL::text, NULL::text
+),
+removed AS (
+    SELECT * FROM a UNION ALL SELECT * FROM t UNION ALL SELECT * FROM d
+    UNION ALL SELECT * FROM r UNION ALL SELECT * FROM s UNION ALL SELECT * FROM g
+),
+tombstones AS (
+    INSERT INTO reorged_events (transaction_hash, log_index, block_hash, event_table, reorg_id)
+    SELECT transaction_hash, log_index, block_hash, tbl, $4 FROM removed
+    ON CONFLICT DO NOTHING
+)
+SELECT tbl, term, counter, account, curve FROM removed
+"#;
+
+/// A stable identity for a notice, so a redelivered one is not applied twice.
+fn notice_key(notice: &ReorgNotice<'_>) -> String {
+    let mut hashes: Vec<&str> = notice.affected_tx_hashes.iter().map(|h| h.as_str()).collect();
+    hashes.sort_unstable();
+    let mut hasher = Sha256::new();
+    hasher.update(notice.network.as_bytes());
+    hasher.update(notice.fork_block.to_be_bytes());
+    for h in hashes {
+        hasher.update(h.as_bytes());
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Applies one notice in its own transaction.
+pub async fn apply(rm: &ReadModel, notice: &ReorgNotice<'_>) -> Result<ReorgOutcome, sqlx::Error> {
+    let mut tx = rm.pool().begin().await?;
+    take_locks(&mut tx, rm.schema(), true, &[]).await?;
+    let hashes: Vec<&str> = notice.affected_tx_hashes.iter().map(|h| h.as_str()).collect();
+    let reorg_id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO reorg_notices (notice_key, network, fork_block, depth, affected_tx_hashes, notice)
+         VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+         ON CONFLICT (notice_key) DO NOTHING RETURNING id",
+    )
+    .bind(notice_key(notice))
+    .bind(notice.network.as_ref())
+    .bind(notice.fork_block)
+    .bind(notice.depth)
+    .bind(&hashes)
+    .bind(notice.raw)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(reorg_id) = reorg_id else {
+        tx.commit().await?;
+        return Ok(ReorgOutcome::default());
+    };
+
+    let removed: Vec<(String, Option<String>, Option<String>, Option<String>, Option<String>)> =
+        sqlx::query_as(REMOVE)
+            .bind(notice.network.as_ref())
+            .bind(notice.fork_block)
+            .bind(&hashes)
+            .bind(reorg_id)
+            .fetch_all(&mut *tx)
+            .await?;
+
+    let mut terms: Vec<&str> = Vec::new();
+    let mut atoms: Vec<&str> = Vec::new();
+    let mut triples: Vec<&str> = Vec::new();
+    let mut positions: Vec<PositionKey> = Vec::new();
+    let mut vaults: Vec<VaultKey> = Vec::new();
+    for (table, term, counter, account, curve) in &removed {
+        terms.extend(term.as_deref());
+        terms.extend(counter.as_deref());
+        match (table.as_str(), term, account, curve) {
+            ("atom_created_events", Some(t), _, _) => atoms.push(t),
+            ("triple_created_events", Some(t), _, _) => triples.push(t),
+            (_, Some(t), Some(a), Some(c)) => {
+                positions.push((a.clone(), t.clone(), c.clone()));
+                vaults.push((t.clone(), c.clone()));
+            }
+            (_, Some(t), None, Some(c)) => vaults.push((t.clone(), c.clone())),
+            _ => {}
+        }
+    }
+    atom::recompute(&mut tx, &atoms).await?;
+    let removed_triples = triple::recompute(&mut tx, &triples).await?;
+    vault::recompute(&mut tx, &positions, &vaults).await?;
+    let dirty_triples = term::refresh(&mut tx, &terms).await?;
+    // Triples that no longer exist are nobody's dirty mark: remove their
+    // analytics here (after the dirty marks, see ADR 0004 on lock order).
+    let gone: Vec<&str> = removed_triples.iter().map(|t| t.0.as_str()).collect();
+    crate::analytics::recompute::recompute(&mut tx, rm.schema(), &gone, &removed_triples).await?;
+    sqlx::query("UPDATE reorg_notices SET removed_events = $2 WHERE id = $1")
+        .bind(reorg_id)
+        .bind(removed.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(
+        network = %notice.network,
+        fork_block = notice.fork_block,
+        transactions = hashes.len(),
+        removed_events = removed.len(),
+        "applied reorg notice"
+    );
+    Ok(ReorgOutcome {
+        applied: true,
+        removed_events: removed.len() as u64,
+        dirty_triples,
+    })
+}

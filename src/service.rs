@@ -1,0 +1,153 @@
+//! `writer run`: the application, assembled.
+//!
+//! Builds the pool, applies pending migrations (waiting for Postgres if it
+//! is not up yet), then runs the consumer, the analytics worker and the
+//! HTTP server until the shutdown token fires. Shutdown order (ADR 0005):
+//! stop reading → in-flight batches commit and ACK → analytics worker stops
+//! (its backlog is durable as dirty marks) → HTTP drains → pool closes; all
+//! within SHUTDOWN_TIMEOUT_MS, after which un-ACKed work is abandoned to be
+//! redelivered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::analytics::{self, WorkerState};
+use crate::apply::ReadModel;
+use crate::config::Config;
+use crate::consumer::{Consumer, ConsumerState};
+use crate::ingest::Ingest;
+use crate::retry::{Backoff, Circuit};
+
+/// How the service ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Everything in flight was committed and acknowledged.
+    Clean,
+    /// The shutdown timeout expired first; un-ACKed entries stay pending.
+    TimedOut,
+}
+
+/// Shared state the HTTP endpoints report on.
+#[derive(Debug)]
+pub struct Status {
+    pub config: Config,
+    pub pool: sqlx::PgPool,
+    pub circuit: Arc<Circuit>,
+    pub consumer: Arc<ConsumerState>,
+    pub analytics: Arc<WorkerState>,
+}
+
+/// Applies migrations, retrying while Postgres is unreachable.
+async fn migrate_when_ready(status: &Status, cancel: &CancellationToken) -> anyhow::Result<bool> {
+    let mut backoff = Backoff::new(&status.config.retry);
+    loop {
+        match crate::migrate::run(&status.pool, &status.config.database.schema).await {
+            Ok(applied) => {
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "applied migrations");
+                }
+                return Ok(true);
+            }
+            Err(crate::migrate::MigrateError::Database(e))
+                if crate::db::classify(&e) != crate::db::Failure::Permanent =>
+            {
+                tracing::warn!(error = %e, "Postgres not reachable yet; retrying migrations");
+                if !backoff.wait(cancel).await {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs the service until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Stopped> {
+    let pool = crate::db::pool(&config.database)?;
+    let status = Arc::new(Status {
+        circuit: Arc::new(Circuit::new(config.retry.max_retries)),
+        consumer: Arc::new(ConsumerState::default()),
+        analytics: Arc::new(WorkerState::default()),
+        pool: pool.clone(),
+        config,
+    });
+    let config = &status.config;
+    tracing::info!(
+        schema = %config.database.schema,
+        database = %crate::config::redact_url(config.database.url.expose()),
+        redis = %crate::config::redact_url(config.redis.url.expose()),
+        streams = ?config.redis.streams,
+        group = %config.redis.group,
+        consumer = %config.redis.consumer,
+        "starting writer"
+    );
+
+    // Past this deadline, work still in flight is abandoned.
+    let abort = CancellationToken::new();
+    let deadline = {
+        let (shutdown, abort) = (shutdown.clone(), abort.clone());
+        let timeout = config.shutdown_timeout;
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            // Leave a little of the budget for closing HTTP and the pool.
+            let margin = (timeout / 10).min(Duration::from_secs(1));
+            tokio::time::sleep(timeout.saturating_sub(margin)).await;
+            abort.cancel();
+        })
+    };
+
+    let http = crate::http::serve(status.clone(), shutdown.clone()).await?;
+
+    if !migrate_when_ready(&status, &shutdown).await? {
+        http.await??;
+        return Ok(Stopped::Clean);
+    }
+
+    let read_model = ReadModel::new(pool.clone(), config.database.schema.as_str());
+    let (sender, receiver) = analytics::channel(config.analytics.channel_capacity);
+    let worker_cancel = CancellationToken::new();
+    let worker = tokio::spawn(
+        analytics::Worker::new(
+            pool.clone(),
+            config.database.schema.as_str(),
+            config.analytics.clone(),
+            config.retry.clone(),
+            receiver,
+            status.analytics.clone(),
+        )
+        .run(worker_cancel.clone()),
+    );
+
+    let ingest = Ingest {
+        read_model,
+        max_deliveries: config.redis.max_deliveries,
+        retry: config.retry.clone(),
+        circuit: status.circuit.clone(),
+    };
+    let consumer = Consumer::new(
+        config.redis.clone(),
+        config.workers,
+        config.retry.clone(),
+        ingest,
+        sender,
+        status.consumer.clone(),
+        abort.clone(),
+    )?;
+    consumer.run(shutdown.clone()).await;
+
+    // Reading has stopped and in-flight batches are done (or abandoned).
+    worker_cancel.cancel();
+    let _ = worker.await;
+    http.await??;
+    let stopped = if abort.is_cancelled() {
+        Stopped::TimedOut
+    } else {
+        Stopped::Clean
+    };
+    deadline.abort();
+    pool.close().await;
+    tracing::info!(?stopped, "writer stopped");
+    Ok(stopped)
+}

@@ -1,0 +1,326 @@
+//! Redis stream I/O: consumer groups, reading, reclaiming, acknowledging.
+//!
+//! Replies are parsed from `redis::Value` directly into [`StreamEntry`]
+//! values (no per-entry hash maps). Blocking reads must run on a connection
+//! of their own: a `BLOCK`ed `XREADGROUP` on a shared multiplexed connection
+//! would stall every other command queued behind it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, Value};
+
+/// One stream entry as delivered to this consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub stream: Arc<str>,
+    pub id: String,
+    /// Field names and raw values, in entry order. Empty when the entry was
+    /// deleted from the stream while still pending.
+    pub fields: Vec<(String, Vec<u8>)>,
+    /// How many times Redis has delivered it (1 for a first read).
+    pub deliveries: u32,
+}
+
+impl StreamEntry {
+    /// The entry's XADD time (the millisecond part of its id).
+    pub fn added_at_ms(&self) -> Option<u64> {
+        self.id.split('-').next()?.parse().ok()
+    }
+
+    /// The fields as borrowed pairs.
+    pub fn field_pairs(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
+        self.fields.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// `[id, [field, value, …]]` → entry (fields empty for a deleted entry).
+fn parse_entry(stream: &Arc<str>, v: &Value) -> Option<StreamEntry> {
+    let Value::Array(parts) = v else { return None };
+    let id = text(parts.first()?)?;
+    let mut fields = Vec::new();
+    if let Some(Value::Array(kv)) = parts.get(1) {
+        fields.reserve(kv.len() / 2);
+        for pair in kv.chunks_exact(2) {
+            let name = text(&pair[0])?;
+            let value = match &pair[1] {
+                Value::BulkString(b) => b.clone(),
+                other => text(other)?.into_bytes(),
+            };
+            fields.push((name, value));
+        }
+    }
+    Some(StreamEntry {
+        stream: stream.clone(),
+        id,
+        fields,
+        deliveries: 1,
+    })
+}
+
+/// Parses an XREADGROUP reply: `[[stream, [entry, …]], …]` (RESP2) or a map
+/// of stream → entries (RESP3); nil when the read timed out.
+fn parse_read_reply(reply: &Value, streams: &[Arc<str>]) -> Vec<StreamEntry> {
+    let per_stream: Vec<(&Value, &Value)> = match reply {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|item| match item {
+                Value::Array(pair) if pair.len() == 2 => Some((&pair[0], &pair[1])),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (name, entries) in per_stream {
+        let Some(name) = text(name) else { continue };
+        let Some(stream) = streams.iter().find(|s| s.as_ref() == name) else {
+            continue;
+        };
+        if let Value::Array(entries) = entries {
+            out.extend(entries.iter().filter_map(|e| parse_entry(stream, e)));
+        }
+    }
+    out
+}
+
+/// Creates the consumer group on every stream (and the stream itself if
+/// absent), starting from the beginning. An existing group is left as is.
+pub async fn ensure_groups<C: ConnectionLike>(
+    conn: &mut C,
+    streams: &[Arc<str>],
+    group: &str,
+) -> RedisResult<()> {
+    for stream in streams {
+        let result: RedisResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream.as_ref())
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match result {
+            Ok(_) => tracing::info!(stream = %stream, group, "created consumer group"),
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether an error means the group (or its stream) is gone, e.g. after
+/// Redis restarted without persistence.
+pub fn is_missing_group(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOGROUP")
+}
+
+/// `XREADGROUP` over `streams` with one id each (`>` for new entries, an
+/// entry id to page through this consumer's pending entries).
+#[allow(clippy::too_many_arguments)]
+pub async fn read_group<C: ConnectionLike>(
+    conn: &mut C,
+    group: &str,
+    consumer: &str,
+    streams: &[Arc<str>],
+    ids: &[&str],
+    count: usize,
+    block_ms: Option<u64>,
+) -> RedisResult<Vec<StreamEntry>> {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count);
+    if let Some(ms) = block_ms {
+        cmd.arg("BLOCK").arg(ms);
+    }
+    cmd.arg("STREAMS");
+    for s in streams {
+        cmd.arg(s.as_ref());
+    }
+    for id in ids {
+        cmd.arg(*id);
+    }
+    let reply: Value = cmd.query_async(conn).await?;
+    Ok(parse_read_reply(&reply, streams))
+}
+
+/// One `XAUTOCLAIM` page: entries idle longer than `min_idle_ms` move to
+/// `consumer`. Returns the next cursor (`0-0` when the scan is complete), the
+/// claimed entries, and ids that were pending but deleted from the stream.
+pub async fn autoclaim<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &Arc<str>,
+    group: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+    start: &str,
+    count: usize,
+) -> RedisResult<(String, Vec<StreamEntry>, Vec<String>)> {
+    let reply: Value = redis::cmd("XAUTOCLAIM")
+        .arg(stream.as_ref())
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg(start)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    let Value::Array(parts) = reply else {
+        return Ok(("0-0".to_owned(), Vec::new(), Vec::new()));
+    };
+    let next = parts.first().and_then(text).unwrap_or_else(|| "0-0".to_owned());
+    let claimed = match parts.get(1) {
+        Some(Value::Array(entries)) => entries.iter().filter_map(|e| parse_entry(stream, e)).collect(),
+        _ => Vec::new(),
+    };
+    let deleted = match parts.get(2) {
+        Some(Value::Array(ids)) => ids.iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    };
+    Ok((next, claimed, deleted))
+}
+
+/// Delivery counts of pending entries (`XPENDING` over the range they span).
+pub async fn delivery_counts<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    entries: &[StreamEntry],
+) -> RedisResult<HashMap<String, u32>> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(HashMap::new());
+    };
+    let reply: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg(&first.id)
+        .arg(&last.id)
+        .arg(entries.len().max(1) * 2)
+        .query_async(conn)
+        .await?;
+    let mut counts = HashMap::new();
+    if let Value::Array(rows) = reply {
+        for row in rows {
+            if let Value::Array(cols) = row
+                && let (Some(id), Some(count)) = (cols.first().and_then(text), cols.get(3).and_then(int))
+            {
+                counts.insert(id, count.max(0) as u32);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Acknowledges entries, one `XACK` per stream, pipelined in one round trip.
+pub async fn ack<C: ConnectionLike>(
+    conn: &mut C,
+    group: &str,
+    entries: &[(&str, &str)],
+) -> RedisResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut by_stream: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (stream, id) in entries {
+        match by_stream.iter_mut().find(|(s, _)| s == stream) {
+            Some((_, ids)) => ids.push(id),
+            None => by_stream.push((stream, vec![id])),
+        }
+    }
+    let mut pipe = redis::pipe();
+    for (stream, ids) in &by_stream {
+        pipe.cmd("XACK").arg(*stream).arg(group).arg(ids).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// A group's backlog on one stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GroupInfo {
+    /// Entries not yet delivered to the group (None when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Entries delivered but not acknowledged.
+    pub pending: u64,
+}
+
+/// `XINFO GROUPS` for `group` on `stream`; None if the group is absent.
+pub async fn group_info<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> RedisResult<Option<GroupInfo>> {
+    let reply: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await?;
+    let Value::Array(groups) = reply else {
+        return Ok(None);
+    };
+    for g in groups {
+        let pairs: Vec<(String, Value)> = match g {
+            Value::Array(flat) => flat
+                .chunks_exact(2)
+                .filter_map(|kv| Some((text(&kv[0])?, kv[1].clone())))
+                .collect(),
+            Value::Map(map) => map.into_iter().filter_map(|(k, v)| Some((text(&k)?, v))).collect(),
+            _ => continue,
+        };
+        let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        if get("name").and_then(text).as_deref() != Some(group) {
+            continue;
+        }
+        return Ok(Some(GroupInfo {
+            lag: get("lag").and_then(int).map(|l| l.max(0) as u64),
+            pending: get("pending").and_then(int).unwrap_or(0).max(0) as u64,
+        }));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_read_replies() {
+        let streams: Vec<Arc<str>> = vec!["a".into(), "b".into()];
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("b"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk("1700000000000-3"),
+                    Value::Array(vec![bulk("payload"), bulk("{}"), bulk("x"), bulk("y")]),
+                ]),
+                // Pending but deleted from the stream.
+                Value::Array(vec![bulk("1700000000001-0"), Value::Nil]),
+            ]),
+        ])]);
+        let entries = parse_read_reply(&reply, &streams);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].stream.as_ref(), "b");
+        assert_eq!(entries[0].fields[0], ("payload".to_owned(), b"{}".to_vec()));
+        assert_eq!(entries[0].added_at_ms(), Some(1_700_000_000_000));
+        assert!(entries[1].fields.is_empty());
+        assert!(parse_read_reply(&Value::Nil, &streams).is_empty());
+    }
+}
