@@ -23,7 +23,9 @@ pub fn parse_from_term(text: &str) -> Result<String, String> {
         .or_else(|| text.strip_prefix("0X"))
         .ok_or_else(|| format!("`{text}` must start with 0x"))?;
     if digits.len() > 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("`{text}` must be 0x followed by at most 64 hex digits"));
+        return Err(format!(
+            "`{text}` must be 0x followed by at most 64 hex digits"
+        ));
     }
     Ok(format!("0x{}", digits.to_ascii_lowercase()))
 }
@@ -64,7 +66,9 @@ pub async fn run(
         .await?;
     let resumed_after = last.clone();
     if let Some(l) = &last {
-        progress(&format!("resuming after {l} ({done} of {total} terms already done)"));
+        progress(&format!(
+            "resuming after {l} ({done} of {total} terms already done)"
+        ));
     }
     let started = Instant::now();
     let mut cursor = last;
@@ -95,10 +99,12 @@ pub async fn run(
         ));
         cursor = Some(last_id);
     }
-    sqlx::query("UPDATE backfill_progress SET finished_at = now(), updated_at = now() WHERE from_term = $1")
-        .bind(from_term)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE backfill_progress SET finished_at = now(), updated_at = now() WHERE from_term = $1",
+    )
+    .bind(from_term)
+    .execute(pool)
+    .await?;
     Ok(Summary {
         terms,
         batches,
@@ -156,7 +162,13 @@ async fn rebuild_analytics(
     .fetch_all(pool)
     .await?;
     let refs: Vec<&str> = triples.iter().map(String::as_str).collect();
-    crate::analytics::refresh(pool, schema, crate::analytics::Claim::Listed(&triples), &refs).await?;
+    crate::analytics::refresh(
+        pool,
+        schema,
+        crate::analytics::Claim::Listed(&triples),
+        &refs,
+    )
+    .await?;
     sqlx::query(
         "UPDATE backfill_progress SET last_term = $2, terms_done = terms_done + $3, updated_at = now()
          WHERE from_term = $1",

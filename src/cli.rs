@@ -76,13 +76,14 @@ pub fn print_config(config: &Config) {
 /// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
 fn on_signals(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         let mut signals = 0;
         loop {
             tokio::select! {
@@ -91,7 +92,9 @@ fn on_signals(token: CancellationToken) {
             }
             signals += 1;
             if signals == 1 {
-                tracing::info!("shutdown requested; finishing in-flight batches (signal again to exit at once)");
+                tracing::info!(
+                    "shutdown requested; finishing in-flight batches (signal again to exit at once)"
+                );
                 token.cancel();
             } else {
                 tracing::warn!("second signal: exiting now; un-ACKed entries will be redelivered");
@@ -109,7 +112,9 @@ pub async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             on_signals(shutdown.clone());
             if crate::service::run(config, shutdown).await? == Stopped::TimedOut {
-                anyhow::bail!("shutdown timed out; un-ACKed entries stay pending and will be redelivered");
+                anyhow::bail!(
+                    "shutdown timed out; un-ACKed entries stay pending and will be redelivered"
+                );
             }
         }
         Command::Migrate => {
@@ -118,7 +123,10 @@ pub async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             if applied.is_empty() {
                 println!("schema {} is up to date", config.database.schema);
             } else {
-                println!("schema {}: applied migrations {applied:?}", config.database.schema);
+                println!(
+                    "schema {}: applied migrations {applied:?}",
+                    config.database.schema
+                );
             }
             pool.close().await;
         }
@@ -138,14 +146,19 @@ pub async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
                 |line| println!("{line}"),
             )
             .await?;
-            println!("backfill done: {} terms in {} batches", summary.terms, summary.batches);
+            println!(
+                "backfill done: {} terms in {} batches",
+                summary.terms, summary.batches
+            );
             pool.close().await;
         }
         Command::DeadLetters { action } => {
             let pool = crate::db::pool(&config.database)?;
             match action {
                 DeadLetterAction::List { limit } => list_dead_letters(&pool, limit).await?,
-                DeadLetterAction::Replay { ids } => replay_dead_letters(&pool, &config, &ids).await?,
+                DeadLetterAction::Replay { ids } => {
+                    replay_dead_letters(&pool, &config, &ids).await?
+                }
             }
             pool.close().await;
         }
@@ -186,7 +199,11 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-async fn replay_dead_letters(pool: &sqlx::PgPool, config: &Config, ids: &[i64]) -> anyhow::Result<()> {
+async fn replay_dead_letters(
+    pool: &sqlx::PgPool,
+    config: &Config,
+    ids: &[i64],
+) -> anyhow::Result<()> {
     let ingest = Ingest {
         read_model: ReadModel::new(pool.clone(), config.database.schema.as_str()),
         max_deliveries: config.redis.max_deliveries,
@@ -204,7 +221,10 @@ async fn replay_dead_letters(pool: &sqlx::PgPool, config: &Config, ids: &[i64]) 
             stream: letter.stream.as_str().into(),
             id: letter.entry_id.clone(),
             fields: vec![(
-                letter.payload_field.clone().unwrap_or_else(|| "payload".to_owned()),
+                letter
+                    .payload_field
+                    .clone()
+                    .unwrap_or_else(|| "payload".to_owned()),
                 letter.payload.clone(),
             )],
             // A replay is a fresh attempt: the delivery limit does not apply.
@@ -215,7 +235,11 @@ async fn replay_dead_letters(pool: &sqlx::PgPool, config: &Config, ids: &[i64]) 
         };
         if processed.dead_lettered == 0 {
             crate::dead_letter::mark_replayed(pool, letter.id, None).await?;
-            println!("#{} replayed: {} events applied", letter.id, processed.applied.inserted.total());
+            println!(
+                "#{} replayed: {} events applied",
+                letter.id,
+                processed.applied.inserted.total()
+            );
             ok += 1;
         } else {
             let reason: String = sqlx::query_scalar(

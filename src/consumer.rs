@@ -89,7 +89,11 @@ impl Consumer {
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_secs(2)),
         )?;
-        let streams = config.streams.iter().map(|s| Arc::from(s.as_str())).collect();
+        let streams = config
+            .streams
+            .iter()
+            .map(|s| Arc::from(s.as_str()))
+            .collect();
         Ok(Consumer {
             shared: Arc::new(Shared {
                 config,
@@ -169,8 +173,11 @@ impl Shared {
         let mut conn: Option<MultiplexedConnection> = None;
         let mut backoff = Backoff::new(&self.retry);
         // Pending phase: per stream, the id after which to continue.
-        let mut pending: Vec<(Arc<str>, String)> =
-            self.streams.iter().map(|s| (s.clone(), "0".to_owned())).collect();
+        let mut pending: Vec<(Arc<str>, String)> = self
+            .streams
+            .iter()
+            .map(|s| (s.clone(), "0".to_owned()))
+            .collect();
         let block_ms = self.config.block.as_millis() as u64;
         while !cancel.is_cancelled() {
             if !self.ingest.circuit.wait_closed(&cancel).await {
@@ -197,22 +204,42 @@ impl Shared {
             let result = if reading_pending {
                 let streams: Vec<Arc<str>> = pending.iter().map(|(s, _)| s.clone()).collect();
                 let ids: Vec<&str> = pending.iter().map(|(_, id)| id.as_str()).collect();
-                stream::read_group(c, &self.config.group, &self.config.consumer, &streams, &ids, self.config.batch_size, None).await
+                stream::read_group(
+                    c,
+                    &self.config.group,
+                    &self.config.consumer,
+                    &streams,
+                    &ids,
+                    self.config.batch_size,
+                    None,
+                )
+                .await
             } else {
                 let ids = vec![">"; self.streams.len()];
-                stream::read_group(c, &self.config.group, &self.config.consumer, &self.streams, &ids, self.config.batch_size, Some(block_ms)).await
+                stream::read_group(
+                    c,
+                    &self.config.group,
+                    &self.config.consumer,
+                    &self.streams,
+                    &ids,
+                    self.config.batch_size,
+                    Some(block_ms),
+                )
+                .await
             };
             match result {
                 Ok(mut entries) => {
                     self.state.redis_healthy.store(true, Ordering::Relaxed);
                     backoff.reset();
                     if reading_pending {
-                        pending.retain_mut(|(s, cursor)| match entries.iter().rev().find(|e| e.stream == *s) {
-                            Some(last) => {
-                                *cursor = last.id.clone();
-                                true
+                        pending.retain_mut(|(s, cursor)| {
+                            match entries.iter().rev().find(|e| e.stream == *s) {
+                                Some(last) => {
+                                    *cursor = last.id.clone();
+                                    true
+                                }
+                                None => false,
                             }
-                            None => false,
                         });
                         if let Err(e) = self.set_delivery_counts(&mut entries).await {
                             self.redis_failed(&e, "XPENDING");
@@ -247,7 +274,8 @@ impl Shared {
     async fn set_delivery_counts(&self, entries: &mut [StreamEntry]) -> redis::RedisResult<()> {
         let mut conn = self.commands.clone();
         for s in &self.streams {
-            let mine: Vec<StreamEntry> = entries.iter().filter(|e| e.stream == *s).cloned().collect();
+            let mine: Vec<StreamEntry> =
+                entries.iter().filter(|e| e.stream == *s).cloned().collect();
             if mine.is_empty() {
                 continue;
             }
@@ -263,12 +291,20 @@ impl Shared {
 
     /// Splits entries into batches of at most BATCH_SIZE and spawns one task
     /// per batch, each holding a permit.
-    async fn dispatch(self: &Arc<Self>, mut entries: Vec<StreamEntry>, permit: OwnedSemaphorePermit) {
+    async fn dispatch(
+        self: &Arc<Self>,
+        mut entries: Vec<StreamEntry>,
+        permit: OwnedSemaphorePermit,
+    ) {
         if entries.is_empty() {
             return;
         }
         {
-            let mut in_flight = self.state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut in_flight = self
+                .state
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for e in &entries {
                 in_flight.insert(in_flight_key(e));
             }
@@ -287,7 +323,8 @@ impl Shared {
                 },
             };
             let shared = self.clone();
-            self.tracker.spawn(async move { shared.process_batch(batch, permit).await });
+            self.tracker
+                .spawn(async move { shared.process_batch(batch, permit).await });
         }
     }
 
@@ -302,7 +339,9 @@ impl Shared {
                 }
             }
             if self.ack(&batch).await {
-                self.state.entries_acked.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.state
+                    .entries_acked
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 self.state
                     .events_applied
                     .fetch_add(processed.applied.inserted.total(), Ordering::Relaxed);
@@ -321,7 +360,11 @@ impl Shared {
             self.analytics.notify(processed.applied.dirty_triples);
         }
         {
-            let mut in_flight = self.state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut in_flight = self
+                .state
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for e in &batch {
                 in_flight.remove(&in_flight_key(e));
             }
@@ -333,7 +376,10 @@ impl Shared {
     /// entries are then redelivered later, and re-applying them is a no-op).
     async fn ack(&self, batch: &[StreamEntry]) -> bool {
         let started = Instant::now();
-        let ids: Vec<(&str, &str)> = batch.iter().map(|e| (e.stream.as_ref(), e.id.as_str())).collect();
+        let ids: Vec<(&str, &str)> = batch
+            .iter()
+            .map(|e| (e.stream.as_ref(), e.id.as_str()))
+            .collect();
         let mut backoff = Backoff::new(&self.retry);
         loop {
             let mut conn = self.commands.clone();
@@ -376,7 +422,11 @@ impl Shared {
         }
     }
 
-    async fn claim_stream(self: &Arc<Self>, s: &Arc<str>, cancel: &CancellationToken) -> redis::RedisResult<()> {
+    async fn claim_stream(
+        self: &Arc<Self>,
+        s: &Arc<str>,
+        cancel: &CancellationToken,
+    ) -> redis::RedisResult<()> {
         let mut conn = self.commands.clone();
         let mut cursor = "0-0".to_owned();
         let idle = self.config.claim_idle.as_millis() as u64;
@@ -399,11 +449,16 @@ impl Shared {
             .await?;
             if !deleted.is_empty() {
                 // Pending entries trimmed from the stream: nothing to apply.
-                let ids: Vec<(&str, &str)> = deleted.iter().map(|id| (s.as_ref(), id.as_str())).collect();
+                let ids: Vec<(&str, &str)> =
+                    deleted.iter().map(|id| (s.as_ref(), id.as_str())).collect();
                 stream::ack(&mut conn, &self.config.group, &ids).await?;
             }
             let mut claimed: Vec<StreamEntry> = {
-                let in_flight = self.state.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                let in_flight = self
+                    .state
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 claimed
                     .into_iter()
                     .filter(|e| !in_flight.contains(&in_flight_key(e)))
@@ -451,7 +506,11 @@ impl Shared {
             }
             if infos.len() == self.streams.len() {
                 self.state.redis_healthy.store(true, Ordering::Relaxed);
-                *self.state.streams.write().unwrap_or_else(|p| p.into_inner()) = infos;
+                *self
+                    .state
+                    .streams
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = infos;
             }
         }
     }

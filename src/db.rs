@@ -16,7 +16,11 @@ use crate::config::DatabaseConfig;
 pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
     let mut options = PgConnectOptions::from_str(config.url.expose())?
         .application_name("writer")
-        .options([("search_path", config.schema.as_str())]);
+        .options([
+            ("search_path", config.schema.as_str()),
+            // Keep NOTICEs ("already exists, skipping") out of the logs.
+            ("client_min_messages", "warning"),
+        ]);
     if !config.statement_timeout.is_zero() {
         options = options.options([(
             "statement_timeout",

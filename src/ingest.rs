@@ -94,7 +94,11 @@ fn decode_entry<'e>(entry: &'e StreamEntry, max_deliveries: u32) -> Decoded<'e> 
 impl Ingest {
     /// Decodes, applies and dead-letters one batch. Returns None only if
     /// `abort` fired while Postgres kept failing: then nothing may be ACKed.
-    pub async fn process(&self, entries: &[StreamEntry], abort: &CancellationToken) -> Option<Processed> {
+    pub async fn process(
+        &self,
+        entries: &[StreamEntry],
+        abort: &CancellationToken,
+    ) -> Option<Processed> {
         let started = Instant::now();
         let decoded: Vec<Decoded<'_>> = entries
             .iter()
@@ -131,7 +135,11 @@ impl Ingest {
     /// One attempt: apply in entry order (events up to a reorg notice, the
     /// notice, the rest), then record dead letters. Safe to repeat: what an
     /// earlier attempt committed is a no-op the second time.
-    async fn attempt(&self, decoded: &[Decoded<'_>], escalate: bool) -> Result<Processed, sqlx::Error> {
+    async fn attempt(
+        &self,
+        decoded: &[Decoded<'_>],
+        escalate: bool,
+    ) -> Result<Processed, sqlx::Error> {
         let started = Instant::now();
         let mut out = Processed::default();
         let mut rejections: Vec<(usize, String)> = Vec::new();
@@ -143,7 +151,14 @@ impl Ingest {
             if d.decoded.reorgs.is_empty() {
                 continue;
             }
-            self.apply_segment(&mut segment, &mut owners, escalate, &mut out, &mut rejections).await?;
+            self.apply_segment(
+                &mut segment,
+                &mut owners,
+                escalate,
+                &mut out,
+                &mut rejections,
+            )
+            .await?;
             for notice in &d.decoded.reorgs {
                 match crate::reorg::apply(&self.read_model, notice).await {
                     Ok(r) => {
@@ -157,14 +172,26 @@ impl Ingest {
                 }
             }
         }
-        self.apply_segment(&mut segment, &mut owners, escalate, &mut out, &mut rejections).await?;
+        self.apply_segment(
+            &mut segment,
+            &mut owners,
+            escalate,
+            &mut out,
+            &mut rejections,
+        )
+        .await?;
         metrics::histogram!("writer_stage_seconds", "stage" => "apply")
             .record(started.elapsed().as_secs_f64());
 
         let mut letters = Vec::new();
         for (i, d) in decoded.iter().enumerate() {
             let mut reasons: Vec<&str> = d.problems.iter().map(String::as_str).collect();
-            reasons.extend(rejections.iter().filter(|(o, _)| *o == i).map(|(_, r)| r.as_str()));
+            reasons.extend(
+                rejections
+                    .iter()
+                    .filter(|(o, _)| *o == i)
+                    .map(|(_, r)| r.as_str()),
+            );
             if reasons.is_empty() {
                 continue;
             }
@@ -208,7 +235,11 @@ impl Ingest {
         metrics::histogram!("writer_batch_events").record(segment.len() as f64);
         for r in &isolated.rejected {
             let event = &segment[r.index];
-            let kind = KINDS.iter().find(|k| **k == event.kind.name()).copied().unwrap_or("Generic");
+            let kind = KINDS
+                .iter()
+                .find(|k| **k == event.kind.name())
+                .copied()
+                .unwrap_or("Generic");
             metrics::counter!("writer_events_failed_total", "event_type" => kind).increment(1);
             rejections.push((
                 owners[r.index],
@@ -223,7 +254,9 @@ impl Ingest {
         }
         out.applied.inserted.add(&isolated.applied.inserted);
         out.applied.duplicates += isolated.applied.duplicates;
-        out.applied.dirty_triples.extend(isolated.applied.dirty_triples);
+        out.applied
+            .dirty_triples
+            .extend(isolated.applied.dirty_triples);
         segment.clear();
         owners.clear();
         Ok(())

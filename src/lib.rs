@@ -6,23 +6,23 @@
 //! apply in one Postgres transaction with its cascade ([`apply`]) → commit →
 //! XACK → analytics channel → analytics worker ([`analytics`]).
 
+pub mod analytics;
 pub mod apply;
+pub mod backfill;
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod db;
+pub mod dead_letter;
 pub mod decode;
 pub mod event;
+pub mod http;
+pub mod ingest;
 pub mod lock;
 pub mod migrate;
+pub mod reorg;
+pub mod retry;
+pub mod service;
+pub mod stream;
 pub mod telemetry;
 pub mod workload;
-pub mod retry;
-pub mod analytics;
-pub mod dead_letter;
-pub mod reorg;
-pub mod ingest;
-pub mod stream;
-pub mod consumer;
-pub mod service;
-pub mod http;
-pub mod backfill;

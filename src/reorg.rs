@@ -78,9 +78,23 @@ tombstones AS (
 SELECT tbl, term, counter, account, curve FROM removed
 "#;
 
+/// A removed event: its table, term, counter term (triples), account and
+/// curve (vault events).
+type RemovedEvent = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// A stable identity for a notice, so a redelivered one is not applied twice.
 fn notice_key(notice: &ReorgNotice<'_>) -> String {
-    let mut hashes: Vec<&str> = notice.affected_tx_hashes.iter().map(|h| h.as_str()).collect();
+    let mut hashes: Vec<&str> = notice
+        .affected_tx_hashes
+        .iter()
+        .map(|h| h.as_str())
+        .collect();
     hashes.sort_unstable();
     let mut hasher = Sha256::new();
     hasher.update(notice.network.as_bytes());
@@ -88,14 +102,22 @@ fn notice_key(notice: &ReorgNotice<'_>) -> String {
     for h in hashes {
         hasher.update(h.as_bytes());
     }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Applies one notice in its own transaction.
 pub async fn apply(rm: &ReadModel, notice: &ReorgNotice<'_>) -> Result<ReorgOutcome, sqlx::Error> {
     let mut tx = rm.pool().begin().await?;
     take_locks(&mut tx, rm.schema(), true, &[]).await?;
-    let hashes: Vec<&str> = notice.affected_tx_hashes.iter().map(|h| h.as_str()).collect();
+    let hashes: Vec<&str> = notice
+        .affected_tx_hashes
+        .iter()
+        .map(|h| h.as_str())
+        .collect();
     let reorg_id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO reorg_notices (notice_key, network, fork_block, depth, affected_tx_hashes, notice)
          VALUES ($1, $2, $3, $4, $5, $6::jsonb)
@@ -114,14 +136,13 @@ pub async fn apply(rm: &ReadModel, notice: &ReorgNotice<'_>) -> Result<ReorgOutc
         return Ok(ReorgOutcome::default());
     };
 
-    let removed: Vec<(String, Option<String>, Option<String>, Option<String>, Option<String>)> =
-        sqlx::query_as(REMOVE)
-            .bind(notice.network.as_ref())
-            .bind(notice.fork_block)
-            .bind(&hashes)
-            .bind(reorg_id)
-            .fetch_all(&mut *tx)
-            .await?;
+    let removed: Vec<RemovedEvent> = sqlx::query_as(REMOVE)
+        .bind(notice.network.as_ref())
+        .bind(notice.fork_block)
+        .bind(&hashes)
+        .bind(reorg_id)
+        .fetch_all(&mut *tx)
+        .await?;
 
     let mut terms: Vec<&str> = Vec::new();
     let mut atoms: Vec<&str> = Vec::new();

@@ -211,6 +211,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());
         c.record_success();
-        assert!(tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), waiter)
+                .await
+                .unwrap()
+                .unwrap()
+        );
     }
 }

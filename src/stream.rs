@@ -147,7 +147,11 @@ pub async fn read_group<C: ConnectionLike>(
     block_ms: Option<u64>,
 ) -> RedisResult<Vec<StreamEntry>> {
     let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count);
+    cmd.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
     if let Some(ms) = block_ms {
         cmd.arg("BLOCK").arg(ms);
     }
@@ -187,9 +191,15 @@ pub async fn autoclaim<C: ConnectionLike>(
     let Value::Array(parts) = reply else {
         return Ok(("0-0".to_owned(), Vec::new(), Vec::new()));
     };
-    let next = parts.first().and_then(text).unwrap_or_else(|| "0-0".to_owned());
+    let next = parts
+        .first()
+        .and_then(text)
+        .unwrap_or_else(|| "0-0".to_owned());
     let claimed = match parts.get(1) {
-        Some(Value::Array(entries)) => entries.iter().filter_map(|e| parse_entry(stream, e)).collect(),
+        Some(Value::Array(entries)) => entries
+            .iter()
+            .filter_map(|e| parse_entry(stream, e))
+            .collect(),
         _ => Vec::new(),
     };
     let deleted = match parts.get(2) {
@@ -221,7 +231,8 @@ pub async fn delivery_counts<C: ConnectionLike>(
     if let Value::Array(rows) = reply {
         for row in rows {
             if let Value::Array(cols) = row
-                && let (Some(id), Some(count)) = (cols.first().and_then(text), cols.get(3).and_then(int))
+                && let (Some(id), Some(count)) =
+                    (cols.first().and_then(text), cols.get(3).and_then(int))
             {
                 counts.insert(id, count.max(0) as u32);
             }
@@ -268,7 +279,11 @@ pub async fn group_info<C: ConnectionLike>(
     stream: &str,
     group: &str,
 ) -> RedisResult<Option<GroupInfo>> {
-    let reply: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await?;
+    let reply: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
     let Value::Array(groups) = reply else {
         return Ok(None);
     };
@@ -278,7 +293,10 @@ pub async fn group_info<C: ConnectionLike>(
                 .chunks_exact(2)
                 .filter_map(|kv| Some((text(&kv[0])?, kv[1].clone())))
                 .collect(),
-            Value::Map(map) => map.into_iter().filter_map(|(k, v)| Some((text(&k)?, v))).collect(),
+            Value::Map(map) => map
+                .into_iter()
+                .filter_map(|(k, v)| Some((text(&k)?, v)))
+                .collect(),
             _ => continue,
         };
         let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v);

@@ -90,7 +90,11 @@ pub async fn refresh(
                 .await?
         }
     };
-    let mut ids: Vec<&str> = claimed.iter().map(String::as_str).chain(also.iter().copied()).collect();
+    let mut ids: Vec<&str> = claimed
+        .iter()
+        .map(String::as_str)
+        .chain(also.iter().copied())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     if ids.is_empty() {

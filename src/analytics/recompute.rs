@@ -175,7 +175,11 @@ pub async fn recompute(
     let spo: Vec<(&str, &str, &str)> = existing
         .iter()
         .map(|(s, p, o)| (s.as_str(), p.as_str(), o.as_str()))
-        .chain(removed.iter().map(|r| (r.2.as_str(), r.3.as_str(), r.4.as_str())))
+        .chain(
+            removed
+                .iter()
+                .map(|r| (r.2.as_str(), r.3.as_str(), r.4.as_str())),
+        )
         .collect();
 
     let mut locks = LockSet::with_capacity(ids.len() + 2 * spo.len());
@@ -183,8 +187,16 @@ pub async fn recompute(
         locks.add(lock::key(schema, Domain::AnalyticsTriple, id));
     }
     for (s, p, o) in &spo {
-        locks.add(lock::key(schema, Domain::PredicateObject, &format!("{p}:{o}")));
-        locks.add(lock::key(schema, Domain::SubjectPredicate, &format!("{s}:{p}")));
+        locks.add(lock::key(
+            schema,
+            Domain::PredicateObject,
+            &format!("{p}:{o}"),
+        ));
+        locks.add(lock::key(
+            schema,
+            Domain::SubjectPredicate,
+            &format!("{s}:{p}"),
+        ));
     }
     sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
         .bind(locks.into_sorted())

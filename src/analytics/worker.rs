@@ -127,7 +127,9 @@ impl Worker {
             match self.process(listed).await {
                 Ok(n) => {
                     self.state.healthy.store(true, Ordering::Relaxed);
-                    self.state.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                    self.state
+                        .last_success_ms
+                        .store(now_ms(), Ordering::Relaxed);
                     if n > 0 {
                         self.state
                             .terms_processed
@@ -153,7 +155,8 @@ impl Worker {
 
     /// Keeps to MAX_MESSAGES_PER_SECOND and MIN_BATCH_INTERVAL_MS.
     async fn pace(&self, terms: usize, started: Instant, cancel: &CancellationToken) {
-        let budget = Duration::from_secs_f64(terms as f64 / self.config.max_terms_per_second as f64);
+        let budget =
+            Duration::from_secs_f64(terms as f64 / self.config.max_terms_per_second as f64);
         let wait = budget
             .max(self.config.min_batch_interval)
             .saturating_sub(started.elapsed());

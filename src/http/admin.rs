@@ -27,8 +27,14 @@ pub fn routes(state: Arc<Status>) -> Router<Arc<Status>> {
 
 /// Compares tokens in constant time (by comparing their SHA-256 digests).
 fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 async fn authorize(State(status): State<Arc<Status>>, request: Request, next: Next) -> Response {
@@ -101,6 +107,10 @@ async fn dead_letters(State(status): State<Arc<Status>>, Query(q): Query<Limit>)
                 .collect::<Vec<_>>(),
         )
         .into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database error: {e}")).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database error: {e}"),
+        )
+            .into_response(),
     }
 }

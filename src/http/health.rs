@@ -54,14 +54,15 @@ pub struct BacklogCounts {
 }
 
 pub async fn backlog_counts(pool: &sqlx::PgPool) -> Result<BacklogCounts, sqlx::Error> {
-    let (analytics_backlog, dead_letters_unresolved, dead_letters_recent): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM analytics_dirty),
+    let (analytics_backlog, dead_letters_unresolved, dead_letters_recent): (i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM analytics_dirty),
                 count(*) FILTER (WHERE replayed_at IS NULL),
                 count(*) FILTER (WHERE last_seen > now() - interval '5 minutes')
          FROM dead_letter",
-    )
-    .fetch_one(pool)
-    .await?;
+        )
+        .fetch_one(pool)
+        .await?;
     Ok(BacklogCounts {
         analytics_backlog,
         dead_letters_unresolved,
@@ -129,15 +130,24 @@ pub async fn check(status: &Status) -> Health {
     let health = &status.config.health;
     for (name, info) in &streams {
         if info.lag.unwrap_or(0) > health.max_stream_lag {
-            degraded.push(format!("stream {name} lags by {} entries", info.lag.unwrap_or(0)));
+            degraded.push(format!(
+                "stream {name} lags by {} entries",
+                info.lag.unwrap_or(0)
+            ));
         }
     }
     if let Some(c) = counts {
         if c.analytics_backlog as u64 > health.max_analytics_backlog {
-            degraded.push(format!("analytics backlog of {} terms", c.analytics_backlog));
+            degraded.push(format!(
+                "analytics backlog of {} terms",
+                c.analytics_backlog
+            ));
         }
         if c.dead_letters_recent > 0 {
-            degraded.push(format!("{} dead letters in the last 5 minutes", c.dead_letters_recent));
+            degraded.push(format!(
+                "{} dead letters in the last 5 minutes",
+                c.dead_letters_recent
+            ));
         }
     }
     let status_text = if !unhealthy.is_empty() {
@@ -190,7 +200,7 @@ mod tests {
     fn rfc3339_formats_utc() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_795_348_800_250);
-        assert_eq!(rfc3339(t), "2026-11-22T08:00:00.250Z");
+        assert_eq!(rfc3339(t), "2026-11-22T12:00:00.250Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
     }

@@ -28,7 +28,9 @@ use crate::service::Status;
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-const BATCH_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
 
 /// Installs the global recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -37,7 +39,12 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("seconds".into()), SECONDS_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("writer_batch_events".into()), BATCH_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("writer_batch_events".into()),
+                        BATCH_BUCKETS,
+                    )
+                })
                 .expect("static, non-empty buckets");
             match builder.install_recorder() {
                 Ok(handle) => handle,
@@ -58,7 +65,11 @@ pub async fn render(State(_): State<Arc<Status>>) -> impl IntoResponse {
 
 /// Refreshes gauges that come from polling (pool, backlog, dead letters)
 /// and runs the exporter's upkeep.
-pub async fn refresh_loop(status: Arc<Status>, handle: PrometheusHandle, cancel: CancellationToken) {
+pub async fn refresh_loop(
+    status: Arc<Status>,
+    handle: PrometheusHandle,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -72,11 +83,18 @@ pub async fn refresh_loop(status: Arc<Status>, handle: PrometheusHandle, cancel:
         metrics::gauge!("writer_db_pool_idle").set(idle);
         metrics::gauge!("writer_db_pool_in_use").set((size - idle).max(0.0));
         metrics::gauge!("writer_db_pool_max").set(status.config.database.pool_size as f64);
-        if let Ok(Ok(counts)) = tokio::time::timeout(Duration::from_secs(1), super::health::backlog_counts(pool)).await {
+        if let Ok(Ok(counts)) =
+            tokio::time::timeout(Duration::from_secs(1), super::health::backlog_counts(pool)).await
+        {
             metrics::gauge!("writer_analytics_backlog").set(counts.analytics_backlog as f64);
-            metrics::gauge!("writer_dead_letters_unresolved").set(counts.dead_letters_unresolved as f64);
+            metrics::gauge!("writer_dead_letters_unresolved")
+                .set(counts.dead_letters_unresolved as f64);
         }
-        metrics::gauge!("writer_circuit_open").set(if status.circuit.is_open() { 1.0 } else { 0.0 });
+        metrics::gauge!("writer_circuit_open").set(if status.circuit.is_open() {
+            1.0
+        } else {
+            0.0
+        });
         handle.run_upkeep();
     }
 }

@@ -22,7 +22,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let handle = metrics::install();
-    let refresher = tokio::spawn(metrics::refresh_loop(status.clone(), handle.clone(), shutdown.clone()));
+    let refresher = tokio::spawn(metrics::refresh_loop(
+        status.clone(),
+        handle.clone(),
+        shutdown.clone(),
+    ));
     let app = Router::new()
         .route("/health", get(health::health))
         .route("/metrics", get(metrics::render))

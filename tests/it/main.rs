@@ -4,8 +4,10 @@
 
 mod support;
 
+mod analytics;
 mod apply_invariants;
 mod apply_property;
 mod check_config;
+mod consume;
 mod malformed;
 mod migrate;

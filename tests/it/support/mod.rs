@@ -4,5 +4,7 @@
 pub mod db;
 pub mod events;
 pub mod model;
+pub mod proxy;
+pub mod service;
 
 pub use db::TestDb;

@@ -327,6 +327,72 @@ impl Model {
     }
 }
 
+/// Invariants 6–8: the analytics tables, from the model's triples and vaults.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Analytics {
+    pub triple_vault: Vec<String>,
+    pub triple_term: Vec<String>,
+    pub predicate_object: Vec<String>,
+    pub subject_predicate: Vec<String>,
+}
+
+impl Model {
+    pub fn analytics(&self) -> Analytics {
+        let mut triple_vault = Vec::new();
+        let mut triple_term = Vec::new();
+        // (pair) → (triples, positions, market cap)
+        let mut po: BTreeMap<(String, String), (u64, u128, u128)> = BTreeMap::new();
+        let mut sp: BTreeMap<(String, String), (u64, u128, u128)> = BTreeMap::new();
+        for (id, (_, counter, s, p, o)) in &self.triples {
+            let curves: BTreeSet<&String> = self
+                .vaults
+                .keys()
+                .filter(|(t, _)| t == id || t == counter)
+                .map(|(_, c)| c)
+                .collect();
+            let (mut assets, mut caps, mut positions) = (0u128, 0u128, 0u128);
+            for curve in curves {
+                let side = |term: &String| self.vaults.get(&(term.clone(), curve.clone()));
+                let (mut ts, mut ta, mut pc, mut mc) = (0u128, 0u128, 0u128, 0u128);
+                for (term, v) in [(id, side(id)), (counter, side(counter))] {
+                    if let Some(v) = v {
+                        ts += v.total_shares;
+                        ta += v.total_assets;
+                        pc += self.position_count(term, curve) as u128;
+                        mc += market_cap(v.total_shares, v.price);
+                    }
+                }
+                triple_vault.push(format!("{id}|{counter}|{curve}|{ts}|{ta}|{pc}|{mc}"));
+                assets += ta;
+                caps += mc;
+                positions += pc;
+            }
+            triple_term.push(format!("{id}|{counter}|{assets}|{caps}|{positions}"));
+            for (map, key) in [
+                (&mut po, (p.clone(), o.clone())),
+                (&mut sp, (s.clone(), p.clone())),
+            ] {
+                let e = map.entry(key).or_insert((0, 0, 0));
+                e.0 += 1;
+                e.1 += positions;
+                e.2 += caps;
+            }
+        }
+        let pairs = |m: BTreeMap<(String, String), (u64, u128, u128)>| {
+            sorted(
+                m.into_iter()
+                    .map(|((a, b), (n, pc, mc))| format!("{a}|{b}|{n}|{pc}|{mc}")),
+            )
+        };
+        Analytics {
+            triple_vault: sorted(triple_vault.into_iter()),
+            triple_term: sorted(triple_term.into_iter()),
+            predicate_object: pairs(po),
+            subject_predicate: pairs(sp),
+        }
+    }
+}
+
 fn sorted(rows: impl Iterator<Item = String>) -> Vec<String> {
     let mut v: Vec<String> = rows.collect();
     v.sort();

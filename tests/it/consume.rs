@@ -1,0 +1,324 @@
+//! `writer run` end to end: real Redis streams, real Postgres, the writer as
+//! a process (SPEC §3 "Consume", "ACK"; issue 3).
+
+use std::time::Duration;
+
+use writer::workload::generate;
+
+use crate::support::proxy::Proxy;
+use crate::support::service::{Env, Writer, applied_directly, assert_same_core, json_body};
+
+const DRAIN: Duration = Duration::from_secs(90);
+
+/// A generated workload XADDed to the five streams ends in exactly the
+/// tables the same events give when applied directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_give_the_same_tables_as_direct_apply() {
+    let mut env = Env::new(11, 4_000).await;
+    let workload = generate(&env.spec);
+    env.publish(&workload.entries).await;
+    let writer = Writer::start(&env.writer_env("w1"));
+    env.wait_drained(DRAIN).await;
+    let expected = applied_directly(&workload).await;
+    assert_same_core(&env.db, &expected).await;
+    assert_eq!(
+        env.db.scalar_i64("SELECT count(*) FROM dead_letter").await,
+        0,
+        "{}",
+        writer.log()
+    );
+}
+
+/// Entries delivered to a consumer that died (never ACKed) are reclaimed by
+/// another after CLAIM_IDLE_MS; nothing is lost and nothing applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_consumers_entries_are_reclaimed() {
+    let mut env = Env::new(12, 4_000).await;
+    let workload = generate(&env.spec);
+    env.publish(&workload.entries).await;
+
+    // A consumer that reads a share of the stream and dies without ACKing.
+    let group = env.group.clone();
+    for s in &env.spec.streams.clone() {
+        let _: redis::Value = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(s)
+            .arg(&group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut env.redis)
+            .await
+            .unwrap();
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&group)
+            .arg("ghost")
+            .arg("COUNT")
+            .arg(150)
+            .arg("STREAMS")
+            .arg(s)
+            .arg(">")
+            .query_async(&mut env.redis)
+            .await
+            .unwrap();
+    }
+
+    // A real writer, SIGKILLed while it works through the rest.
+    let mut first = Writer::start(&env.writer_env("first"));
+    let started = std::time::Instant::now();
+    loop {
+        let applied = env
+            .db
+            .scalar_i64("SELECT count(*) FROM deposited_events")
+            .await;
+        if applied > 200 || started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.signal("KILL");
+    first
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("killed");
+    let after_kill = env.backlog().await.unwrap();
+    assert!(
+        after_kill > 0,
+        "the kill left nothing pending; the test proves nothing"
+    );
+
+    let second = Writer::start(&env.writer_env("second"));
+    env.wait_drained(DRAIN).await;
+    let expected = applied_directly(&workload).await;
+    assert_same_core(&env.db, &expected).await;
+    assert!(
+        second
+            .log()
+            .contains("reclaimed entries of an idle consumer"),
+        "{}",
+        second.log()
+    );
+}
+
+/// Poison entries interleaved with good ones: every bad one is dead-lettered
+/// with its reason and ACKed, every good one applied, the writer keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_are_dead_lettered() {
+    let mut env = Env::new(13, 1_500).await;
+    let workload = generate(&env.spec);
+    let (first, second) = workload.entries.split_at(workload.entries.len() / 2);
+    env.publish(first).await;
+
+    let good = &workload
+        .entries
+        .iter()
+        .find(|e| e.payload.contains("\"event_name\":\"Deposited\"") && !e.duplicate)
+        .unwrap()
+        .payload;
+    let poison: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("payload", b"{\"event_name\": \"Deposited\", ".to_vec(), "payload: invalid JSON"),
+        ("payload", good.replace("\"termId\"", "\"termIdX\"").into_bytes(), "termId: missing or null"),
+        ("payload", good.replacen("\"receiver\":\"", "\"receiver\":\"0xzz", 1).into_bytes(), "receiver: "),
+        (
+            "payload",
+            good.replacen("\"assets\":", "\"assets\":\"0x1ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff\",\"x\":", 1)
+                .into_bytes(),
+            "assets: exceeds 2^256-1",
+        ),
+        ("data", vec![0xff, 0xfe, 0x00], "payload: not valid UTF-8"),
+        ("foo", b"bar".to_vec(), "entry has no `payload`, `data` or `event_data` field"),
+    ];
+    let mut ids = Vec::new();
+    for (field, value, _) in &poison {
+        ids.push(env.publish_raw(2, &[(field, value)]).await);
+    }
+    env.publish(second).await;
+
+    let mut writer = Writer::start(&env.writer_env("w1"));
+    env.wait_drained(DRAIN).await;
+    assert!(writer.is_running(), "{}", writer.log());
+
+    for (id, (_, _, reason)) in ids.iter().zip(&poison) {
+        let error: String = sqlx::query_scalar("SELECT error FROM dead_letter WHERE entry_id = $1")
+            .bind(id)
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{id} not dead-lettered: {e}"));
+        assert!(error.contains(reason), "{id}: {error} lacks {reason}");
+    }
+    assert_eq!(
+        env.db.scalar_i64("SELECT count(*) FROM dead_letter").await,
+        poison.len() as i64
+    );
+    // The raw bytes are kept exactly, also when they are not UTF-8.
+    let raw: Vec<u8> =
+        sqlx::query_scalar("SELECT payload FROM dead_letter WHERE payload_field = 'data'")
+            .fetch_one(&env.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(raw, [0xff, 0xfe, 0x00]);
+    let expected = applied_directly(&workload).await;
+    assert_same_core(&env.db, &expected).await;
+    let (code, body) = writer.get("/health", None).await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        json_body(&body)["status"],
+        "degraded",
+        "recent dead letters show: {body}"
+    );
+}
+
+/// Three writer processes in one consumer group share the load and end in
+/// the same tables as one writer would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_writers_in_one_group() {
+    let mut env = Env::new(14, 6_000).await;
+    let workload = generate(&env.spec);
+    let writers: Vec<Writer> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Writer::start(&env.writer_env(n)))
+        .collect();
+    env.publish(&workload.entries).await;
+    env.wait_drained(DRAIN).await;
+    let expected = applied_directly(&workload).await;
+    assert_same_core(&env.db, &expected).await;
+    let busy = writers
+        .iter()
+        .filter(|w| w.log().contains("batch committed and acknowledged"))
+        .count();
+    assert!(
+        busy >= 2,
+        "the load was not shared: {busy} writer(s) committed batches"
+    );
+}
+
+/// Postgres unreachable for a few seconds under load: the writer stops
+/// pulling, retries, and recovers by itself without loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_from_a_postgres_outage_without_restart() {
+    let mut env = Env::new(15, 6_000).await;
+    let workload = generate(&env.spec);
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut vars = env.writer_env("w1");
+    vars.insert(
+        "DATABASE_URL".into(),
+        format!("postgres://postgres@127.0.0.1:{}/test", proxy.addr.port()),
+    );
+    vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "500".into());
+    let mut writer = Writer::start(&vars);
+    writer.wait_http(Duration::from_secs(30)).await;
+    env.publish(&workload.entries).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (code, _) = writer.get("/health", None).await.unwrap();
+    assert_eq!(code, 503, "health must report the outage");
+    proxy.restore();
+
+    env.wait_drained(DRAIN).await;
+    assert!(writer.is_running());
+    let log = writer.log();
+    assert!(
+        log.contains("circuit open"),
+        "the outage was not noticed:\n{log}"
+    );
+    let expected = applied_directly(&workload).await;
+    assert_same_core(&env.db, &expected).await;
+}
+
+/// An entry delivered more than MAX_DELIVERIES times is dead-lettered
+/// without being applied; `writer dead-letters replay` then applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_delivered_entries_are_dead_lettered_and_replayable() {
+    let mut env = Env::new(16, 50).await;
+    let workload = generate(&env.spec);
+    let entry = workload
+        .entries
+        .iter()
+        .find(|e| e.payload.contains("\"event_name\":\"Deposited\"") && !e.duplicate)
+        .unwrap();
+    let id = env
+        .publish_raw(2, &[("payload", entry.payload.as_bytes())])
+        .await;
+    let stream = env.spec.streams[2].clone();
+    let group = env.group.clone();
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&group)
+        .arg("0")
+        .query_async(&mut env.redis)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&group)
+        .arg("ghost")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut env.redis)
+        .await
+        .unwrap();
+    for i in 0..6 {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&stream)
+            .arg(&group)
+            .arg(format!("ghost{i}"))
+            .arg(0)
+            .arg(&id)
+            .query_async(&mut env.redis)
+            .await
+            .unwrap();
+    }
+    let mut vars = env.writer_env("w1");
+    vars.insert("MAX_DELIVERIES".into(), "3".into());
+    let writer = Writer::start(&vars);
+    env.wait_drained(DRAIN).await;
+    let error: String = sqlx::query_scalar("SELECT error FROM dead_letter WHERE entry_id = $1")
+        .bind(&id)
+        .fetch_one(&env.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("not dead-lettered ({e}):\n{}", writer.log()));
+    assert!(error.contains("more than MAX_DELIVERIES (3)"), "{error}");
+    assert_eq!(
+        env.db
+            .scalar_i64("SELECT count(*) FROM deposited_events")
+            .await,
+        0
+    );
+
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
+        .args(["dead-letters", "list"])
+        .env_clear()
+        .envs(&vars)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&id));
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
+        .args(["dead-letters", "replay"])
+        .env_clear()
+        .envs(&vars)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(out.contains("1 applied, 0 still failing"), "{out}");
+    assert_eq!(
+        env.db
+            .scalar_i64("SELECT count(*) FROM deposited_events")
+            .await,
+        entry.events as i64
+    );
+    assert_eq!(
+        env.db
+            .scalar_i64("SELECT count(*) FROM dead_letter WHERE replayed_at IS NOT NULL")
+            .await,
+        1
+    );
+}

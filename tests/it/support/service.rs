@@ -1,0 +1,319 @@
+//! Running the writer as a process against a private schema and private
+//! streams, publishing workloads, and waiting for it to drain.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use writer::decode::decode_json;
+use writer::event::ChainEvent;
+use writer::workload::{Spec, Workload};
+
+use super::db::{TestDb, database_url, unique_name};
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A schema, five streams and a consumer group of one test's own.
+pub struct Env {
+    pub db: TestDb,
+    pub group: String,
+    pub spec: Spec,
+    pub redis: MultiplexedConnection,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Env {
+    pub async fn new(seed: u64, events: usize) -> Env {
+        let prefix = format!("{}_", unique_name("s"));
+        let spec = Spec::new(seed, events).with_stream_prefix(&prefix);
+        let client = redis::Client::open(redis_url()).unwrap();
+        let redis = client.get_multiplexed_async_connection().await.unwrap();
+        Env {
+            db: TestDb::new().await,
+            group: format!("{prefix}group"),
+            spec,
+            redis,
+        }
+    }
+
+    pub fn streams(&self) -> String {
+        self.spec.streams.join(",")
+    }
+
+    /// Environment for a writer process on this test's schema and streams.
+    pub fn writer_env(&self, consumer: &str) -> HashMap<String, String> {
+        let pairs = [
+            ("DATABASE_URL", database_url()),
+            ("DATABASE_SCHEMA", self.db.schema.clone()),
+            ("DATABASE_POOL_SIZE", "6".to_owned()),
+            ("REDIS_URL", redis_url()),
+            ("REDIS_STREAMS", self.streams()),
+            ("CONSUMER_GROUP", self.group.clone()),
+            ("CONSUMER_NAME", consumer.to_owned()),
+            ("HTTP_HOST", "127.0.0.1".to_owned()),
+            ("HTTP_PORT", free_port().to_string()),
+            ("BATCH_SIZE", "100".to_owned()),
+            ("BATCH_TIMEOUT_MS", "20".to_owned()),
+            ("CLAIM_IDLE_MS", "1000".to_owned()),
+            ("CLAIM_INTERVAL_MS", "250".to_owned()),
+            ("ANALYTICS_SWEEP_INTERVAL_MS", "200".to_owned()),
+            ("MIN_BATCH_INTERVAL_MS", "0".to_owned()),
+            ("RETRY_BASE_DELAY_MS", "20".to_owned()),
+            ("RETRY_MAX_DELAY_MS", "500".to_owned()),
+            ("SHUTDOWN_TIMEOUT_MS", "10000".to_owned()),
+            ("LOG_LEVEL", "info,writer=debug".to_owned()),
+        ];
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    /// XADDs entries, pipelined.
+    pub async fn publish(&mut self, entries: &[writer::workload::Entry]) {
+        for chunk in entries.chunks(500) {
+            let mut pipe = redis::pipe();
+            for e in chunk {
+                pipe.cmd("XADD")
+                    .arg(&self.spec.streams[e.stream])
+                    .arg("*")
+                    .arg(e.field)
+                    .arg(&e.payload)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut self.redis).await.unwrap();
+        }
+    }
+
+    /// XADDs one entry with arbitrary fields.
+    pub async fn publish_raw(&mut self, stream: usize, fields: &[(&str, &[u8])]) -> String {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.spec.streams[stream]).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query_async(&mut self.redis).await.unwrap()
+    }
+
+    /// Lag + pending of the group over all streams (None if a group is
+    /// missing).
+    pub async fn backlog(&mut self) -> Option<u64> {
+        let mut total = 0;
+        for s in self.spec.streams.clone() {
+            let info = writer::stream::group_info(&mut self.redis, &s, &self.group)
+                .await
+                .ok()??;
+            total += info.lag.unwrap_or(u64::MAX / 8) + info.pending;
+        }
+        Some(total)
+    }
+
+    /// Waits until every entry is acknowledged and the analytics backlog is
+    /// empty.
+    pub async fn wait_drained(&mut self, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let backlog = self.backlog().await;
+            let dirty = self
+                .db
+                .scalar_i64("SELECT count(*) FROM analytics_dirty")
+                .await;
+            if backlog == Some(0) && dirty == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "not drained after {timeout:?}: stream backlog {backlog:?}, dirty {dirty}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let streams = self.spec.streams.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection())
+            {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(&streams[..]).query(&mut conn);
+            }
+        })
+        .join();
+    }
+}
+
+/// A writer process, killed when dropped.
+pub struct Writer {
+    pub child: Child,
+    pub log: PathBuf,
+    pub port: u16,
+}
+
+impl Writer {
+    pub fn start(env: &HashMap<String, String>) -> Writer {
+        let dir = std::env::temp_dir().join("writer-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{}.log", unique_name("writer")));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_writer"))
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start writer");
+        let port = env["HTTP_PORT"].parse().unwrap();
+        Writer { child, log, port }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// GET a path on the writer's HTTP port: (status, body).
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
+        http_get(self.port, path, bearer).await
+    }
+
+    /// Waits until /health answers at all.
+    pub async fn wait_http(&self, timeout: Duration) {
+        let started = Instant::now();
+        while self.get("/health", None).await.is_none() {
+            assert!(
+                started.elapsed() < timeout,
+                "HTTP did not come up:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET (no client dependency needed).
+pub async fn http_get(port: u16, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // Chunked bodies: good enough to search in; tests parse JSON from the
+    // first '{' to the last '}'.
+    Some((code, body))
+}
+
+/// The JSON object inside an HTTP body (chunked or not).
+pub fn json_body(body: &str) -> serde_json::Value {
+    let start = body.find('{').expect("json body");
+    let end = body.rfind('}').expect("json body");
+    serde_json::from_str(&body[start..=end]).expect("valid json")
+}
+
+/// Decoded events of the workload's entries (each distinct entry once).
+pub fn unique_events(workload: &Workload) -> Vec<ChainEvent<'_>> {
+    workload
+        .entries
+        .iter()
+        .filter(|e| !e.duplicate)
+        .flat_map(|e| {
+            let d = decode_json(&e.payload);
+            assert!(d.errors.is_empty());
+            d.events
+        })
+        .collect()
+}
+
+/// A schema with the workload applied directly, in chain order.
+pub async fn applied_directly(workload: &Workload) -> TestDb {
+    let db = TestDb::new().await;
+    let mut events = unique_events(workload);
+    events.sort_by_key(|e| e.chain.order());
+    let rm = db.read_model();
+    for chunk in events.chunks(500) {
+        rm.apply(chunk).await.unwrap();
+    }
+    db
+}
+
+/// Asserts two schemas hold the same core tables.
+pub async fn assert_same_core(actual: &TestDb, expected: &TestDb) {
+    let (a, b) = (actual.dump_core().await, expected.dump_core().await);
+    for ((table, rows_a), (_, rows_b)) in a.iter().zip(&b) {
+        if rows_a != rows_b {
+            let missing: Vec<_> = rows_b
+                .iter()
+                .filter(|r| !rows_a.contains(r))
+                .take(3)
+                .collect();
+            let extra: Vec<_> = rows_a
+                .iter()
+                .filter(|r| !rows_b.contains(r))
+                .take(3)
+                .collect();
+            panic!(
+                "{table}: {} rows vs {} expected\n  missing: {missing:?}\n  unexpected: {extra:?}",
+                rows_a.len(),
+                rows_b.len()
+            );
+        }
+    }
+}
