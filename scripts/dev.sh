@@ -8,5 +8,5 @@ bash scripts/services.sh
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 cargo build --release --bin writer
-./target/release/writer migrate
-exec ./target/release/writer "${@:-migrate}"
+# `writer run` applies pending migrations itself.
+exec ./target/release/writer "${@:-run}"

@@ -23,6 +23,7 @@ pub mod triple;
 pub mod vault;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::PgPool;
 
@@ -205,14 +206,20 @@ impl ReadModel {
         }
         let term_ids: Vec<&str> = terms.iter().map(Hash32::as_str).collect();
 
-        let mut tx = self.pool.begin().await?;
+        let acquire = Instant::now();
+        let mut conn = self.pool.acquire().await?;
+        metrics::histogram!("writer_db_acquire_seconds").record(acquire.elapsed().as_secs_f64());
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         take_locks(&mut tx, &self.schema, false, &locks.into_sorted()).await?;
         let atoms = atoms.apply(&mut tx).await?;
         let triples = triples.apply(&mut tx).await?;
         let (deposits, redeems, prices) = vaults.apply(&mut tx).await?;
         let generics = generics.apply(&mut tx).await?;
         let dirty_triples = term::refresh(&mut tx, &term_ids).await?;
+        let commit = Instant::now();
         tx.commit().await?;
+        metrics::histogram!("writer_stage_seconds", "stage" => "commit")
+            .record(commit.elapsed().as_secs_f64());
 
         let inserted = KindCounts(
             [atoms, triples, deposits, redeems, prices, generics].map(|n| n.max(0) as u64),

@@ -11,3 +11,4 @@ mod check_config;
 mod consume;
 mod malformed;
 mod migrate;
+mod operate;

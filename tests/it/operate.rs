@@ -1,0 +1,349 @@
+//! Operating the writer: /health, /metrics, admin auth, graceful shutdown,
+//! schema isolation, secrets, logs, documentation (issue 5).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use writer::workload::generate;
+
+use crate::support::TestDb;
+use crate::support::proxy::Proxy;
+use crate::support::service::{Env, Writer, applied_directly, assert_same_core, free_port, json_body};
+
+const DRAIN: Duration = Duration::from_secs(90);
+
+async fn wait_for_status(writer: &Writer, code: u16, within: Duration) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        if let Some((c, body)) = writer.get("/health", None).await
+            && c == code
+        {
+            return json_body(&body);
+        }
+        assert!(started.elapsed() < within, "/health never answered {code}:\n{}", writer.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// /health is 200 with every field; Postgres unreachable makes it 503
+/// within seconds, and it returns to 200 after Postgres does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_postgres() {
+    let mut env = Env::new(31, 500).await;
+    let workload = generate(&env.spec);
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut vars = env.writer_env("w1");
+    vars.insert("DATABASE_URL".into(), format!("postgres://postgres@127.0.0.1:{}/test", proxy.addr.port()));
+    vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "500".into());
+    let writer = Writer::start(&vars);
+    env.publish(&workload.entries).await;
+    env.wait_drained(DRAIN).await;
+
+    // Stream figures are refreshed every two seconds.
+    let started = Instant::now();
+    let health = loop {
+        let h = wait_for_status(&writer, 200, Duration::from_secs(10)).await;
+        let idle = h["streams"].as_object().is_some_and(|s| {
+            s.len() == 5 && s.values().all(|v| v["lag"] == 0 && v["pending"] == 0)
+        });
+        if idle && h["status"] == "healthy" {
+            break h;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "never idle and healthy: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for field in [
+        "healthy", "status", "postgres_sync_healthy", "redis_consumer_healthy",
+        "analytics_worker_healthy", "circuit_breaker_closed", "last_check", "counters", "streams",
+    ] {
+        assert!(health.get(field).is_some(), "{field} missing: {health}");
+    }
+    assert!(health["counters"]["events_applied"].as_u64().unwrap() > 0);
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let down = wait_for_status(&writer, 503, Duration::from_secs(10)).await;
+    assert!(cut_at.elapsed() < Duration::from_secs(5), "503 took {:?}", cut_at.elapsed());
+    assert_eq!(down["postgres_sync_healthy"], false);
+    assert_eq!(down["status"], "unhealthy");
+    proxy.restore();
+    let up = wait_for_status(&writer, 200, Duration::from_secs(15)).await;
+    assert_eq!(up["postgres_sync_healthy"], true);
+}
+
+/// /metrics carries every metric family after a workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_every_stage() {
+    let mut env = Env::new(32, 2_000).await;
+    let workload = generate(&env.spec);
+    let writer = Writer::start(&env.writer_env("w1"));
+    env.publish(&workload.entries).await;
+    env.publish_raw(2, &[("payload", b"not json")]).await;
+    env.wait_drained(DRAIN).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // one refresh of polled gauges
+    let (code, text) = writer.get("/metrics", None).await.unwrap();
+    assert_eq!(code, 200);
+    for family in [
+        "writer_events_applied_total{event_type=\"Deposited\"}",
+        "writer_events_applied_total{event_type=\"AtomCreated\"}",
+        "writer_events_failed_total{event_type=\"undecodable\"}",
+        "writer_stage_seconds_bucket{stage=\"decode\"",
+        "writer_stage_seconds_bucket{stage=\"apply\"",
+        "writer_stage_seconds_bucket{stage=\"commit\"",
+        "writer_stage_seconds_bucket{stage=\"ack\"",
+        "writer_batch_events_bucket",
+        "writer_end_to_end_seconds_bucket",
+        "writer_stream_lag{stream=",
+        "writer_stream_pending{stream=",
+        "writer_db_pool_size",
+        "writer_db_pool_idle",
+        "writer_db_pool_in_use",
+        "writer_db_acquire_seconds_bucket",
+        "writer_analytics_backlog",
+        "writer_analytics_batch_seconds_bucket",
+        "writer_dead_letters_total",
+        "writer_circuit_open",
+        "writer_entries_acked_total",
+    ] {
+        assert!(text.contains(family), "{family} missing from /metrics");
+    }
+}
+
+/// SIGTERM while a large workload is consumed: exit 0 within the timeout;
+/// a fresh start finishes the stream; tables exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_loses_and_doubles_nothing() {
+    let mut env = Env::new(33, 30_000).await;
+    let workload = generate(&env.spec);
+    env.publish(&workload.entries).await;
+    let vars = env.writer_env("w1");
+    let mut writer = Writer::start(&vars);
+    let started = Instant::now();
+    while env.db.scalar_i64("SELECT count(*) FROM deposited_events").await < 500 {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    writer.signal("TERM");
+    let signalled = Instant::now();
+    let status = writer.wait_exit(Duration::from_secs(10)).await.expect("exited within SHUTDOWN_TIMEOUT_MS");
+    assert_eq!(status.code(), Some(0), "{}", writer.log());
+    assert!(signalled.elapsed() < Duration::from_secs(10));
+    assert!(env.backlog().await.unwrap() > 0, "shutdown came too late to prove anything");
+    assert!(writer.log().contains("in-flight batches finished"));
+
+    let _again = Writer::start(&vars);
+    env.wait_drained(DRAIN).await;
+    let expected = applied_directly(&workload).await;
+    assert_same_core(&env.db, &expected).await;
+}
+
+/// A second signal exits at once, even when the first shutdown is stuck
+/// waiting for an unreachable Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let mut env = Env::new(34, 3_000).await;
+    let workload = generate(&env.spec);
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut vars = env.writer_env("w1");
+    vars.insert("DATABASE_URL".into(), format!("postgres://postgres@127.0.0.1:{}/test", proxy.addr.port()));
+    vars.insert("SHUTDOWN_TIMEOUT_MS".into(), "60000".into());
+    let mut writer = Writer::start(&vars);
+    writer.wait_http(Duration::from_secs(20)).await;
+    env.publish(&workload.entries).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(writer.is_running(), "shutdown should be waiting for Postgres");
+    writer.signal("TERM");
+    let status = writer.wait_exit(Duration::from_secs(3)).await.expect("second signal exits at once");
+    assert_eq!(status.code(), Some(130));
+}
+
+/// Admin endpoints: 404 without ADMIN_TOKEN; 401 without or with a wrong
+/// token; 200 with the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_need_the_token() {
+    let env = Env::new(35, 10).await;
+    let open = Writer::start(&env.writer_env("w1"));
+    open.wait_http(Duration::from_secs(20)).await;
+    assert_eq!(open.get("/admin/status", None).await.unwrap().0, 404);
+    assert_eq!(open.get("/admin/status", Some("anything-at-all-123")).await.unwrap().0, 404);
+    drop(open);
+
+    let token = "correct-horse-battery-staple";
+    let mut vars = env.writer_env("w2");
+    vars.insert("ADMIN_TOKEN".into(), token.into());
+    let guarded = Writer::start(&vars);
+    guarded.wait_http(Duration::from_secs(20)).await;
+    for path in ["/admin/status", "/admin/dead-letters"] {
+        assert_eq!(guarded.get(path, None).await.unwrap().0, 401, "{path}");
+        assert_eq!(guarded.get(path, Some("wrong-token-wrong-token")).await.unwrap().0, 401, "{path}");
+        assert_eq!(guarded.get(path, Some(token)).await.unwrap().0, 200, "{path}");
+    }
+    let (_, body) = guarded.get("/admin/status", Some(token)).await.unwrap();
+    let status = json_body(&body);
+    assert!(status["pool"]["max"].as_u64().is_some(), "{status}");
+    assert!(!body.contains(token), "the token itself is never shown");
+    // Health and metrics stay open.
+    assert_eq!(guarded.get("/health", None).await.unwrap().0, 200);
+    assert_eq!(guarded.get("/metrics", None).await.unwrap().0, 200);
+}
+
+/// A Redis of the test's own that requires a password.
+struct PasswordRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PasswordRedis {
+    async fn start(password: &str) -> PasswordRedis {
+        let port = free_port();
+        let dir = std::env::temp_dir();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--requirepass", password])
+            .args(["--save", "", "--appendonly", "no", "--dir", dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh)");
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        PasswordRedis { child, port }
+    }
+}
+
+impl Drop for PasswordRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// No password from DATABASE_URL or REDIS_URL appears in logs, errors,
+/// /health, /metrics, admin output or check-config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_leak() {
+    let (db_secret, redis_secret, token) = ("pg-Secret-4711", "redis-Secret-0815", "admin-token-for-the-test");
+    let redis = PasswordRedis::start(redis_secret).await;
+    let env = Env::new(36, 500).await;
+    let workload = generate(&env.spec);
+    let redis_url = format!("redis://:{redis_secret}@127.0.0.1:{}", redis.port);
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for e in &workload.entries {
+        let _: String = redis::cmd("XADD").arg(&env.spec.streams[e.stream]).arg("*").arg(e.field).arg(&e.payload)
+            .query_async(&mut conn).await.unwrap();
+    }
+    let _: String = redis::cmd("XADD").arg(&env.spec.streams[2]).arg("*").arg("payload").arg("{broken")
+        .query_async(&mut conn).await.unwrap();
+
+    // Trust auth ignores the password, so the writer connects with it.
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut vars = env.writer_env("w1");
+    vars.insert("DATABASE_URL".into(), format!("postgres://postgres:{db_secret}@127.0.0.1:{}/test", proxy.addr.port()));
+    vars.insert("REDIS_URL".into(), redis_url.clone());
+    vars.insert("ADMIN_TOKEN".into(), token.into());
+    vars.insert("LOG_LEVEL".into(), "debug".into());
+    vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "300".into());
+    let writer = Writer::start(&vars);
+    writer.wait_http(Duration::from_secs(20)).await;
+    let started = Instant::now();
+    while env.db.scalar_i64("SELECT count(*) FROM dead_letter").await == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", writer.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Errors on purpose: Postgres away for a moment.
+    proxy.cut();
+    let (_, unhealthy) = writer.get("/health", None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.restore();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut seen = vec![writer.log(), unhealthy];
+    for path in ["/health", "/metrics", "/admin/status", "/admin/dead-letters"] {
+        seen.push(writer.get(path, Some(token)).await.unwrap().1);
+    }
+    let check = Command::new(env!("CARGO_BIN_EXE_writer")).arg("check-config").env_clear().envs(&vars).output().unwrap();
+    seen.push(String::from_utf8_lossy(&check.stdout).into_owned());
+    seen.push(String::from_utf8_lossy(&check.stderr).into_owned());
+    let mut bad = vars.clone();
+    bad.insert("BATCH_SIZE".into(), "zero".into());
+    bad.insert("DATABASE_URL".into(), format!("postgresql://u:{db_secret}@[broken"));
+    let failed = Command::new(env!("CARGO_BIN_EXE_writer")).arg("check-config").env_clear().envs(&bad).output().unwrap();
+    assert_eq!(failed.status.code(), Some(2));
+    seen.push(String::from_utf8_lossy(&failed.stderr).into_owned());
+
+    assert!(seen[0].contains("Postgres is failing") || seen[0].contains("retrying"), "no error was logged");
+    for (i, text) in seen.iter().enumerate() {
+        for secret in [db_secret, redis_secret, token] {
+            assert!(!text.contains(secret), "secret {secret} leaked in output #{i}:\n{text}");
+        }
+    }
+}
+
+/// Two writers on two schemas of one database, each with its own streams,
+/// stay fully separate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schemas_stay_separate() {
+    let mut a = Env::new(37, 2_000).await;
+    let mut b = Env::new(38, 2_500).await;
+    let (wa, wb) = (generate(&a.spec), generate(&b.spec));
+    let _writer_a = Writer::start(&a.writer_env("a"));
+    let _writer_b = Writer::start(&b.writer_env("b"));
+    a.publish(&wa.entries).await;
+    b.publish(&wb.entries).await;
+    a.wait_drained(DRAIN).await;
+    b.wait_drained(DRAIN).await;
+    assert_same_core(&a.db, &applied_directly(&wa).await).await;
+    assert_same_core(&b.db, &applied_directly(&wb).await).await;
+    // Each schema holds only its own workload.
+    let (na, nb) = (a.db.scalar_i64("SELECT count(*) FROM term").await, b.db.scalar_i64("SELECT count(*) FROM term").await);
+    assert!(na > 0 && nb > 0 && na != nb);
+}
+
+/// LOG_FORMAT=json writes one JSON object per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs() {
+    let env = Env::new(39, 10).await;
+    let mut vars = env.writer_env("w1");
+    vars.insert("LOG_FORMAT".into(), "json".into());
+    let writer = Writer::start(&vars);
+    writer.wait_http(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = writer.log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+    }
+}
+
+/// The README's configuration table documents every setting the writer reads.
+#[test]
+fn readme_documents_every_setting() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for (name, _, _) in writer::config::SETTINGS {
+        assert!(readme.contains(&format!("| `{name}` |")), "README.md does not document {name}");
+    }
+}
+
+/// Test schemas do not outlive their test.
+#[tokio::test]
+async fn test_schemas_are_dropped() {
+    let schema = {
+        let db = TestDb::new().await;
+        db.schema.clone()
+    };
+    let db = TestDb::new().await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1")
+        .bind(&schema)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
