@@ -4,9 +4,9 @@
 -- older event arriving late never overwrites a newer value.
 
 CREATE TABLE atom (
-    term_id              TEXT PRIMARY KEY,
-    wallet_id            TEXT        NOT NULL,
-    creator_id           TEXT        NOT NULL,
+    term_id              TEXT COLLATE "C" PRIMARY KEY,
+    wallet_id            TEXT COLLATE "C" NOT NULL,
+    creator_id           TEXT COLLATE "C" NOT NULL,
     data                 TEXT,
     raw_data             BYTEA,
     -- Filled by the metadata resolver, not by the writer.
@@ -23,12 +23,12 @@ CREATE TABLE atom (
 );
 
 CREATE TABLE triple (
-    term_id              TEXT PRIMARY KEY,
-    creator_id           TEXT        NOT NULL,
-    subject_id           TEXT        NOT NULL,
-    predicate_id         TEXT        NOT NULL,
-    object_id            TEXT        NOT NULL,
-    counter_term_id      TEXT        NOT NULL,
+    term_id              TEXT COLLATE "C" PRIMARY KEY,
+    creator_id           TEXT COLLATE "C" NOT NULL,
+    subject_id           TEXT COLLATE "C" NOT NULL,
+    predicate_id         TEXT COLLATE "C" NOT NULL,
+    object_id            TEXT COLLATE "C" NOT NULL,
+    counter_term_id      TEXT COLLATE "C" NOT NULL,
     last_event_block     BIGINT      NOT NULL,
     last_event_log_index BIGINT      NOT NULL,
     created_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -39,8 +39,8 @@ CREATE INDEX triple_predicate_object ON triple (predicate_id, object_id);
 CREATE INDEX triple_subject_predicate ON triple (subject_id, predicate_id);
 
 CREATE TABLE position (
-    account_id                            TEXT           NOT NULL,
-    term_id                               TEXT           NOT NULL,
+    account_id                            TEXT COLLATE "C" NOT NULL,
+    term_id                               TEXT COLLATE "C" NOT NULL,
     curve_id                              NUMERIC(78, 0) NOT NULL,
     shares                                NUMERIC(78, 0) NOT NULL DEFAULT 0,
     total_deposit_assets_after_total_fees NUMERIC(78, 0) NOT NULL DEFAULT 0,
@@ -55,7 +55,7 @@ CREATE TABLE position (
 CREATE INDEX position_vault ON position (term_id, curve_id);
 
 CREATE TABLE vault (
-    term_id               TEXT           NOT NULL,
+    term_id               TEXT COLLATE "C" NOT NULL,
     curve_id              NUMERIC(78, 0) NOT NULL,
     total_shares          NUMERIC(78, 0) NOT NULL DEFAULT 0,
     current_share_price   NUMERIC(78, 0) NOT NULL DEFAULT 0,
@@ -74,13 +74,11 @@ CREATE TABLE vault (
     PRIMARY KEY (term_id, curve_id)
 );
 
--- Ids sort bytewise ("C") so `writer backfill` walks them in the order the
--- writer sorts them, using the primary key index.
 CREATE TABLE term (
     id               TEXT COLLATE "C" PRIMARY KEY,
     type             TEXT           NOT NULL CHECK (type IN ('Atom', 'Triple', 'Unknown')),
-    atom_id          TEXT,
-    triple_id        TEXT,
+    atom_id          TEXT COLLATE "C",
+    triple_id        TEXT COLLATE "C",
     total_assets     NUMERIC(78, 0) NOT NULL DEFAULT 0,
     total_market_cap NUMERIC(78, 0) NOT NULL DEFAULT 0,
     created_at       TIMESTAMPTZ    NOT NULL DEFAULT now(),

@@ -2,8 +2,8 @@
 -- the analytics worker from vault, triple and triple_term.
 
 CREATE TABLE triple_vault (
-    term_id         TEXT           NOT NULL,
-    counter_term_id TEXT           NOT NULL,
+    term_id         TEXT COLLATE "C" NOT NULL,
+    counter_term_id TEXT COLLATE "C" NOT NULL,
     curve_id        NUMERIC(78, 0) NOT NULL,
     total_shares    NUMERIC(78, 0) NOT NULL,
     total_assets    NUMERIC(78, 0) NOT NULL,
@@ -14,8 +14,8 @@ CREATE TABLE triple_vault (
 );
 
 CREATE TABLE triple_term (
-    term_id              TEXT           NOT NULL,
-    counter_term_id      TEXT           NOT NULL,
+    term_id              TEXT COLLATE "C" NOT NULL,
+    counter_term_id      TEXT COLLATE "C" NOT NULL,
     total_assets         NUMERIC(78, 0) NOT NULL,
     total_market_cap     NUMERIC(78, 0) NOT NULL,
     total_position_count BIGINT         NOT NULL,
@@ -24,8 +24,8 @@ CREATE TABLE triple_term (
 );
 
 CREATE TABLE predicate_object (
-    predicate_id         TEXT           NOT NULL,
-    object_id            TEXT           NOT NULL,
+    predicate_id         TEXT COLLATE "C" NOT NULL,
+    object_id            TEXT COLLATE "C" NOT NULL,
     triple_count         BIGINT         NOT NULL,
     total_position_count BIGINT         NOT NULL,
     total_market_cap     NUMERIC(78, 0) NOT NULL,
@@ -34,8 +34,8 @@ CREATE TABLE predicate_object (
 );
 
 CREATE TABLE subject_predicate (
-    subject_id           TEXT           NOT NULL,
-    predicate_id         TEXT           NOT NULL,
+    subject_id           TEXT COLLATE "C" NOT NULL,
+    predicate_id         TEXT COLLATE "C" NOT NULL,
     triple_count         BIGINT         NOT NULL,
     total_position_count BIGINT         NOT NULL,
     total_market_cap     NUMERIC(78, 0) NOT NULL,
@@ -43,12 +43,15 @@ CREATE TABLE subject_predicate (
     PRIMARY KEY (subject_id, predicate_id)
 );
 
--- Terms whose analytics must be recomputed. Marked in the same transaction
--- as the cascade that changed them; deleted by the worker in the same
--- transaction as the recomputation. The durable half of the analytics
--- channel (ADR 0002).
+-- Triples whose analytics must be recomputed. Marked in the same
+-- transaction as the cascade that changed them; deleted by the worker in
+-- the same transaction as the recomputation, and only if `version` is still
+-- the one it read (a newer mark means newer changes). The durable half of
+-- the analytics channel (ADR 0002).
+CREATE SEQUENCE analytics_dirty_version;
 CREATE TABLE analytics_dirty (
     term_id   TEXT COLLATE "C" PRIMARY KEY,
+    version   BIGINT      NOT NULL DEFAULT nextval('analytics_dirty_version'),
     marked_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 

@@ -37,9 +37,9 @@ CREATE TABLE reorg_notices (
 -- is not inserted again; the re-published event of the new chain has another
 -- block_hash and applies normally.
 CREATE TABLE reorged_events (
-    transaction_hash TEXT        NOT NULL,
+    transaction_hash TEXT COLLATE "C" NOT NULL,
     log_index        BIGINT      NOT NULL,
-    block_hash       TEXT        NOT NULL,
+    block_hash       TEXT COLLATE "C" NOT NULL,
     event_table      TEXT        NOT NULL,
     reorg_id         BIGINT      NOT NULL REFERENCES reorg_notices (id),
     removed_at       TIMESTAMPTZ NOT NULL DEFAULT now(),

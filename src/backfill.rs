@@ -13,8 +13,7 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
-use crate::apply::{atom, take_locks, term, triple, vault};
-use crate::lock::{self, Domain, LockSet};
+use crate::apply::{atom, lock_reorg, lock_terms, term, triple, vault};
 
 /// Validates and normalises a `--from-term` bound: `0x` and 0–64 hex digits.
 pub fn parse_from_term(text: &str) -> Result<String, String> {
@@ -116,11 +115,8 @@ pub async fn run(
 /// their events under the term locks.
 async fn rebuild_cascade(pool: &PgPool, schema: &str, ids: &[&str]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let mut locks = LockSet::with_capacity(ids.len());
-    for id in ids {
-        locks.add(lock::key(schema, Domain::Term, id));
-    }
-    take_locks(&mut tx, schema, false, &locks.into_sorted()).await?;
+    lock_reorg(&mut tx, schema, false).await?;
+    lock_terms(&mut tx, schema, ids).await?;
     atom::recompute(&mut tx, ids).await?;
     // Only pro terms have TripleCreated events; counter ids find nothing.
     triple::recompute(&mut tx, ids).await?;
@@ -142,7 +138,7 @@ async fn rebuild_cascade(pool: &PgPool, schema: &str, ids: &[&str]) -> Result<()
     .fetch_all(&mut *tx)
     .await?;
     vault::recompute(&mut tx, &positions, &vaults).await?;
-    term::refresh(&mut tx, ids).await?;
+    term::refresh(&mut tx, ids, &[], &[]).await?;
     tx.commit().await
 }
 
@@ -167,6 +163,7 @@ async fn rebuild_analytics(
         schema,
         crate::analytics::Claim::Listed(&triples),
         &refs,
+        true,
     )
     .await?;
     sqlx::query(

@@ -558,7 +558,11 @@ impl Config {
         let batch_size = c.number("BATCH_SIZE", &raw.batch_size, 500usize, 1, 10_000);
         let block = c.millis("BATCH_TIMEOUT_MS", &raw.batch_timeout_ms, 100, 1, 10_000);
         let workers = c.number("WORKERS", &raw.workers, 2usize, 1, 64);
-        if raw.database_pool_size.is_some() && (pool_size as usize) < workers + 2 {
+        let pool_size_set = raw
+            .database_pool_size
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty());
+        if pool_size_set && (pool_size as usize) < workers + 2 {
             c.fail("DATABASE_POOL_SIZE", format!("{pool_size} is below WORKERS + 2 = {} (one connection per worker, plus analytics and health)", workers + 2));
         }
         let pool_size = pool_size.max(workers as u32 + 2);

@@ -17,7 +17,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::apply::vault::{PositionKey, VaultKey};
-use crate::apply::{ReadModel, atom, take_locks, term, triple, vault};
+use crate::apply::{ReadModel, atom, lock_reorg, term, triple, vault};
 use crate::event::ReorgNotice;
 
 /// What a notice did.
@@ -112,7 +112,7 @@ fn notice_key(notice: &ReorgNotice<'_>) -> String {
 /// Applies one notice in its own transaction.
 pub async fn apply(rm: &ReadModel, notice: &ReorgNotice<'_>) -> Result<ReorgOutcome, sqlx::Error> {
     let mut tx = rm.pool().begin().await?;
-    take_locks(&mut tx, rm.schema(), true, &[]).await?;
+    lock_reorg(&mut tx, rm.schema(), true).await?;
     let hashes: Vec<&str> = notice
         .affected_tx_hashes
         .iter()
@@ -166,11 +166,16 @@ pub async fn apply(rm: &ReadModel, notice: &ReorgNotice<'_>) -> Result<ReorgOutc
     atom::recompute(&mut tx, &atoms).await?;
     let removed_triples = triple::recompute(&mut tx, &triples).await?;
     vault::recompute(&mut tx, &positions, &vaults).await?;
-    let dirty_triples = term::refresh(&mut tx, &terms).await?;
-    // Triples that no longer exist are nobody's dirty mark: remove their
-    // analytics here (after the dirty marks, see ADR 0004 on lock order).
-    let gone: Vec<&str> = removed_triples.iter().map(|t| t.0.as_str()).collect();
-    crate::analytics::recompute::recompute(&mut tx, rm.schema(), &gone, &removed_triples).await?;
+    let dirty_triples = term::refresh(&mut tx, &terms, &[], &[]).await?;
+    // The analytics of every affected triple are rebuilt here, pruning rows
+    // whose vault or triple is gone: the worker's normal pass only ever adds
+    // (vaults and triples disappear only in a reorg). Removed triples are
+    // nobody's dirty mark, so they are passed explicitly. After the dirty
+    // marks, per the lock order of ADR 0004.
+    let mut affected: Vec<&str> = dirty_triples.iter().map(String::as_str).collect();
+    affected.extend(removed_triples.iter().map(|t| t.0.as_str()));
+    crate::analytics::recompute::recompute(&mut tx, rm.schema(), &affected, &removed_triples, true)
+        .await?;
     sqlx::query("UPDATE reorg_notices SET removed_events = $2 WHERE id = $1")
         .bind(reorg_id)
         .bind(removed.len() as i64)

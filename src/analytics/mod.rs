@@ -53,59 +53,73 @@ impl AnalyticsSender {
 pub enum Claim<'a> {
     /// These triples, if marked (the channel's hint).
     Listed(&'a [String]),
-    /// Up to this many marked triples, in id order (the sweep).
-    Any(usize),
+    /// Up to `limit` marked triples after `after`, in id order (the sweep).
+    After { after: &'a str, limit: usize },
 }
 
-/// Dirty rows are locked for the transaction; rows another transaction
-/// holds are skipped, so several workers (and backfill) share the backlog
-/// without waiting on each other.
-const CLAIM_LISTED: &str = "SELECT term_id FROM analytics_dirty WHERE term_id = ANY($1::text[]) ORDER BY term_id FOR UPDATE SKIP LOCKED";
-const CLAIM_ANY: &str =
-    "SELECT term_id FROM analytics_dirty ORDER BY term_id LIMIT $1 FOR UPDATE SKIP LOCKED";
+/// What one analytics transaction did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Triples recomputed.
+    pub triples: usize,
+    /// The highest dirty mark read (the sweep continues after it).
+    pub last_mark: Option<String>,
+}
 
-/// One analytics transaction: claims dirty marks, recomputes the claimed
-/// triples plus `also`, clears the claimed marks (only now that their
-/// analytics commit with it) and records the checkpoint. A writer marking a
-/// claimed triple again waits for this commit, so its mark survives.
-/// Returns how many triples were recomputed.
+const MARKS_LISTED: &str =
+    "SELECT term_id, version FROM analytics_dirty WHERE term_id = ANY($1::text[]) ORDER BY term_id";
+const MARKS_AFTER: &str =
+    "SELECT term_id, version FROM analytics_dirty WHERE term_id > $1 ORDER BY term_id LIMIT $2";
+
+/// Clears the marks that still carry the version read. Rows a writer is
+/// re-marking right now are locked by it and skipped (their new version
+/// must be processed again anyway), so the worker never waits for a writer.
+const CLEAR_MARKS: &str = "DELETE FROM analytics_dirty WHERE term_id IN (
+    SELECT d.term_id FROM analytics_dirty d
+    JOIN unnest($1::text[], $2::int8[]) AS m(term_id, version)
+      ON d.term_id = m.term_id AND d.version = m.version
+    FOR UPDATE OF d SKIP LOCKED)";
+
+/// One analytics transaction: reads dirty marks (without locking them),
+/// recomputes the marked triples plus `also`, records the checkpoint, and
+/// clears the marks whose version did not change meanwhile — in the same
+/// transaction, so a mark disappears only with its analytics committed, and
+/// a writer that marked the triple again after the read keeps its mark.
 pub async fn refresh(
     pool: &PgPool,
     schema: &str,
     claim: Claim<'_>,
     also: &[&str],
-) -> Result<usize, sqlx::Error> {
+    prune: bool,
+) -> Result<Refreshed, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let claimed: Vec<String> = match claim {
+    let marks: Vec<(String, i64)> = match claim {
         Claim::Listed(ids) => {
-            sqlx::query_scalar(CLAIM_LISTED)
+            sqlx::query_as(MARKS_LISTED)
                 .bind(ids)
                 .fetch_all(&mut *tx)
                 .await?
         }
-        Claim::Any(limit) => {
-            sqlx::query_scalar(CLAIM_ANY)
+        Claim::After { after, limit } => {
+            sqlx::query_as(MARKS_AFTER)
+                .bind(after)
                 .bind(limit as i64)
                 .fetch_all(&mut *tx)
                 .await?
         }
     };
-    let mut ids: Vec<&str> = claimed
+    let mut ids: Vec<&str> = marks
         .iter()
-        .map(String::as_str)
+        .map(|(id, _)| id.as_str())
         .chain(also.iter().copied())
         .collect();
     ids.sort_unstable();
     ids.dedup();
     if ids.is_empty() {
         tx.commit().await?;
-        return Ok(0);
+        return Ok(Refreshed::default());
     }
-    recompute::recompute(&mut tx, schema, &ids, &[]).await?;
-    sqlx::query("DELETE FROM analytics_dirty WHERE term_id = ANY($1::text[])")
-        .bind(&claimed)
-        .execute(&mut *tx)
-        .await?;
+    recompute::recompute(&mut tx, schema, &ids, &[], prune).await?;
     sqlx::query(
         "UPDATE analytics_checkpoint SET last_term_id = $1, terms_processed = terms_processed + $2, updated_at = now()",
     )
@@ -113,6 +127,16 @@ pub async fn refresh(
     .bind(ids.len() as i64)
     .execute(&mut *tx)
     .await?;
+    let mark_ids: Vec<&str> = marks.iter().map(|(id, _)| id.as_str()).collect();
+    let versions: Vec<i64> = marks.iter().map(|(_, v)| *v).collect();
+    sqlx::query(CLEAR_MARKS)
+        .bind(&mark_ids)
+        .bind(&versions)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
-    Ok(ids.len())
+    Ok(Refreshed {
+        triples: ids.len(),
+        last_mark: marks.last().map(|(id, _)| id.clone()),
+    })
 }

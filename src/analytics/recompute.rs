@@ -1,11 +1,12 @@
 //! Set-based recomputation of the analytics rows of a set of triples.
 //!
-//! Given triple ids, three statements rebuild exactly the affected rows:
+//! Given triple ids, two statements rebuild exactly the affected rows:
 //! `triple_vault` and `triple_term` of those triples (one statement: the
 //! per-curve rows and their per-triple sums come from the same CTE), then
 //! `predicate_object` and `subject_predicate` of every pair those triples
-//! belong to (one statement). Rows whose triple or pair no longer exists
-//! (after a reorg) are deleted. No per-term query loops.
+//! belong to (one statement). With `prune` (reorgs, backfill), rows whose
+//! triple, vault or pair no longer exists are deleted too. No per-term
+//! query loops.
 //!
 //! Concurrent recomputations (several workers, backfill, a reorg) are
 //! serialised with advisory locks on each triple and each pair, taken
@@ -53,12 +54,6 @@ vault_rows AS (
         IS DISTINCT FROM (EXCLUDED.total_shares, EXCLUDED.total_assets,
                           EXCLUDED.position_count, EXCLUDED.market_cap)
 ),
-stale_vault_rows AS (
-    DELETE FROM triple_vault tv
-    WHERE tv.term_id = ANY($1::text[])
-      AND NOT EXISTS (SELECT 1 FROM per_curve c WHERE c.term_id = tv.term_id
-                      AND c.counter_term_id = tv.counter_term_id AND c.curve_id = tv.curve_id)
-),
 per_triple AS (
     SELECT t.term_id, t.counter_term_id,
         coalesce(sum(c.total_assets), 0) AS total_assets,
@@ -81,9 +76,26 @@ term_rows AS (
     WHERE (tt.total_assets, tt.total_market_cap, tt.total_position_count)
         IS DISTINCT FROM (EXCLUDED.total_assets, EXCLUDED.total_market_cap,
                           EXCLUDED.total_position_count)
+    RETURNING 1
+)
+SELECT count(*) FROM term_rows
+"#;
+
+/// Rows of `$1`'s triples that no longer have a source: a triple removed by
+/// a reorg, or a vault that no longer exists. Only reorgs and backfill need
+/// this; the normal path only ever adds vaults and triples.
+const PRUNE_TRIPLE_ROWS: &str = r#"
+WITH stale_vault_rows AS (
+    DELETE FROM triple_vault tv
+    WHERE tv.term_id = ANY($1::text[])
+      AND NOT EXISTS (
+          SELECT 1 FROM triple t JOIN vault v
+            ON v.term_id IN (t.term_id, t.counter_term_id) AND v.curve_id = tv.curve_id
+          WHERE t.term_id = tv.term_id AND t.counter_term_id = tv.counter_term_id)
 )
 DELETE FROM triple_term tt
-WHERE tt.term_id = ANY($1::text[]) AND NOT EXISTS (SELECT 1 FROM t WHERE t.term_id = tt.term_id)
+WHERE tt.term_id = ANY($1::text[])
+  AND NOT EXISTS (SELECT 1 FROM triple t WHERE t.term_id = tt.term_id)
 "#;
 
 const PAIR_ROWS: &str = r#"
@@ -124,11 +136,7 @@ po_rows AS (
     WHERE (x.triple_count, x.total_position_count, x.total_market_cap)
         IS DISTINCT FROM (EXCLUDED.triple_count, EXCLUDED.total_position_count,
                           EXCLUDED.total_market_cap)
-),
-po_stale AS (
-    DELETE FROM predicate_object x USING po_pairs pr
-    WHERE x.predicate_id = pr.p AND x.object_id = pr.o
-      AND NOT EXISTS (SELECT 1 FROM po WHERE po.p = pr.p AND po.o = pr.o)
+    RETURNING 1
 ),
 sp_rows AS (
     INSERT INTO subject_predicate AS x (subject_id, predicate_id, triple_count,
@@ -143,20 +151,35 @@ sp_rows AS (
     WHERE (x.triple_count, x.total_position_count, x.total_market_cap)
         IS DISTINCT FROM (EXCLUDED.triple_count, EXCLUDED.total_position_count,
                           EXCLUDED.total_market_cap)
+    RETURNING 1
 )
-DELETE FROM subject_predicate x USING sp_pairs pr
+SELECT (SELECT count(*) FROM po_rows), (SELECT count(*) FROM sp_rows)
+"#;
+
+/// Pair rows no triple has any more (after a reorg removed triples).
+const PRUNE_PAIR_ROWS: &str = r#"
+WITH po_gone AS (
+    DELETE FROM predicate_object x
+    USING unnest($1::text[], $2::text[]) AS pr(p, o)
+    WHERE x.predicate_id = pr.p AND x.object_id = pr.o
+      AND NOT EXISTS (SELECT 1 FROM triple t WHERE t.predicate_id = pr.p AND t.object_id = pr.o)
+)
+DELETE FROM subject_predicate x
+USING unnest($3::text[], $4::text[]) AS pr(s, p)
 WHERE x.subject_id = pr.s AND x.predicate_id = pr.p
-  AND NOT EXISTS (SELECT 1 FROM sp WHERE sp.s = pr.s AND sp.p = pr.p)
+  AND NOT EXISTS (SELECT 1 FROM triple t WHERE t.subject_id = pr.s AND t.predicate_id = pr.p)
 "#;
 
 /// Recomputes the analytics rows of `triple_ids` (pro term ids), and of the
-/// pairs of `removed` triples (which no longer exist). Runs inside the
-/// caller's transaction; takes the analytics locks it needs.
+/// pairs of `removed` triples (which no longer exist); `prune` also deletes
+/// rows left without a source. Runs inside the caller's transaction; takes
+/// the analytics locks it needs.
 pub async fn recompute(
     conn: &mut PgConnection,
     schema: &str,
     triple_ids: &[&str],
     removed: &[RemovedTriple],
+    prune: bool,
 ) -> Result<(), sqlx::Error> {
     if triple_ids.is_empty() && removed.is_empty() {
         return Ok(());
@@ -207,6 +230,12 @@ pub async fn recompute(
         .bind(&ids)
         .execute(&mut *conn)
         .await?;
+    if prune {
+        sqlx::query(PRUNE_TRIPLE_ROWS)
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+    }
     let subjects: Vec<&str> = spo.iter().map(|t| t.0).collect();
     let predicates: Vec<&str> = spo.iter().map(|t| t.1).collect();
     let objects: Vec<&str> = spo.iter().map(|t| t.2).collect();
@@ -217,5 +246,14 @@ pub async fn recompute(
         .bind(&predicates)
         .execute(&mut *conn)
         .await?;
+    if prune {
+        sqlx::query(PRUNE_PAIR_ROWS)
+            .bind(&predicates)
+            .bind(&objects)
+            .bind(&subjects)
+            .bind(&predicates)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }

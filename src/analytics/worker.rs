@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::AnalyticsReceiver;
-use super::Claim;
+use super::{Claim, Refreshed};
 use crate::config::{AnalyticsConfig, RetryConfig};
 use crate::retry::Backoff;
 
@@ -98,19 +98,40 @@ impl Worker {
             let mut ids: Vec<String> = pending.drain().collect();
             ids.sort_unstable();
             for chunk in ids.chunks(self.config.batch_size) {
-                if self.process_retrying(Some(chunk), &cancel).await.is_none() {
+                if self
+                    .process_retrying(Scope::Listed(chunk), &cancel)
+                    .await
+                    .is_none()
+                {
                     return;
                 }
             }
         }
     }
 
-    /// Processes dirty marks until none are left unclaimed.
+    /// Processes every dirty mark once around, starting at a random id (so
+    /// several processes sweeping at once mostly take different marks).
     async fn sweep(&mut self, cancel: &CancellationToken) {
+        let start = format!("0x{:016x}", fastrand::u64(..));
+        let mut cursor = start.clone();
+        let mut wrapped = false;
         loop {
-            match self.process_retrying(None, cancel).await {
-                Some(0) | None => return,
-                Some(_) => {}
+            match self.process_retrying(Scope::After(&cursor), cancel).await {
+                None => return,
+                Some(Refreshed {
+                    last_mark: Some(last),
+                    ..
+                }) => {
+                    if wrapped && last >= start {
+                        return;
+                    }
+                    cursor = last;
+                }
+                Some(_) if wrapped => return,
+                Some(_) => {
+                    wrapped = true;
+                    cursor = String::new();
+                }
             }
         }
     }
@@ -118,14 +139,22 @@ impl Worker {
     /// One batch, retried with backoff until it succeeds; None if cancelled.
     async fn process_retrying(
         &mut self,
-        listed: Option<&[String]>,
+        scope: Scope<'_>,
         cancel: &CancellationToken,
-    ) -> Option<usize> {
+    ) -> Option<Refreshed> {
         let mut backoff = Backoff::new(&self.retry);
         loop {
             let started = Instant::now();
-            match self.process(listed).await {
-                Ok(n) => {
+            let claim = match scope {
+                Scope::Listed(ids) => Claim::Listed(ids),
+                Scope::After(after) => Claim::After {
+                    after,
+                    limit: self.config.batch_size,
+                },
+            };
+            match super::refresh(&self.pool, &self.schema, claim, &[], false).await {
+                Ok(refreshed) => {
+                    let n = refreshed.triples;
                     self.state.healthy.store(true, Ordering::Relaxed);
                     self.state
                         .last_success_ms
@@ -139,7 +168,7 @@ impl Worker {
                             .record(started.elapsed().as_secs_f64());
                         self.pace(n, started, cancel).await;
                     }
-                    return Some(n);
+                    return Some(refreshed);
                 }
                 Err(e) => {
                     self.state.healthy.store(false, Ordering::Relaxed);
@@ -167,12 +196,13 @@ impl Worker {
             }
         }
     }
+}
 
-    async fn process(&self, listed: Option<&[String]>) -> Result<usize, sqlx::Error> {
-        let claim = match listed {
-            Some(ids) => Claim::Listed(ids),
-            None => Claim::Any(self.config.batch_size),
-        };
-        super::refresh(&self.pool, &self.schema, claim, &[]).await
-    }
+/// What a worker batch looks at.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    /// Triples a committed batch announced.
+    Listed(&'a [String]),
+    /// Marks after this id (the sweep).
+    After(&'a str),
 }

@@ -1,8 +1,8 @@
 //! Bind arrays for the columns every event table shares.
 
-use sqlx::Postgres;
-use sqlx::postgres::PgArguments;
+use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
+use sqlx::{Postgres, Row};
 
 use crate::event::ChainPosition;
 
@@ -22,19 +22,22 @@ pub(crate) struct ChainColumns<'e> {
 }
 
 impl<'e> ChainColumns<'e> {
-    pub fn push(&mut self, c: &'e ChainPosition<'_>) {
-        self.transaction_hash.push(c.transaction_hash.as_str());
-        self.log_index.push(c.log_index);
-        self.block_number.push(c.block_number);
-        self.block_hash.push(c.block_hash.as_str());
-        self.block_timestamp.push(c.block_timestamp);
-        self.transaction_index.push(c.transaction_index);
-        self.address.push(c.address.as_str());
-        self.network.push(&c.network);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.log_index.is_empty()
+    pub fn of<'p: 'e>(positions: impl ExactSizeIterator<Item = &'e ChainPosition<'p>>) -> Self {
+        let mut c = ChainColumns {
+            transaction_hash: Vec::with_capacity(positions.len()),
+            ..ChainColumns::default()
+        };
+        for p in positions {
+            c.transaction_hash.push(p.transaction_hash.as_str());
+            c.log_index.push(p.log_index);
+            c.block_number.push(p.block_number);
+            c.block_hash.push(p.block_hash.as_str());
+            c.block_timestamp.push(p.block_timestamp);
+            c.transaction_index.push(p.transaction_index);
+            c.address.push(p.address.as_str());
+            c.network.push(&p.network);
+        }
+        c
     }
 
     pub fn bind<'q>(
@@ -50,4 +53,11 @@ impl<'e> ChainColumns<'e> {
             .bind(&self.address[..])
             .bind(&self.network[..])
     }
+}
+
+/// Turns the 1-based ordinals an insert returned into 0-based indexes.
+pub(crate) fn indexes(rows: Vec<PgRow>) -> Result<Vec<usize>, sqlx::Error> {
+    rows.iter()
+        .map(|r| r.try_get::<i64, _>(0).map(|o| (o - 1) as usize))
+        .collect()
 }

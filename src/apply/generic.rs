@@ -6,14 +6,11 @@ use super::columns::ChainColumns;
 use crate::event::{ChainPosition, Generic};
 
 #[derive(Debug, Default)]
-pub(crate) struct GenericRows<'e> {
-    chain: ChainColumns<'e>,
-    event_name: Vec<&'e str>,
-    event_signature_hash: Vec<Option<&'e str>>,
-    event_data: Vec<&'e str>,
+pub(crate) struct Generics<'e> {
+    pub events: Vec<(&'e ChainPosition<'e>, &'e Generic<'e>)>,
 }
 
-const APPLY: &str = r#"
+const INSERT: &str = r#"
 WITH ins AS (
     INSERT INTO generic_events (transaction_hash, log_index, block_number, block_hash,
         block_timestamp, transaction_index, address, network, event_name,
@@ -34,25 +31,24 @@ WITH ins AS (
 SELECT count(*) FROM ins
 "#;
 
-impl<'e> GenericRows<'e> {
-    pub fn push(&mut self, chain: &'e ChainPosition<'_>, event: &'e Generic<'_>) {
-        self.chain.push(chain);
-        self.event_name.push(&event.event_name);
-        self.event_signature_hash
-            .push(event.event_signature_hash.as_deref());
-        self.event_data.push(event.data);
-    }
-
-    pub async fn apply(&self, conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-        if self.chain.is_empty() {
+impl Generics<'_> {
+    /// Inserts the event rows; returns how many were new.
+    pub async fn insert(&self, conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+        if self.events.is_empty() {
             return Ok(0);
         }
-        let row = self
-            .chain
-            .bind(sqlx::query(APPLY))
-            .bind(&self.event_name[..])
-            .bind(&self.event_signature_hash[..])
-            .bind(&self.event_data[..])
+        let e = &self.events;
+        let names: Vec<&str> = e.iter().map(|(_, g)| g.event_name.as_ref()).collect();
+        let signatures: Vec<Option<&str>> = e
+            .iter()
+            .map(|(_, g)| g.event_signature_hash.as_deref())
+            .collect();
+        let data: Vec<&str> = e.iter().map(|(_, g)| g.data).collect();
+        let row = ChainColumns::of(e.iter().map(|(c, _)| *c))
+            .bind(sqlx::query(INSERT))
+            .bind(&names)
+            .bind(&signatures)
+            .bind(&data)
             .fetch_one(conn)
             .await?;
         sqlx::Row::try_get(&row, 0)

@@ -3,13 +3,15 @@
 //!
 //! The shape of a batch transaction (ADR 0001):
 //!
-//! 1. take the reorg lock shared and the term locks of every term the batch
-//!    touches, sorted, so concurrent batches serialise per term and never
-//!    deadlock;
-//! 2. per table, one statement inserts the new events (`ON CONFLICT DO
-//!    NOTHING`) and cascades exactly the rows it inserted;
-//! 3. recompute the touched terms and mark their triples dirty;
-//! 4. commit.
+//! 1. take the reorg lock shared;
+//! 2. insert the event rows (`ON CONFLICT DO NOTHING`, one statement per
+//!    table), learning which events are new — no term locks yet, so
+//!    concurrent batches do this part in parallel;
+//! 3. take the term locks of the terms the *new* events touch, sorted, so
+//!    conflicting cascades serialise and never deadlock;
+//! 4. cascade exactly the new events (atom, triple, position and vault
+//!    rows), recompute the touched terms and mark their triples dirty;
+//! 5. commit.
 //!
 //! [`ReadModel::apply_isolating`] keeps one bad event from sinking its
 //! batch-mates: on a permanent error it bisects the batch into separate
@@ -28,7 +30,7 @@ use std::time::Instant;
 use sqlx::PgPool;
 
 use crate::db::{Failure, classify};
-use crate::event::{ChainEvent, EventKind, Hash32};
+use crate::event::{ChainEvent, EventKind, Hash32, VaultType};
 use crate::lock::{self, Domain, LockSet};
 
 /// Event counts per event type, in the order of [`KINDS`].
@@ -108,24 +110,42 @@ pub(crate) fn reorg_lock_key(schema: &str) -> i64 {
     lock::key(schema, Domain::Reorg, "")
 }
 
-/// Takes the reorg lock (shared, or exclusive for a reorg) and then the
-/// given keys exclusively, in the order given. One round trip.
-pub(crate) async fn take_locks(
+/// Takes the reorg lock: shared by batches and backfill, exclusive by a
+/// reorg. Always the first lock a transaction takes (ADR 0004).
+pub(crate) async fn lock_reorg(
     conn: &mut sqlx::PgConnection,
     schema: &str,
-    reorg_exclusive: bool,
-    sorted_keys: &[i64],
+    exclusive: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT CASE WHEN u.ord = 1 AND NOT $3 THEN pg_advisory_xact_lock_shared(u.key)
-                     ELSE pg_advisory_xact_lock(u.key) END
-         FROM unnest(array_prepend($1::int8, $2::int8[])) WITH ORDINALITY AS u(key, ord)",
-    )
-    .bind(reorg_lock_key(schema))
-    .bind(sorted_keys)
-    .bind(reorg_exclusive)
-    .execute(conn)
-    .await?;
+    let sql = if exclusive {
+        "SELECT pg_advisory_xact_lock($1)"
+    } else {
+        "SELECT pg_advisory_xact_lock_shared($1)"
+    };
+    sqlx::query(sql)
+        .bind(reorg_lock_key(schema))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes the term locks of `terms`, sorted, in one statement.
+pub(crate) async fn lock_terms(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    terms: &[&str],
+) -> Result<(), sqlx::Error> {
+    if terms.is_empty() {
+        return Ok(());
+    }
+    let mut locks = LockSet::with_capacity(terms.len());
+    for t in terms {
+        locks.add(lock::key(schema, Domain::Term, t));
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
+        .bind(locks.into_sorted())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -167,63 +187,134 @@ impl ReadModel {
         events.sort_unstable_by_key(|e| e.chain.key());
         events.dedup_by_key(|e| e.chain.key());
 
-        let mut atoms = atom::AtomRows::default();
-        let mut triples = triple::TripleRows::default();
-        let mut vaults = vault::VaultRows::default();
-        let mut generics = generic::GenericRows::default();
-        let mut terms: Vec<Hash32> = Vec::with_capacity(events.len() + 8);
+        let mut atoms = atom::Atoms::default();
+        let mut triples = triple::Triples::default();
+        let mut vaults = vault::VaultEvents::default();
+        let mut generics = generic::Generics::default();
         for e in &events {
             match &e.kind {
-                EventKind::AtomCreated(a) => {
-                    atoms.push(&e.chain, a);
-                    terms.push(a.term_id);
-                }
-                EventKind::TripleCreated(t) => {
-                    triples.push(&e.chain, t);
-                    terms.push(t.term_id);
-                    terms.push(t.counter_term_id);
-                }
-                EventKind::Deposited(d) => {
-                    vaults.push_deposit(&e.chain, d);
-                    terms.push(d.term_id);
-                }
-                EventKind::Redeemed(r) => {
-                    vaults.push_redeem(&e.chain, r);
-                    terms.push(r.term_id);
-                }
-                EventKind::SharePriceChanged(s) => {
-                    vaults.push_price(&e.chain, s);
-                    terms.push(s.term_id);
-                }
-                EventKind::Generic(g) => generics.push(&e.chain, g),
+                EventKind::AtomCreated(a) => atoms.events.push((&e.chain, a)),
+                EventKind::TripleCreated(t) => triples.events.push((&e.chain, t)),
+                EventKind::Deposited(d) => vaults.deposits.push((&e.chain, d)),
+                EventKind::Redeemed(r) => vaults.redeems.push((&e.chain, r)),
+                EventKind::SharePriceChanged(p) => vaults.prices.push((&e.chain, p)),
+                EventKind::Generic(g) => generics.events.push((&e.chain, g)),
             }
         }
-        terms.sort_unstable();
-        terms.dedup();
-        let mut locks = LockSet::with_capacity(terms.len());
-        for t in &terms {
-            locks.add(lock::key(&self.schema, Domain::Term, t.as_str()));
-        }
-        let term_ids: Vec<&str> = terms.iter().map(Hash32::as_str).collect();
 
         let acquire = Instant::now();
         let mut conn = self.pool.acquire().await?;
         metrics::histogram!("writer_db_acquire_seconds").record(acquire.elapsed().as_secs_f64());
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        take_locks(&mut tx, &self.schema, false, &locks.into_sorted()).await?;
-        let atoms = atoms.apply(&mut tx).await?;
-        let triples = triples.apply(&mut tx).await?;
-        let (deposits, redeems, prices) = vaults.apply(&mut tx).await?;
-        let generics = generics.apply(&mut tx).await?;
-        let dirty_triples = term::refresh(&mut tx, &term_ids).await?;
+        lock_reorg(&mut tx, &self.schema, false).await?;
+
+        // 1. Event rows, without term locks: batches insert in parallel, and
+        //    each learns which of its events are new.
+        let new_atoms = atoms.insert(&mut tx).await?;
+        let new_triples = triples.insert(&mut tx).await?;
+        let new_vault_events = vaults.insert(&mut tx).await?;
+        let generics = generics.insert(&mut tx).await?;
+
+        // 2. Only new events cascade; lock the terms they touch, sorted.
+        let mut terms: Vec<&Hash32> = Vec::new();
+        terms.extend(new_atoms.iter().map(|&i| &atoms.events[i].1.term_id));
+        for &i in &new_triples {
+            terms.push(&triples.events[i].1.term_id);
+            terms.push(&triples.events[i].1.counter_term_id);
+        }
+        terms.extend(
+            new_vault_events
+                .deposits
+                .iter()
+                .map(|&i| &vaults.deposits[i].1.term_id),
+        );
+        terms.extend(
+            new_vault_events
+                .redeems
+                .iter()
+                .map(|&i| &vaults.redeems[i].1.term_id),
+        );
+        terms.extend(
+            new_vault_events
+                .prices
+                .iter()
+                .map(|&i| &vaults.prices[i].1.term_id),
+        );
+        terms.sort_unstable();
+        terms.dedup();
+        let term_ids: Vec<&str> = terms.iter().map(|t| t.as_str()).collect();
+        lock_terms(&mut tx, &self.schema, &term_ids).await?;
+
+        // 3. The cascade.
+        atoms.cascade(&mut tx, &new_atoms).await?;
+        triples.cascade(&mut tx, &new_triples).await?;
+        let created_vaults = vaults.cascade(&mut tx, &new_vault_events).await?;
+        // Term rows change with atoms, triples, new vaults and share prices;
+        // the analytics of triples whose vaults moved are dirty.
+        let mut refresh: Vec<&str> = Vec::new();
+        refresh.extend(
+            new_atoms
+                .iter()
+                .map(|&i| atoms.events[i].1.term_id.as_str()),
+        );
+        for &i in &new_triples {
+            refresh.push(triples.events[i].1.term_id.as_str());
+            refresh.push(triples.events[i].1.counter_term_id.as_str());
+        }
+        refresh.extend(
+            new_vault_events
+                .prices
+                .iter()
+                .map(|&i| vaults.prices[i].1.term_id.as_str()),
+        );
+        refresh.extend(created_vaults.iter().map(String::as_str));
+        let (mut pro, mut counter): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+        let moved = new_vault_events
+            .deposits
+            .iter()
+            .map(|&i| {
+                (
+                    &vaults.deposits[i].1.term_id,
+                    vaults.deposits[i].1.vault_type,
+                )
+            })
+            .chain(
+                new_vault_events
+                    .redeems
+                    .iter()
+                    .map(|&i| (&vaults.redeems[i].1.term_id, vaults.redeems[i].1.vault_type)),
+            )
+            .chain(
+                new_vault_events
+                    .prices
+                    .iter()
+                    .map(|&i| (&vaults.prices[i].1.term_id, vaults.prices[i].1.vault_type)),
+            );
+        for (term, vault_type) in moved {
+            match vault_type {
+                VaultType::Triple => pro.push(term.as_str()),
+                VaultType::CounterTriple => counter.push(term.as_str()),
+                VaultType::Atom => {}
+            }
+        }
+        for list in [&mut refresh, &mut pro, &mut counter] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        let dirty_triples = term::refresh(&mut tx, &refresh, &pro, &counter).await?;
         let commit = Instant::now();
         tx.commit().await?;
         metrics::histogram!("writer_stage_seconds", "stage" => "commit")
             .record(commit.elapsed().as_secs_f64());
 
-        let inserted = KindCounts(
-            [atoms, triples, deposits, redeems, prices, generics].map(|n| n.max(0) as u64),
-        );
+        let inserted = KindCounts([
+            new_atoms.len() as u64,
+            new_triples.len() as u64,
+            new_vault_events.deposits.len() as u64,
+            new_vault_events.redeems.len() as u64,
+            new_vault_events.prices.len() as u64,
+            generics.max(0) as u64,
+        ]);
         Ok(Applied {
             duplicates: total as u64 - inserted.total(),
             inserted,

@@ -1,11 +1,14 @@
-//! The `term` row of every term a batch touched, recomputed from the rows
-//! that define it, and the analytics dirty marks of the triples among them.
+//! `term` rows recomputed from the rows that define them, and the analytics
+//! dirty marks of the triples a batch changed.
 //!
 //! A term's type, atom_id and triple_id follow from the `atom` and `triple`
 //! tables; its totals are sums over its vaults. Recomputing these (instead of
 //! patching them event by event) makes the statement idempotent and
 //! independent of arrival order, and lets reorg handling and backfill reuse
-//! it unchanged. Callers hold the term locks of every id they pass.
+//! it unchanged. A batch passes only the terms whose row can have changed
+//! (created atoms and triples, vaults created, share prices) and, for dirty
+//! marks, the triple vaults it touched. Callers hold the term locks of every
+//! id they pass.
 
 use sqlx::PgConnection;
 
@@ -55,22 +58,41 @@ removed AS (
     DELETE FROM term t USING computed c
     WHERE t.id = c.id AND c.atom_id IS NULL AND c.triple_id IS NULL AND c.vaults = 0
 ),
+marked AS (
+    SELECT triple_id AS id FROM computed WHERE triple_id IS NOT NULL
+    UNION SELECT t.term_id FROM triple t WHERE t.term_id = ANY($2::text[])
+    UNION SELECT t.term_id FROM triple t WHERE t.counter_term_id = ANY($3::text[])
+),
 dirty AS (
-    -- Sorted, so concurrent batches lock dirty rows in one order.
+    -- A new version on every mark tells the worker the triple changed again
+    -- (ADR 0002). Sorted, so concurrent batches lock dirty rows in one order.
     INSERT INTO analytics_dirty AS d (term_id)
-    SELECT DISTINCT triple_id FROM computed WHERE triple_id IS NOT NULL
-    ORDER BY triple_id
-    ON CONFLICT (term_id) DO UPDATE SET marked_at = now()
+    SELECT id FROM marked
+    ORDER BY id
+    ON CONFLICT (term_id) DO UPDATE
+        SET version = nextval('analytics_dirty_version'), marked_at = now()
     RETURNING d.term_id
 )
 SELECT term_id FROM dirty
 "#;
 
-/// Recomputes the term rows of `ids` and marks their triples dirty for the
-/// analytics worker. Returns the triples marked.
-pub async fn refresh(conn: &mut PgConnection, ids: &[&str]) -> Result<Vec<String>, sqlx::Error> {
-    if ids.is_empty() {
+/// Recomputes the term rows of `ids` and marks dirty, for the analytics
+/// worker, the triples among them plus the triples whose pro vaults
+/// (`pro_vault_terms`) or counter vaults (`counter_vault_terms`) changed.
+/// Returns the triples marked.
+pub async fn refresh(
+    conn: &mut PgConnection,
+    ids: &[&str],
+    pro_vault_terms: &[&str],
+    counter_vault_terms: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
+    if ids.is_empty() && pro_vault_terms.is_empty() && counter_vault_terms.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar(REFRESH).bind(ids).fetch_all(conn).await
+    sqlx::query_scalar(REFRESH)
+        .bind(ids)
+        .bind(pro_vault_terms)
+        .bind(counter_vault_terms)
+        .fetch_all(conn)
+        .await
 }

@@ -1,59 +1,63 @@
-//! TripleCreated: the event row, the `triple` row.
+//! TripleCreated: the event row, then (for new events only) the `triple` row.
 
 use sqlx::PgConnection;
 
-use super::columns::ChainColumns;
+use super::columns::{ChainColumns, indexes};
 use crate::event::{ChainPosition, TripleCreated};
 
+/// The TripleCreated events of a batch.
 #[derive(Debug, Default)]
-pub(crate) struct TripleRows<'e> {
-    chain: ChainColumns<'e>,
-    creator: Vec<&'e str>,
-    term_id: Vec<&'e str>,
-    subject_id: Vec<&'e str>,
-    predicate_id: Vec<&'e str>,
-    object_id: Vec<&'e str>,
-    counter_term_id: Vec<&'e str>,
+pub(crate) struct Triples<'e> {
+    pub events: Vec<(&'e ChainPosition<'e>, &'e TripleCreated)>,
 }
 
-/// Like atoms: new events only, earliest creation wins.
-const APPLY: &str = r#"
-WITH ins AS (
+const INSERT: &str = r#"
+WITH e AS (
+    SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int8[],
+        $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+        $13::text[], $14::text[]) WITH ORDINALITY
+        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
+             transaction_index, address, network, creator, term_id, subject_id, predicate_id,
+             object_id, counter_term_id, ord)
+),
+ins AS (
     INSERT INTO triple_created_events (transaction_hash, log_index, block_number, block_hash,
         block_timestamp, transaction_index, address, network, creator, term_id, subject_id,
         predicate_id, object_id, counter_term_id)
-    SELECT e.* FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int8[],
-        $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-        $13::text[], $14::text[])
-        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
-             transaction_index, address, network, creator, term_id, subject_id, predicate_id,
-             object_id, counter_term_id)
+    SELECT transaction_hash, log_index, block_number, block_hash, block_timestamp,
+        transaction_index, address, network, creator, term_id, subject_id, predicate_id,
+        object_id, counter_term_id
+    FROM e
     WHERE NOT EXISTS (SELECT 1 FROM reorged_events r
         WHERE r.transaction_hash = e.transaction_hash AND r.log_index = e.log_index
           AND r.block_hash = e.block_hash)
     ON CONFLICT DO NOTHING
-    RETURNING term_id, creator, subject_id, predicate_id, object_id, counter_term_id,
-        block_number, log_index
-),
-triples AS (
-    INSERT INTO triple AS t (term_id, creator_id, subject_id, predicate_id, object_id,
-        counter_term_id, last_event_block, last_event_log_index)
-    SELECT DISTINCT ON (term_id) term_id, creator, subject_id, predicate_id, object_id,
-        counter_term_id, block_number, log_index
-    FROM ins
-    ORDER BY term_id, block_number, log_index
-    ON CONFLICT (term_id) DO UPDATE SET
-        creator_id = EXCLUDED.creator_id,
-        subject_id = EXCLUDED.subject_id,
-        predicate_id = EXCLUDED.predicate_id,
-        object_id = EXCLUDED.object_id,
-        last_event_block = EXCLUDED.last_event_block,
-        last_event_log_index = EXCLUDED.last_event_log_index,
-        updated_at = now()
-    WHERE (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-        < (t.last_event_block, t.last_event_log_index)
+    RETURNING transaction_hash, log_index
 )
-SELECT count(*) FROM ins
+SELECT e.ord FROM e JOIN ins USING (transaction_hash, log_index)
+"#;
+
+/// Like atoms: earliest creation wins.
+const UPSERT: &str = r#"
+INSERT INTO triple AS t (term_id, creator_id, subject_id, predicate_id, object_id,
+    counter_term_id, last_event_block, last_event_log_index)
+SELECT DISTINCT ON (term_id) term_id, creator_id, subject_id, predicate_id, object_id,
+    counter_term_id, block_number, log_index
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
+    $8::int8[])
+    AS n(term_id, creator_id, subject_id, predicate_id, object_id, counter_term_id,
+         block_number, log_index)
+ORDER BY term_id, block_number, log_index
+ON CONFLICT (term_id) DO UPDATE SET
+    creator_id = EXCLUDED.creator_id,
+    subject_id = EXCLUDED.subject_id,
+    predicate_id = EXCLUDED.predicate_id,
+    object_id = EXCLUDED.object_id,
+    last_event_block = EXCLUDED.last_event_block,
+    last_event_log_index = EXCLUDED.last_event_log_index,
+    updated_at = now()
+WHERE (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+    < (t.last_event_block, t.last_event_log_index)
 "#;
 
 /// Rebuilds the triple rows of `$1` from the earliest remaining
@@ -105,32 +109,49 @@ pub async fn recompute(
     sqlx::query_as(RECOMPUTE).bind(ids).fetch_all(conn).await
 }
 
-impl<'e> TripleRows<'e> {
-    pub fn push(&mut self, chain: &'e ChainPosition<'_>, triple: &'e TripleCreated) {
-        self.chain.push(chain);
-        self.creator.push(triple.creator.as_str());
-        self.term_id.push(triple.term_id.as_str());
-        self.subject_id.push(triple.subject_id.as_str());
-        self.predicate_id.push(triple.predicate_id.as_str());
-        self.object_id.push(triple.object_id.as_str());
-        self.counter_term_id.push(triple.counter_term_id.as_str());
+impl<'e> Triples<'e> {
+    /// Inserts the event rows; returns the indexes of the new ones.
+    pub async fn insert(&self, conn: &mut PgConnection) -> Result<Vec<usize>, sqlx::Error> {
+        if self.events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let e = &self.events;
+        let col =
+            |f: fn(&TripleCreated) -> &str| -> Vec<&str> { e.iter().map(|(_, t)| f(t)).collect() };
+        let rows = ChainColumns::of(e.iter().map(|(c, _)| *c))
+            .bind(sqlx::query(INSERT))
+            .bind(col(|t| t.creator.as_str()))
+            .bind(col(|t| t.term_id.as_str()))
+            .bind(col(|t| t.subject_id.as_str()))
+            .bind(col(|t| t.predicate_id.as_str()))
+            .bind(col(|t| t.object_id.as_str()))
+            .bind(col(|t| t.counter_term_id.as_str()))
+            .fetch_all(conn)
+            .await?;
+        indexes(rows)
     }
 
-    pub async fn apply(&self, conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-        if self.chain.is_empty() {
-            return Ok(0);
+    /// Creates the triple rows of the new events.
+    pub async fn cascade(&self, conn: &mut PgConnection, new: &[usize]) -> Result<(), sqlx::Error> {
+        if new.is_empty() {
+            return Ok(());
         }
-        let row = self
-            .chain
-            .bind(sqlx::query(APPLY))
-            .bind(&self.creator[..])
-            .bind(&self.term_id[..])
-            .bind(&self.subject_id[..])
-            .bind(&self.predicate_id[..])
-            .bind(&self.object_id[..])
-            .bind(&self.counter_term_id[..])
-            .fetch_one(conn)
+        let col = |f: fn(&TripleCreated) -> &str| -> Vec<&str> {
+            new.iter().map(|&i| f(self.events[i].1)).collect()
+        };
+        let block: Vec<i64> = new.iter().map(|&i| self.events[i].0.block_number).collect();
+        let log: Vec<i64> = new.iter().map(|&i| self.events[i].0.log_index).collect();
+        sqlx::query(UPSERT)
+            .bind(col(|t| t.term_id.as_str()))
+            .bind(col(|t| t.creator.as_str()))
+            .bind(col(|t| t.subject_id.as_str()))
+            .bind(col(|t| t.predicate_id.as_str()))
+            .bind(col(|t| t.object_id.as_str()))
+            .bind(col(|t| t.counter_term_id.as_str()))
+            .bind(&block)
+            .bind(&log)
+            .execute(conn)
             .await?;
-        sqlx::Row::try_get(&row, 0)
+        Ok(())
     }
 }

@@ -1,131 +1,137 @@
-//! Deposited, Redeemed and SharePriceChanged: their event rows, and the
-//! `position` and `vault` rows they change, in one statement.
+//! Deposited, Redeemed and SharePriceChanged: their event rows, then (for
+//! new events only) the `position` and `vault` rows they change.
 //!
-//! Only events inserted by this statement (not seen before, not removed by a
-//! reorg) cascade, which is what makes the sums in `position` exact under
-//! redelivery. Values that come from "the newest event" are guarded by the
-//! chain position recorded next to them, so arrival order does not matter:
+//! Values that come from "the newest event" are guarded by the chain
+//! position recorded next to them, so arrival order does not matter:
 //!
-//! - `position.shares` = totalShares of the newest Deposited/Redeemed;
-//!   the two totals are sums over the new events.
+//! - `position.shares` = totalShares of the newest Deposited/Redeemed; the
+//!   two totals are sums over the new events (exact because only events
+//!   inserted for the first time cascade).
 //! - `vault.position_count` moves by the number of positions that crossed
-//!   zero in this statement (old and new shares are both visible here).
+//!   zero in this statement (old and new shares are both visible in it).
 //! - `vault.total_shares/current_share_price/total_assets/market_cap` come
 //!   from the newest SharePriceChanged; `vault_type` from the newest event.
 
 use sqlx::PgConnection;
 
 use super::columns::ChainColumns;
-use crate::event::{ChainPosition, Deposited, Redeemed, SharePriceChanged};
+use crate::event::{ChainPosition, Deposited, Redeemed, SharePriceChanged, VaultType};
 
+/// The vault events of a batch.
 #[derive(Debug, Default)]
-pub(crate) struct VaultRows<'e> {
-    deposits: DepositColumns<'e>,
-    redeems: RedeemColumns<'e>,
-    prices: PriceColumns<'e>,
+pub(crate) struct VaultEvents<'e> {
+    pub deposits: Vec<(&'e ChainPosition<'e>, &'e Deposited)>,
+    pub redeems: Vec<(&'e ChainPosition<'e>, &'e Redeemed)>,
+    pub prices: Vec<(&'e ChainPosition<'e>, &'e SharePriceChanged)>,
 }
 
+/// Indexes of the events an insert found new, per table.
 #[derive(Debug, Default)]
-struct DepositColumns<'e> {
-    chain: ChainColumns<'e>,
-    sender: Vec<&'e str>,
-    receiver: Vec<&'e str>,
-    term_id: Vec<&'e str>,
-    curve_id: Vec<&'e str>,
-    assets: Vec<&'e str>,
-    assets_after_fees: Vec<&'e str>,
-    shares: Vec<&'e str>,
-    total_shares: Vec<&'e str>,
-    vault_type: Vec<i16>,
+pub(crate) struct NewVaultEvents {
+    pub deposits: Vec<usize>,
+    pub redeems: Vec<usize>,
+    pub prices: Vec<usize>,
 }
 
-#[derive(Debug, Default)]
-struct RedeemColumns<'e> {
-    chain: ChainColumns<'e>,
-    sender: Vec<&'e str>,
-    receiver: Vec<&'e str>,
-    term_id: Vec<&'e str>,
-    curve_id: Vec<&'e str>,
-    shares: Vec<&'e str>,
-    total_shares: Vec<&'e str>,
-    assets: Vec<&'e str>,
-    fees: Vec<&'e str>,
-    vault_type: Vec<i16>,
+impl NewVaultEvents {
+    pub fn is_empty(&self) -> bool {
+        self.deposits.is_empty() && self.redeems.is_empty() && self.prices.is_empty()
+    }
 }
 
-#[derive(Debug, Default)]
-struct PriceColumns<'e> {
-    chain: ChainColumns<'e>,
-    term_id: Vec<&'e str>,
-    curve_id: Vec<&'e str>,
-    share_price: Vec<&'e str>,
-    total_assets: Vec<&'e str>,
-    total_shares: Vec<&'e str>,
-    vault_type: Vec<i16>,
-}
-
-/// `$1..$17` deposits, `$18..$34` redeems, `$35..$48` share prices.
-const APPLY: &str = r#"
-WITH dep AS (
+/// `$1..$17` deposits, `$18..$34` redeems, `$35..$48` share prices; returns
+/// `(table, ordinal)` of each event inserted (0 deposit, 1 redeem, 2 price).
+const INSERT: &str = r#"
+WITH d AS (
+    SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int8[],
+        $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+        $12::text[]::numeric[], $13::text[]::numeric[], $14::text[]::numeric[],
+        $15::text[]::numeric[], $16::text[]::numeric[], $17::int2[]) WITH ORDINALITY
+        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
+             transaction_index, address, network, sender, receiver, term_id, curve_id, assets,
+             assets_after_fees, shares, total_shares, vault_type, ord)
+),
+r AS (
+    SELECT * FROM unnest($18::text[], $19::int8[], $20::int8[], $21::text[], $22::int8[],
+        $23::int8[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[],
+        $29::text[]::numeric[], $30::text[]::numeric[], $31::text[]::numeric[],
+        $32::text[]::numeric[], $33::text[]::numeric[], $34::int2[]) WITH ORDINALITY
+        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
+             transaction_index, address, network, sender, receiver, term_id, curve_id, shares,
+             total_shares, assets, fees, vault_type, ord)
+),
+s AS (
+    SELECT * FROM unnest($35::text[], $36::int8[], $37::int8[], $38::text[], $39::int8[],
+        $40::int8[], $41::text[], $42::text[], $43::text[], $44::text[]::numeric[],
+        $45::text[]::numeric[], $46::text[]::numeric[], $47::text[]::numeric[], $48::int2[])
+        WITH ORDINALITY
+        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
+             transaction_index, address, network, term_id, curve_id, share_price,
+             total_assets, total_shares, vault_type, ord)
+),
+dep AS (
     INSERT INTO deposited_events (transaction_hash, log_index, block_number, block_hash,
         block_timestamp, transaction_index, address, network, sender, receiver, term_id,
         curve_id, assets, assets_after_fees, shares, total_shares, vault_type)
-    SELECT e.* FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int8[],
-        $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-        $12::text[]::numeric[], $13::text[]::numeric[], $14::text[]::numeric[],
-        $15::text[]::numeric[], $16::text[]::numeric[], $17::int2[])
-        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
-             transaction_index, address, network, sender, receiver, term_id, curve_id, assets,
-             assets_after_fees, shares, total_shares, vault_type)
-    WHERE NOT EXISTS (SELECT 1 FROM reorged_events r
-        WHERE r.transaction_hash = e.transaction_hash AND r.log_index = e.log_index
-          AND r.block_hash = e.block_hash)
+    SELECT transaction_hash, log_index, block_number, block_hash, block_timestamp,
+        transaction_index, address, network, sender, receiver, term_id, curve_id, assets,
+        assets_after_fees, shares, total_shares, vault_type
+    FROM d
+    WHERE NOT EXISTS (SELECT 1 FROM reorged_events x
+        WHERE x.transaction_hash = d.transaction_hash AND x.log_index = d.log_index
+          AND x.block_hash = d.block_hash)
     ON CONFLICT DO NOTHING
-    RETURNING receiver, term_id, curve_id, assets_after_fees, total_shares, vault_type,
-        block_number, log_index
+    RETURNING transaction_hash, log_index
 ),
 red AS (
     INSERT INTO redeemed_events (transaction_hash, log_index, block_number, block_hash,
         block_timestamp, transaction_index, address, network, sender, receiver, term_id,
         curve_id, shares, total_shares, assets, fees, vault_type)
-    SELECT e.* FROM unnest($18::text[], $19::int8[], $20::int8[], $21::text[], $22::int8[],
-        $23::int8[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[],
-        $29::text[]::numeric[], $30::text[]::numeric[], $31::text[]::numeric[],
-        $32::text[]::numeric[], $33::text[]::numeric[], $34::int2[])
-        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
-             transaction_index, address, network, sender, receiver, term_id, curve_id, shares,
-             total_shares, assets, fees, vault_type)
-    WHERE NOT EXISTS (SELECT 1 FROM reorged_events r
-        WHERE r.transaction_hash = e.transaction_hash AND r.log_index = e.log_index
-          AND r.block_hash = e.block_hash)
+    SELECT transaction_hash, log_index, block_number, block_hash, block_timestamp,
+        transaction_index, address, network, sender, receiver, term_id, curve_id, shares,
+        total_shares, assets, fees, vault_type
+    FROM r
+    WHERE NOT EXISTS (SELECT 1 FROM reorged_events x
+        WHERE x.transaction_hash = r.transaction_hash AND x.log_index = r.log_index
+          AND x.block_hash = r.block_hash)
     ON CONFLICT DO NOTHING
-    RETURNING receiver, term_id, curve_id, assets, total_shares, vault_type,
-        block_number, log_index
+    RETURNING transaction_hash, log_index
 ),
 spc AS (
     INSERT INTO share_price_changed_events (transaction_hash, log_index, block_number,
         block_hash, block_timestamp, transaction_index, address, network, term_id, curve_id,
         share_price, total_assets, total_shares, vault_type)
-    SELECT e.* FROM unnest($35::text[], $36::int8[], $37::int8[], $38::text[], $39::int8[],
-        $40::int8[], $41::text[], $42::text[], $43::text[], $44::text[]::numeric[],
-        $45::text[]::numeric[], $46::text[]::numeric[], $47::text[]::numeric[], $48::int2[])
-        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
-             transaction_index, address, network, term_id, curve_id, share_price,
-             total_assets, total_shares, vault_type)
-    WHERE NOT EXISTS (SELECT 1 FROM reorged_events r
-        WHERE r.transaction_hash = e.transaction_hash AND r.log_index = e.log_index
-          AND r.block_hash = e.block_hash)
+    SELECT transaction_hash, log_index, block_number, block_hash, block_timestamp,
+        transaction_index, address, network, term_id, curve_id, share_price, total_assets,
+        total_shares, vault_type
+    FROM s
+    WHERE NOT EXISTS (SELECT 1 FROM reorged_events x
+        WHERE x.transaction_hash = s.transaction_hash AND x.log_index = s.log_index
+          AND x.block_hash = s.block_hash)
     ON CONFLICT DO NOTHING
-    RETURNING term_id, curve_id, share_price, total_assets, total_shares, vault_type,
-        block_number, log_index
+    RETURNING transaction_hash, log_index
+)
+SELECT 0::int2, d.ord FROM d JOIN dep USING (transaction_hash, log_index)
+UNION ALL SELECT 1::int2, r.ord FROM r JOIN red USING (transaction_hash, log_index)
+UNION ALL SELECT 2::int2, s.ord FROM s JOIN spc USING (transaction_hash, log_index)
+"#;
+
+/// Positions and vaults from new events: `$1..$9` position moves (account,
+/// term, curve, deposited, redeemed, totalShares, block, log, vault type),
+/// `$10..$16` share prices (term, curve, price, assets, shares, block, log,
+/// vault type: `$17`). Returns the terms of vaults created by it.
+const CASCADE: &str = r#"
+WITH moves AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::numeric[], $4::text[]::numeric[],
+        $5::text[]::numeric[], $6::text[]::numeric[], $7::int8[], $8::int8[], $9::int2[])
+        AS m(account_id, term_id, curve_id, deposited, redeemed, total_shares, block_number,
+             log_index, vault_type)
 ),
-moves AS (
-    SELECT receiver AS account_id, term_id, curve_id, assets_after_fees AS deposited,
-        0::numeric AS redeemed, total_shares, block_number, log_index
-    FROM dep
-    UNION ALL
-    SELECT receiver, term_id, curve_id, 0, assets, total_shares, block_number, log_index
-    FROM red
+prices AS (
+    SELECT * FROM unnest($10::text[], $11::text[]::numeric[], $12::text[]::numeric[],
+        $13::text[]::numeric[], $14::text[]::numeric[], $15::int8[], $16::int8[], $17::int2[])
+        AS s(term_id, curve_id, share_price, total_assets, total_shares, block_number,
+             log_index, vault_type)
 ),
 pos_in AS (
     SELECT DISTINCT ON (account_id, term_id, curve_id)
@@ -172,72 +178,69 @@ count_delta AS (
 price_in AS (
     SELECT DISTINCT ON (term_id, curve_id) term_id, curve_id, share_price, total_assets,
         total_shares, block_number, log_index
-    FROM spc
+    FROM prices
     ORDER BY term_id, curve_id, block_number DESC, log_index DESC
 ),
 touched AS (
     SELECT DISTINCT ON (term_id, curve_id) term_id, curve_id, vault_type, block_number, log_index
-    FROM (SELECT term_id, curve_id, vault_type, block_number, log_index FROM dep
-          UNION ALL SELECT term_id, curve_id, vault_type, block_number, log_index FROM red
-          UNION ALL SELECT term_id, curve_id, vault_type, block_number, log_index FROM spc) t
+    FROM (SELECT term_id, curve_id, vault_type, block_number, log_index FROM moves
+          UNION ALL SELECT term_id, curve_id, vault_type, block_number, log_index FROM prices) t
     ORDER BY term_id, curve_id, block_number DESC, log_index DESC
-),
-vaults AS (
-    INSERT INTO vault AS v (term_id, curve_id, total_shares, current_share_price, total_assets,
-        market_cap, position_count, vault_type, share_price_block, share_price_log_index,
-        last_event_block, last_event_log_index)
-    SELECT t.term_id, t.curve_id,
-        coalesce(pr.total_shares, 0), coalesce(pr.share_price, 0), coalesce(pr.total_assets, 0),
-        coalesce(div(pr.total_shares * pr.share_price, 1000000000000000000), 0),
-        coalesce(d.delta, 0), t.vault_type::text, pr.block_number, pr.log_index,
-        t.block_number, t.log_index
-    FROM touched t
-    LEFT JOIN price_in pr USING (term_id, curve_id)
-    LEFT JOIN count_delta d USING (term_id, curve_id)
-    ON CONFLICT (term_id, curve_id) DO UPDATE SET
-        position_count = v.position_count + EXCLUDED.position_count,
-        total_shares = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                             AND (v.share_price_block IS NULL
-                                  OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                                   > (v.share_price_block, v.share_price_log_index))
-                            THEN EXCLUDED.total_shares ELSE v.total_shares END,
-        current_share_price = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                             AND (v.share_price_block IS NULL
-                                  OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                                   > (v.share_price_block, v.share_price_log_index))
-                            THEN EXCLUDED.current_share_price ELSE v.current_share_price END,
-        total_assets = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                             AND (v.share_price_block IS NULL
-                                  OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                                   > (v.share_price_block, v.share_price_log_index))
-                            THEN EXCLUDED.total_assets ELSE v.total_assets END,
-        market_cap = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                             AND (v.share_price_block IS NULL
-                                  OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                                   > (v.share_price_block, v.share_price_log_index))
-                            THEN EXCLUDED.market_cap ELSE v.market_cap END,
-        share_price_block = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                             AND (v.share_price_block IS NULL
-                                  OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                                   > (v.share_price_block, v.share_price_log_index))
-                            THEN EXCLUDED.share_price_block ELSE v.share_price_block END,
-        share_price_log_index = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                             AND (v.share_price_block IS NULL
-                                  OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                                   > (v.share_price_block, v.share_price_log_index))
-                            THEN EXCLUDED.share_price_log_index ELSE v.share_price_log_index END,
-        vault_type = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-                             > (v.last_event_block, v.last_event_log_index)
-                          THEN EXCLUDED.vault_type ELSE v.vault_type END,
-        last_event_block = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-                                   > (v.last_event_block, v.last_event_log_index)
-                                THEN EXCLUDED.last_event_block ELSE v.last_event_block END,
-        last_event_log_index = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-                                       > (v.last_event_block, v.last_event_log_index)
-                                    THEN EXCLUDED.last_event_log_index ELSE v.last_event_log_index END,
-        updated_at = now()
 )
-SELECT (SELECT count(*) FROM dep), (SELECT count(*) FROM red), (SELECT count(*) FROM spc)
+INSERT INTO vault AS v (term_id, curve_id, total_shares, current_share_price, total_assets,
+    market_cap, position_count, vault_type, share_price_block, share_price_log_index,
+    last_event_block, last_event_log_index)
+SELECT t.term_id, t.curve_id,
+    coalesce(pr.total_shares, 0), coalesce(pr.share_price, 0), coalesce(pr.total_assets, 0),
+    coalesce(div(pr.total_shares * pr.share_price, 1000000000000000000), 0),
+    coalesce(d.delta, 0), t.vault_type::text, pr.block_number, pr.log_index,
+    t.block_number, t.log_index
+FROM touched t
+LEFT JOIN price_in pr USING (term_id, curve_id)
+LEFT JOIN count_delta d USING (term_id, curve_id)
+ON CONFLICT (term_id, curve_id) DO UPDATE SET
+    position_count = v.position_count + EXCLUDED.position_count,
+    total_shares = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
+                         AND (v.share_price_block IS NULL
+                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
+                               > (v.share_price_block, v.share_price_log_index))
+                        THEN EXCLUDED.total_shares ELSE v.total_shares END,
+    current_share_price = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
+                         AND (v.share_price_block IS NULL
+                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
+                               > (v.share_price_block, v.share_price_log_index))
+                        THEN EXCLUDED.current_share_price ELSE v.current_share_price END,
+    total_assets = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
+                         AND (v.share_price_block IS NULL
+                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
+                               > (v.share_price_block, v.share_price_log_index))
+                        THEN EXCLUDED.total_assets ELSE v.total_assets END,
+    market_cap = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
+                         AND (v.share_price_block IS NULL
+                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
+                               > (v.share_price_block, v.share_price_log_index))
+                        THEN EXCLUDED.market_cap ELSE v.market_cap END,
+    share_price_block = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
+                         AND (v.share_price_block IS NULL
+                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
+                               > (v.share_price_block, v.share_price_log_index))
+                        THEN EXCLUDED.share_price_block ELSE v.share_price_block END,
+    share_price_log_index = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
+                         AND (v.share_price_block IS NULL
+                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
+                               > (v.share_price_block, v.share_price_log_index))
+                        THEN EXCLUDED.share_price_log_index ELSE v.share_price_log_index END,
+    vault_type = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+                         > (v.last_event_block, v.last_event_log_index)
+                      THEN EXCLUDED.vault_type ELSE v.vault_type END,
+    last_event_block = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+                               > (v.last_event_block, v.last_event_log_index)
+                            THEN EXCLUDED.last_event_block ELSE v.last_event_block END,
+    last_event_log_index = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+                                   > (v.last_event_block, v.last_event_log_index)
+                                THEN EXCLUDED.last_event_log_index ELSE v.last_event_log_index END,
+    updated_at = now()
+RETURNING CASE WHEN xmax = 0 THEN term_id END
 "#;
 
 /// Rebuilds the given positions from the events that remain (after a reorg
@@ -398,95 +401,184 @@ pub async fn recompute(
     Ok(())
 }
 
-impl<'e> VaultRows<'e> {
-    pub fn push_deposit(&mut self, chain: &'e ChainPosition<'_>, d: &'e Deposited) {
-        let c = &mut self.deposits;
-        c.chain.push(chain);
-        c.sender.push(d.sender.as_str());
-        c.receiver.push(d.receiver.as_str());
-        c.term_id.push(d.term_id.as_str());
-        c.curve_id.push(d.curve_id.as_str());
-        c.assets.push(d.assets.as_str());
-        c.assets_after_fees.push(d.assets_after_fees.as_str());
-        c.shares.push(d.shares.as_str());
-        c.total_shares.push(d.total_shares.as_str());
-        c.vault_type.push(d.vault_type.code());
-    }
-
-    pub fn push_redeem(&mut self, chain: &'e ChainPosition<'_>, r: &'e Redeemed) {
-        let c = &mut self.redeems;
-        c.chain.push(chain);
-        c.sender.push(r.sender.as_str());
-        c.receiver.push(r.receiver.as_str());
-        c.term_id.push(r.term_id.as_str());
-        c.curve_id.push(r.curve_id.as_str());
-        c.shares.push(r.shares.as_str());
-        c.total_shares.push(r.total_shares.as_str());
-        c.assets.push(r.assets.as_str());
-        c.fees.push(r.fees.as_str());
-        c.vault_type.push(r.vault_type.code());
-    }
-
-    pub fn push_price(&mut self, chain: &'e ChainPosition<'_>, s: &'e SharePriceChanged) {
-        let c = &mut self.prices;
-        c.chain.push(chain);
-        c.term_id.push(s.term_id.as_str());
-        c.curve_id.push(s.curve_id.as_str());
-        c.share_price.push(s.share_price.as_str());
-        c.total_assets.push(s.total_assets.as_str());
-        c.total_shares.push(s.total_shares.as_str());
-        c.vault_type.push(s.vault_type.code());
-    }
-
+impl<'e> VaultEvents<'e> {
     pub fn is_empty(&self) -> bool {
-        self.deposits.chain.is_empty()
-            && self.redeems.chain.is_empty()
-            && self.prices.chain.is_empty()
+        self.deposits.is_empty() && self.redeems.is_empty() && self.prices.is_empty()
     }
 
-    /// Returns how many Deposited, Redeemed and SharePriceChanged events
-    /// were new.
-    pub async fn apply(&self, conn: &mut PgConnection) -> Result<(i64, i64, i64), sqlx::Error> {
+    /// Inserts the event rows; returns which of them were new.
+    pub async fn insert(&self, conn: &mut PgConnection) -> Result<NewVaultEvents, sqlx::Error> {
         if self.is_empty() {
-            return Ok((0, 0, 0));
+            return Ok(NewVaultEvents::default());
         }
         let (d, r, p) = (&self.deposits, &self.redeems, &self.prices);
-        let q = d
-            .chain
-            .bind(sqlx::query(APPLY))
-            .bind(&d.sender[..])
-            .bind(&d.receiver[..])
-            .bind(&d.term_id[..])
-            .bind(&d.curve_id[..])
-            .bind(&d.assets[..])
-            .bind(&d.assets_after_fees[..])
-            .bind(&d.shares[..])
-            .bind(&d.total_shares[..])
-            .bind(&d.vault_type[..]);
-        let q = r
-            .chain
-            .bind(q)
-            .bind(&r.sender[..])
-            .bind(&r.receiver[..])
-            .bind(&r.term_id[..])
-            .bind(&r.curve_id[..])
-            .bind(&r.shares[..])
-            .bind(&r.total_shares[..])
-            .bind(&r.assets[..])
-            .bind(&r.fees[..])
-            .bind(&r.vault_type[..]);
-        let row = p
-            .chain
-            .bind(q)
-            .bind(&p.term_id[..])
-            .bind(&p.curve_id[..])
-            .bind(&p.share_price[..])
-            .bind(&p.total_assets[..])
-            .bind(&p.total_shares[..])
-            .bind(&p.vault_type[..])
-            .fetch_one(conn)
+        let q = ChainColumns::of(d.iter().map(|(c, _)| *c)).bind(sqlx::query(INSERT));
+        let dcol =
+            |f: fn(&Deposited) -> &str| -> Vec<&str> { d.iter().map(|(_, e)| f(e)).collect() };
+        let q = q
+            .bind(dcol(|e| e.sender.as_str()))
+            .bind(dcol(|e| e.receiver.as_str()))
+            .bind(dcol(|e| e.term_id.as_str()))
+            .bind(dcol(|e| e.curve_id.as_str()))
+            .bind(dcol(|e| e.assets.as_str()))
+            .bind(dcol(|e| e.assets_after_fees.as_str()))
+            .bind(dcol(|e| e.shares.as_str()))
+            .bind(dcol(|e| e.total_shares.as_str()))
+            .bind(
+                d.iter()
+                    .map(|(_, e)| e.vault_type.code())
+                    .collect::<Vec<i16>>(),
+            );
+        let q = ChainColumns::of(r.iter().map(|(c, _)| *c)).bind(q);
+        let rcol =
+            |f: fn(&Redeemed) -> &str| -> Vec<&str> { r.iter().map(|(_, e)| f(e)).collect() };
+        let q = q
+            .bind(rcol(|e| e.sender.as_str()))
+            .bind(rcol(|e| e.receiver.as_str()))
+            .bind(rcol(|e| e.term_id.as_str()))
+            .bind(rcol(|e| e.curve_id.as_str()))
+            .bind(rcol(|e| e.shares.as_str()))
+            .bind(rcol(|e| e.total_shares.as_str()))
+            .bind(rcol(|e| e.assets.as_str()))
+            .bind(rcol(|e| e.fees.as_str()))
+            .bind(
+                r.iter()
+                    .map(|(_, e)| e.vault_type.code())
+                    .collect::<Vec<i16>>(),
+            );
+        let q = ChainColumns::of(p.iter().map(|(c, _)| *c)).bind(q);
+        let pcol = |f: fn(&SharePriceChanged) -> &str| -> Vec<&str> {
+            p.iter().map(|(_, e)| f(e)).collect()
+        };
+        let rows = q
+            .bind(pcol(|e| e.term_id.as_str()))
+            .bind(pcol(|e| e.curve_id.as_str()))
+            .bind(pcol(|e| e.share_price.as_str()))
+            .bind(pcol(|e| e.total_assets.as_str()))
+            .bind(pcol(|e| e.total_shares.as_str()))
+            .bind(
+                p.iter()
+                    .map(|(_, e)| e.vault_type.code())
+                    .collect::<Vec<i16>>(),
+            )
+            .fetch_all(conn)
             .await?;
-        use sqlx::Row;
-        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+        let mut new = NewVaultEvents::default();
+        for row in rows {
+            use sqlx::Row;
+            let table: i16 = row.try_get(0)?;
+            let index = (row.try_get::<i64, _>(1)? - 1) as usize;
+            match table {
+                0 => new.deposits.push(index),
+                1 => new.redeems.push(index),
+                _ => new.prices.push(index),
+            }
+        }
+        Ok(new)
+    }
+
+    /// Updates positions and vaults for the new events; returns the terms
+    /// of the vaults it created.
+    pub async fn cascade(
+        &self,
+        conn: &mut PgConnection,
+        new: &NewVaultEvents,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        let moves = new.deposits.len() + new.redeems.len();
+        let mut account = Vec::with_capacity(moves);
+        let mut term = Vec::with_capacity(moves);
+        let mut curve = Vec::with_capacity(moves);
+        let mut deposited = Vec::with_capacity(moves);
+        let mut redeemed = Vec::with_capacity(moves);
+        let mut total = Vec::with_capacity(moves);
+        let mut block = Vec::with_capacity(moves);
+        let mut log = Vec::with_capacity(moves);
+        let mut kind = Vec::with_capacity(moves);
+        let mut push = |c: &ChainPosition<'_>,
+                        acc: &'e str,
+                        t: &'e str,
+                        cu: &'e str,
+                        dep: &'e str,
+                        red: &'e str,
+                        ts: &'e str,
+                        vt: VaultType| {
+            account.push(acc);
+            term.push(t);
+            curve.push(cu);
+            deposited.push(dep);
+            redeemed.push(red);
+            total.push(ts);
+            block.push(c.block_number);
+            log.push(c.log_index);
+            kind.push(vt.code());
+        };
+        for &i in &new.deposits {
+            let (c, e) = self.deposits[i];
+            push(
+                c,
+                e.receiver.as_str(),
+                e.term_id.as_str(),
+                e.curve_id.as_str(),
+                e.assets_after_fees.as_str(),
+                "0",
+                e.total_shares.as_str(),
+                e.vault_type,
+            );
+        }
+        for &i in &new.redeems {
+            let (c, e) = self.redeems[i];
+            push(
+                c,
+                e.receiver.as_str(),
+                e.term_id.as_str(),
+                e.curve_id.as_str(),
+                "0",
+                e.assets.as_str(),
+                e.total_shares.as_str(),
+                e.vault_type,
+            );
+        }
+        let price = |f: fn(&SharePriceChanged) -> &str| -> Vec<&str> {
+            new.prices.iter().map(|&i| f(self.prices[i].1)).collect()
+        };
+        let created: Vec<Option<String>> = sqlx::query_scalar(CASCADE)
+            .bind(&account)
+            .bind(&term)
+            .bind(&curve)
+            .bind(&deposited)
+            .bind(&redeemed)
+            .bind(&total)
+            .bind(&block)
+            .bind(&log)
+            .bind(&kind)
+            .bind(price(|e| e.term_id.as_str()))
+            .bind(price(|e| e.curve_id.as_str()))
+            .bind(price(|e| e.share_price.as_str()))
+            .bind(price(|e| e.total_assets.as_str()))
+            .bind(price(|e| e.total_shares.as_str()))
+            .bind(
+                new.prices
+                    .iter()
+                    .map(|&i| self.prices[i].0.block_number)
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(
+                new.prices
+                    .iter()
+                    .map(|&i| self.prices[i].0.log_index)
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(
+                new.prices
+                    .iter()
+                    .map(|&i| self.prices[i].1.vault_type.code())
+                    .collect::<Vec<i16>>(),
+            )
+            .fetch_all(conn)
+            .await?;
+        Ok(created.into_iter().flatten().collect())
     }
 }

@@ -8,7 +8,9 @@ use writer::workload::generate;
 
 use crate::support::TestDb;
 use crate::support::proxy::Proxy;
-use crate::support::service::{Env, Writer, applied_directly, assert_same_core, free_port, json_body};
+use crate::support::service::{
+    Env, Writer, applied_directly, assert_same_core, free_port, json_body,
+};
 
 const DRAIN: Duration = Duration::from_secs(90);
 
@@ -20,7 +22,11 @@ async fn wait_for_status(writer: &Writer, code: u16, within: Duration) -> serde_
         {
             return json_body(&body);
         }
-        assert!(started.elapsed() < within, "/health never answered {code}:\n{}", writer.log());
+        assert!(
+            started.elapsed() < within,
+            "/health never answered {code}:\n{}",
+            writer.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -33,7 +39,10 @@ async fn health_follows_postgres() {
     let workload = generate(&env.spec);
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let mut vars = env.writer_env("w1");
-    vars.insert("DATABASE_URL".into(), format!("postgres://postgres@127.0.0.1:{}/test", proxy.addr.port()));
+    vars.insert(
+        "DATABASE_URL".into(),
+        format!("postgres://postgres@127.0.0.1:{}/test", proxy.addr.port()),
+    );
     vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "500".into());
     let writer = Writer::start(&vars);
     env.publish(&workload.entries).await;
@@ -49,12 +58,22 @@ async fn health_follows_postgres() {
         if idle && h["status"] == "healthy" {
             break h;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "never idle and healthy: {h}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never idle and healthy: {h}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     for field in [
-        "healthy", "status", "postgres_sync_healthy", "redis_consumer_healthy",
-        "analytics_worker_healthy", "circuit_breaker_closed", "last_check", "counters", "streams",
+        "healthy",
+        "status",
+        "postgres_sync_healthy",
+        "redis_consumer_healthy",
+        "analytics_worker_healthy",
+        "circuit_breaker_closed",
+        "last_check",
+        "counters",
+        "streams",
     ] {
         assert!(health.get(field).is_some(), "{field} missing: {health}");
     }
@@ -63,7 +82,11 @@ async fn health_follows_postgres() {
     proxy.cut();
     let cut_at = Instant::now();
     let down = wait_for_status(&writer, 503, Duration::from_secs(10)).await;
-    assert!(cut_at.elapsed() < Duration::from_secs(5), "503 took {:?}", cut_at.elapsed());
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(5),
+        "503 took {:?}",
+        cut_at.elapsed()
+    );
     assert_eq!(down["postgres_sync_healthy"], false);
     assert_eq!(down["status"], "unhealthy");
     proxy.restore();
@@ -119,16 +142,27 @@ async fn sigterm_mid_stream_loses_and_doubles_nothing() {
     let vars = env.writer_env("w1");
     let mut writer = Writer::start(&vars);
     let started = Instant::now();
-    while env.db.scalar_i64("SELECT count(*) FROM deposited_events").await < 500 {
+    while env
+        .db
+        .scalar_i64("SELECT count(*) FROM deposited_events")
+        .await
+        < 500
+    {
         assert!(started.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     writer.signal("TERM");
     let signalled = Instant::now();
-    let status = writer.wait_exit(Duration::from_secs(10)).await.expect("exited within SHUTDOWN_TIMEOUT_MS");
+    let status = writer
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exited within SHUTDOWN_TIMEOUT_MS");
     assert_eq!(status.code(), Some(0), "{}", writer.log());
     assert!(signalled.elapsed() < Duration::from_secs(10));
-    assert!(env.backlog().await.unwrap() > 0, "shutdown came too late to prove anything");
+    assert!(
+        env.backlog().await.unwrap() > 0,
+        "shutdown came too late to prove anything"
+    );
     assert!(writer.log().contains("in-flight batches finished"));
 
     let _again = Writer::start(&vars);
@@ -145,7 +179,10 @@ async fn a_second_signal_exits_at_once() {
     let workload = generate(&env.spec);
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let mut vars = env.writer_env("w1");
-    vars.insert("DATABASE_URL".into(), format!("postgres://postgres@127.0.0.1:{}/test", proxy.addr.port()));
+    vars.insert(
+        "DATABASE_URL".into(),
+        format!("postgres://postgres@127.0.0.1:{}/test", proxy.addr.port()),
+    );
     vars.insert("SHUTDOWN_TIMEOUT_MS".into(), "60000".into());
     let mut writer = Writer::start(&vars);
     writer.wait_http(Duration::from_secs(20)).await;
@@ -155,9 +192,15 @@ async fn a_second_signal_exits_at_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     writer.signal("TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(writer.is_running(), "shutdown should be waiting for Postgres");
+    assert!(
+        writer.is_running(),
+        "shutdown should be waiting for Postgres"
+    );
     writer.signal("TERM");
-    let status = writer.wait_exit(Duration::from_secs(3)).await.expect("second signal exits at once");
+    let status = writer
+        .wait_exit(Duration::from_secs(3))
+        .await
+        .expect("second signal exits at once");
     assert_eq!(status.code(), Some(130));
 }
 
@@ -169,7 +212,13 @@ async fn admin_endpoints_need_the_token() {
     let open = Writer::start(&env.writer_env("w1"));
     open.wait_http(Duration::from_secs(20)).await;
     assert_eq!(open.get("/admin/status", None).await.unwrap().0, 404);
-    assert_eq!(open.get("/admin/status", Some("anything-at-all-123")).await.unwrap().0, 404);
+    assert_eq!(
+        open.get("/admin/status", Some("anything-at-all-123"))
+            .await
+            .unwrap()
+            .0,
+        404
+    );
     drop(open);
 
     let token = "correct-horse-battery-staple";
@@ -179,8 +228,20 @@ async fn admin_endpoints_need_the_token() {
     guarded.wait_http(Duration::from_secs(20)).await;
     for path in ["/admin/status", "/admin/dead-letters"] {
         assert_eq!(guarded.get(path, None).await.unwrap().0, 401, "{path}");
-        assert_eq!(guarded.get(path, Some("wrong-token-wrong-token")).await.unwrap().0, 401, "{path}");
-        assert_eq!(guarded.get(path, Some(token)).await.unwrap().0, 200, "{path}");
+        assert_eq!(
+            guarded
+                .get(path, Some("wrong-token-wrong-token"))
+                .await
+                .unwrap()
+                .0,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            guarded.get(path, Some(token)).await.unwrap().0,
+            200,
+            "{path}"
+        );
     }
     let (_, body) = guarded.get("/admin/status", Some(token)).await.unwrap();
     let status = json_body(&body);
@@ -202,13 +263,30 @@ impl PasswordRedis {
         let port = free_port();
         let dir = std::env::temp_dir();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--requirepass", password])
-            .args(["--save", "", "--appendonly", "no", "--dir", dir.to_str().unwrap()])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                password,
+            ])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/services.sh)");
         let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             assert!(started.elapsed() < Duration::from_secs(10));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -227,7 +305,11 @@ impl Drop for PasswordRedis {
 /// /health, /metrics, admin output or check-config.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_never_leak() {
-    let (db_secret, redis_secret, token) = ("pg-Secret-4711", "redis-Secret-0815", "admin-token-for-the-test");
+    let (db_secret, redis_secret, token) = (
+        "pg-Secret-4711",
+        "redis-Secret-0815",
+        "admin-token-for-the-test",
+    );
     let redis = PasswordRedis::start(redis_secret).await;
     let env = Env::new(36, 500).await;
     let workload = generate(&env.spec);
@@ -235,16 +317,34 @@ async fn passwords_never_leak() {
     let client = redis::Client::open(redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for e in &workload.entries {
-        let _: String = redis::cmd("XADD").arg(&env.spec.streams[e.stream]).arg("*").arg(e.field).arg(&e.payload)
-            .query_async(&mut conn).await.unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(&env.spec.streams[e.stream])
+            .arg("*")
+            .arg(e.field)
+            .arg(&e.payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
-    let _: String = redis::cmd("XADD").arg(&env.spec.streams[2]).arg("*").arg("payload").arg("{broken")
-        .query_async(&mut conn).await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&env.spec.streams[2])
+        .arg("*")
+        .arg("payload")
+        .arg("{broken")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 
     // Trust auth ignores the password, so the writer connects with it.
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let mut vars = env.writer_env("w1");
-    vars.insert("DATABASE_URL".into(), format!("postgres://postgres:{db_secret}@127.0.0.1:{}/test", proxy.addr.port()));
+    vars.insert(
+        "DATABASE_URL".into(),
+        format!(
+            "postgres://postgres:{db_secret}@127.0.0.1:{}/test",
+            proxy.addr.port()
+        ),
+    );
     vars.insert("REDIS_URL".into(), redis_url.clone());
     vars.insert("ADMIN_TOKEN".into(), token.into());
     vars.insert("LOG_LEVEL".into(), "debug".into());
@@ -253,7 +353,11 @@ async fn passwords_never_leak() {
     writer.wait_http(Duration::from_secs(20)).await;
     let started = Instant::now();
     while env.db.scalar_i64("SELECT count(*) FROM dead_letter").await == 0 {
-        assert!(started.elapsed() < Duration::from_secs(30), "{}", writer.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}",
+            writer.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Errors on purpose: Postgres away for a moment.
@@ -264,23 +368,47 @@ async fn passwords_never_leak() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let mut seen = vec![writer.log(), unhealthy];
-    for path in ["/health", "/metrics", "/admin/status", "/admin/dead-letters"] {
+    for path in [
+        "/health",
+        "/metrics",
+        "/admin/status",
+        "/admin/dead-letters",
+    ] {
         seen.push(writer.get(path, Some(token)).await.unwrap().1);
     }
-    let check = Command::new(env!("CARGO_BIN_EXE_writer")).arg("check-config").env_clear().envs(&vars).output().unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_writer"))
+        .arg("check-config")
+        .env_clear()
+        .envs(&vars)
+        .output()
+        .unwrap();
     seen.push(String::from_utf8_lossy(&check.stdout).into_owned());
     seen.push(String::from_utf8_lossy(&check.stderr).into_owned());
     let mut bad = vars.clone();
     bad.insert("BATCH_SIZE".into(), "zero".into());
-    bad.insert("DATABASE_URL".into(), format!("postgresql://u:{db_secret}@[broken"));
-    let failed = Command::new(env!("CARGO_BIN_EXE_writer")).arg("check-config").env_clear().envs(&bad).output().unwrap();
+    bad.insert(
+        "DATABASE_URL".into(),
+        format!("postgresql://u:{db_secret}@[broken"),
+    );
+    let failed = Command::new(env!("CARGO_BIN_EXE_writer"))
+        .arg("check-config")
+        .env_clear()
+        .envs(&bad)
+        .output()
+        .unwrap();
     assert_eq!(failed.status.code(), Some(2));
     seen.push(String::from_utf8_lossy(&failed.stderr).into_owned());
 
-    assert!(seen[0].contains("Postgres is failing") || seen[0].contains("retrying"), "no error was logged");
+    assert!(
+        seen[0].contains("Postgres is failing") || seen[0].contains("retrying"),
+        "no error was logged"
+    );
     for (i, text) in seen.iter().enumerate() {
         for secret in [db_secret, redis_secret, token] {
-            assert!(!text.contains(secret), "secret {secret} leaked in output #{i}:\n{text}");
+            assert!(
+                !text.contains(secret),
+                "secret {secret} leaked in output #{i}:\n{text}"
+            );
         }
     }
 }
@@ -301,7 +429,10 @@ async fn two_schemas_stay_separate() {
     assert_same_core(&a.db, &applied_directly(&wa).await).await;
     assert_same_core(&b.db, &applied_directly(&wb).await).await;
     // Each schema holds only its own workload.
-    let (na, nb) = (a.db.scalar_i64("SELECT count(*) FROM term").await, b.db.scalar_i64("SELECT count(*) FROM term").await);
+    let (na, nb) = (
+        a.db.scalar_i64("SELECT count(*) FROM term").await,
+        b.db.scalar_i64("SELECT count(*) FROM term").await,
+    );
     assert!(na > 0 && nb > 0 && na != nb);
 }
 
@@ -318,17 +449,25 @@ async fn json_logs() {
     let lines: Vec<&str> = log.lines().collect();
     assert!(lines.len() >= 3, "{log}");
     for line in lines {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
     }
 }
 
 /// The README's configuration table documents every setting the writer reads.
 #[test]
 fn readme_documents_every_setting() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for (name, _, _) in writer::config::SETTINGS {
-        assert!(readme.contains(&format!("| `{name}` |")), "README.md does not document {name}");
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "README.md does not document {name}"
+        );
     }
 }
 
@@ -340,10 +479,12 @@ async fn test_schemas_are_dropped() {
         db.schema.clone()
     };
     let db = TestDb::new().await;
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1")
-        .bind(&schema)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1",
+    )
+    .bind(&schema)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(left, 0);
 }
