@@ -282,8 +282,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     (
         "ANALYTICS_BATCH_SIZE",
-        "500",
-        "terms recomputed per analytics transaction (1–100000)",
+        "2000",
+        "triples recomputed per analytics transaction, at most (1–100000); larger batches recompute hot pairs less often",
     ),
     (
         "ANALYTICS_CHANNEL_CAPACITY",
@@ -297,8 +297,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     (
         "MIN_BATCH_INTERVAL_MS",
-        "50",
-        "minimum pause between analytics batches (0–60000)",
+        "250",
+        "minimum time between analytics batches (0–60000): how often hot pairs are recomputed under load, and so how stale analytics may get",
     ),
     (
         "ANALYTICS_SWEEP_INTERVAL_MS",
@@ -328,6 +328,17 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The documented default of a numeric setting: [`SETTINGS`] is the one
+/// place defaults are written down, so the README table cannot drift from
+/// what the code does.
+fn default_of<T: FromStr>(var: &str) -> T {
+    SETTINGS
+        .iter()
+        .find(|(name, _, _)| *name == var)
+        .and_then(|(_, default, _)| default.parse().ok())
+        .unwrap_or_else(|| panic!("{var} needs a numeric default in SETTINGS"))
+}
+
 /// All configuration problems, one line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -354,11 +365,13 @@ impl Check {
         self.problems.push(format!("{var}: {problem}"));
     }
 
-    /// A whole number in `min..=max`; `default` when unset or empty.
-    fn number<T>(&mut self, var: &str, value: &Option<String>, default: T, min: T, max: T) -> T
+    /// A whole number in `min..=max`; its documented default (in
+    /// [`SETTINGS`]) when unset or empty.
+    fn number<T>(&mut self, var: &str, value: &Option<String>, min: T, max: T) -> T
     where
         T: FromStr + PartialOrd + fmt::Display + Copy,
     {
+        let default = default_of::<T>(var);
         let Some(text) = value.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
             return default;
         };
@@ -375,15 +388,8 @@ impl Check {
         }
     }
 
-    fn millis(
-        &mut self,
-        var: &str,
-        value: &Option<String>,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> Duration {
-        Duration::from_millis(self.number(var, value, default, min, max))
+    fn millis(&mut self, var: &str, value: &Option<String>, min: u64, max: u64) -> Duration {
+        Duration::from_millis(self.number(var, value, min, max))
     }
 
     fn name(&mut self, var: &str, value: &Option<String>, default: &str) -> String {
@@ -487,18 +493,16 @@ impl Config {
         if !is_valid_schema(&schema) {
             c.fail("DATABASE_SCHEMA", format!("`{schema}` must be a lowercase identifier ([a-z_][a-z0-9_]*, at most 63 characters, not starting with pg_)"));
         }
-        let pool_size = c.number("DATABASE_POOL_SIZE", &raw.database_pool_size, 10u32, 2, 256);
+        let pool_size = c.number("DATABASE_POOL_SIZE", &raw.database_pool_size, 2, 256);
         let acquire_timeout = c.millis(
             "DATABASE_ACQUIRE_TIMEOUT_MS",
             &raw.database_acquire_timeout_ms,
-            5000,
             100,
             120_000,
         );
         let statement_timeout = c.millis(
             "DATABASE_STATEMENT_TIMEOUT_MS",
             &raw.database_statement_timeout_ms,
-            30_000,
             0,
             3_600_000,
         );
@@ -555,9 +559,9 @@ impl Config {
             &raw.consumer_name,
             &default_consumer_name(),
         );
-        let batch_size = c.number("BATCH_SIZE", &raw.batch_size, 500usize, 1, 10_000);
-        let block = c.millis("BATCH_TIMEOUT_MS", &raw.batch_timeout_ms, 100, 1, 10_000);
-        let workers = c.number("WORKERS", &raw.workers, 2usize, 1, 64);
+        let batch_size = c.number("BATCH_SIZE", &raw.batch_size, 1, 10_000);
+        let block = c.millis("BATCH_TIMEOUT_MS", &raw.batch_timeout_ms, 1, 10_000);
+        let workers = c.number("WORKERS", &raw.workers, 1, 64);
         let pool_size_set = raw
             .database_pool_size
             .as_deref()
@@ -580,7 +584,7 @@ impl Config {
                 IpAddr::from([0, 0, 0, 0])
             }
         };
-        let port = c.number("HTTP_PORT", &raw.http_port, 8080u16, 0, 65535);
+        let port = c.number("HTTP_PORT", &raw.http_port, 0, 65535);
         let admin_token = match raw.admin_token.as_deref() {
             None | Some("") => None,
             Some(t)
@@ -595,21 +599,9 @@ impl Config {
             Some(t) => Some(Secret::new(t)),
         };
 
-        let max_retries = c.number("MAX_RETRIES", &raw.max_retries, 5u32, 0, 100);
-        let base_delay = c.millis(
-            "RETRY_BASE_DELAY_MS",
-            &raw.retry_base_delay_ms,
-            100,
-            1,
-            60_000,
-        );
-        let max_delay = c.millis(
-            "RETRY_MAX_DELAY_MS",
-            &raw.retry_max_delay_ms,
-            10_000,
-            1,
-            600_000,
-        );
+        let max_retries = c.number("MAX_RETRIES", &raw.max_retries, 0, 100);
+        let base_delay = c.millis("RETRY_BASE_DELAY_MS", &raw.retry_base_delay_ms, 1, 60_000);
+        let max_delay = c.millis("RETRY_MAX_DELAY_MS", &raw.retry_max_delay_ms, 1, 600_000);
         if max_delay < base_delay {
             c.fail(
                 "RETRY_MAX_DELAY_MS",
@@ -620,49 +612,38 @@ impl Config {
                 ),
             );
         }
-        let max_deliveries = c.number("MAX_DELIVERIES", &raw.max_deliveries, 5u32, 1, 1000);
-        let claim_idle = c.millis("CLAIM_IDLE_MS", &raw.claim_idle_ms, 60_000, 100, 86_400_000);
-        let claim_interval = c.millis(
-            "CLAIM_INTERVAL_MS",
-            &raw.claim_interval_ms,
-            5000,
-            100,
-            3_600_000,
-        );
+        let max_deliveries = c.number("MAX_DELIVERIES", &raw.max_deliveries, 1, 1000);
+        let claim_idle = c.millis("CLAIM_IDLE_MS", &raw.claim_idle_ms, 100, 86_400_000);
+        let claim_interval = c.millis("CLAIM_INTERVAL_MS", &raw.claim_interval_ms, 100, 3_600_000);
 
         let analytics = AnalyticsConfig {
             batch_size: c.number(
                 "ANALYTICS_BATCH_SIZE",
                 &raw.analytics_batch_size,
-                500usize,
                 1,
                 100_000,
             ),
             channel_capacity: c.number(
                 "ANALYTICS_CHANNEL_CAPACITY",
                 &raw.analytics_channel_capacity,
-                1024usize,
                 1,
                 1_000_000,
             ),
             max_terms_per_second: c.number(
                 "MAX_MESSAGES_PER_SECOND",
                 &raw.max_messages_per_second,
-                100_000u32,
                 1,
                 100_000_000,
             ),
             min_batch_interval: c.millis(
                 "MIN_BATCH_INTERVAL_MS",
                 &raw.min_batch_interval_ms,
-                50,
                 0,
                 60_000,
             ),
             sweep_interval: c.millis(
                 "ANALYTICS_SWEEP_INTERVAL_MS",
                 &raw.analytics_sweep_interval_ms,
-                1000,
                 10,
                 3_600_000,
             ),
@@ -671,14 +652,12 @@ impl Config {
             max_stream_lag: c.number(
                 "HEALTH_MAX_STREAM_LAG",
                 &raw.health_max_stream_lag,
-                10_000u64,
                 1,
                 u64::MAX,
             ),
             max_analytics_backlog: c.number(
                 "HEALTH_MAX_ANALYTICS_BACKLOG",
                 &raw.health_max_analytics_backlog,
-                10_000u64,
                 1,
                 u64::MAX,
             ),
@@ -686,7 +665,6 @@ impl Config {
         let shutdown_timeout = c.millis(
             "SHUTDOWN_TIMEOUT_MS",
             &raw.shutdown_timeout_ms,
-            30_000,
             100,
             600_000,
         );

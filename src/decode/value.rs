@@ -124,6 +124,17 @@ fn nibble(c: u8) -> u8 {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Address([u8; 42]);
 
+thread_local! {
+    /// Checksummed forms of recently seen addresses. The same few addresses
+    /// (the MultiVault contract on every event, active accounts) recur
+    /// constantly; a hit saves a Keccak-256.
+    static CHECKSUMS: std::cell::RefCell<fnv::FnvHashMap<[u8; 40], [u8; 42]>> =
+        std::cell::RefCell::new(fnv::FnvHashMap::default());
+}
+
+/// Bounds the checksum cache (about 100 KiB per thread).
+const CHECKSUM_CACHE_ENTRIES: usize = 1024;
+
 impl Address {
     /// Accepts any case (a mixed-case input is not required to carry a valid
     /// checksum: the writer re-derives it).
@@ -133,6 +144,23 @@ impl Address {
         for (slot, d) in lower.iter_mut().zip(digits) {
             *slot = d.to_ascii_lowercase();
         }
+        if let Some(hit) = CHECKSUMS.with(|c| c.borrow().get(&lower).copied()) {
+            return Ok(Address(hit));
+        }
+        let address = Address::checksum(&lower);
+        CHECKSUMS.with(|c| {
+            let mut cache = c.borrow_mut();
+            if cache.len() >= CHECKSUM_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(lower, address.0);
+        });
+        Ok(address)
+    }
+
+    /// EIP-55: a letter is upper-case where the Keccak-256 of the lower-case
+    /// hex has a nibble ≥ 8.
+    fn checksum(lower: &[u8; 40]) -> Address {
         let hash = Keccak256::digest(lower);
         let mut out = [0u8; 42];
         out[0] = b'0';
@@ -149,7 +177,7 @@ impl Address {
                 *c
             };
         }
-        Ok(Address(out))
+        Address(out)
     }
 
     pub fn as_str(&self) -> &str {
