@@ -23,6 +23,8 @@ pub enum Problem {
     Amount(AmountError),
     /// An integer that must fit a Postgres BIGINT.
     IntegerTooLarge,
+    /// A NUL character, which Postgres text and JSONB cannot store.
+    ContainsNul,
     UnknownVaultType(String),
 }
 
@@ -42,6 +44,7 @@ impl fmt::Display for Problem {
             Problem::Hex(e) => e.fmt(f),
             Problem::Amount(e) => e.fmt(f),
             Problem::IntegerTooLarge => f.write_str("exceeds 2^63-1"),
+            Problem::ContainsNul => f.write_str("contains a NUL character"),
             Problem::UnknownVaultType(v) => {
                 write!(
                     f,

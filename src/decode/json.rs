@@ -164,6 +164,7 @@ impl<'a> Fields<'a> {
 
     fn string_of(&self, name: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, DecodeError> {
         match classify(raw) {
+            Scalar::Str(s) if s.contains('\0') => Err(self.error(name, Problem::ContainsNul)),
             Scalar::Str(s) => Ok(s),
             Scalar::Num(_) => Err(self.wrong_type(name, "a string", "a number")),
             Scalar::Other(found) => Err(self.wrong_type(name, "a string", found)),
@@ -382,6 +383,44 @@ mod tests {
         assert!(
             err.to_string().starts_with("payload: invalid JSON"),
             "{err}"
+        );
+    }
+}
+
+/// Whether JSON text contains an escaped NUL (`\u0000`) in a string, which
+/// JSONB refuses. Escapes are followed exactly, so `\\u0000` (an escaped
+/// backslash, then text) does not count.
+pub fn has_escaped_nul(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if bytes.get(i + 1) == Some(&b'u')
+                && bytes.get(i + 2..i + 6) == Some(b"0000".as_slice())
+            {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod nul_tests {
+    use super::*;
+
+    #[test]
+    fn escaped_nul_detection() {
+        assert!(has_escaped_nul(r#"{"a":"x\u0000y"}"#));
+        assert!(!has_escaped_nul(r#"{"a":"x\\u0000y"}"#));
+        assert!(!has_escaped_nul(r#"{"a":"\u0001"}"#));
+        let f = Fields::parse(r#"{"n":"a\u0000b"}"#, Location::Envelope, None).unwrap();
+        assert_eq!(
+            f.string("n").unwrap_err().to_string(),
+            "n: contains a NUL character"
         );
     }
 }

@@ -248,11 +248,22 @@ fn chain_event<'a>(
             total_shares: f.amount("totalShares")?,
             vault_type: f.vault_type("vaultType")?,
         }),
-        _ => EventKind::Generic(Generic {
-            event_name: header.event_name.clone(),
-            event_signature_hash: header.event_signature_hash.clone(),
-            data: raw.get(),
-        }),
+        _ => {
+            if json::has_escaped_nul(raw.get()) {
+                return Err(DecodeError::new(
+                    match f.location() {
+                        Location::Element(i) => format!("event_data[{i}]"),
+                        _ => "event_data".to_owned(),
+                    },
+                    Problem::ContainsNul,
+                ));
+            }
+            EventKind::Generic(Generic {
+                event_name: header.event_name.clone(),
+                event_signature_hash: header.event_signature_hash.clone(),
+                data: raw.get(),
+            })
+        }
     };
     Ok(ChainEvent {
         chain: chain_position(header, f)?,
@@ -292,6 +303,9 @@ fn reorg_notice<'a>(
     f: &Fields<'a>,
     raw: &'a RawValue,
 ) -> Result<ReorgNotice<'a>, DecodeError> {
+    if json::has_escaped_nul(raw.get()) {
+        return Err(f.error("notice", Problem::ContainsNul));
+    }
     let network = match f.opt_string("network")? {
         Some(n) => n,
         None => header
@@ -332,5 +346,7 @@ fn reorg_notice<'a>(
     })
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

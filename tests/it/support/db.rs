@@ -27,19 +27,34 @@ pub fn unique_name(prefix: &str) -> String {
 pub struct TestDb {
     pub schema: String,
     pub pool: PgPool,
+    pub url: String,
 }
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let schema = unique_name("t");
-        let pool = writer::db::pool(&Self::config(&schema)).expect("pool");
-        writer::migrate::run(&pool, &schema).await.expect("migrate");
-        TestDb { schema, pool }
+        TestDb::new_at(&database_url()).await
     }
 
-    pub fn config(schema: &str) -> DatabaseConfig {
+    /// A schema in the database at `url` (a private server, say).
+    pub async fn new_at(url: &str) -> TestDb {
+        let schema = unique_name("t");
+        let pool = writer::db::pool(&Self::config(url, &schema)).expect("pool");
+        writer::migrate::run(&pool, &schema).await.expect("migrate");
+        TestDb {
+            schema,
+            pool,
+            url: url.to_owned(),
+        }
+    }
+
+    /// A new pool, for after the server dropped this one's connections.
+    pub fn reconnect(&mut self) {
+        self.pool = writer::db::pool(&Self::config(&self.url, &self.schema)).expect("pool");
+    }
+
+    pub fn config(url: &str, schema: &str) -> DatabaseConfig {
         DatabaseConfig {
-            url: Secret::new(database_url()),
+            url: Secret::new(url),
             schema: schema.to_owned(),
             pool_size: 12,
             acquire_timeout: Duration::from_secs(30),
@@ -147,13 +162,14 @@ impl Drop for TestDb {
         // The test's runtime may be gone: drop the schema from a thread of
         // our own with its own connection.
         let schema = self.schema.clone();
+        let url = self.url.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&database_url()).await {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                         "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
                     )))

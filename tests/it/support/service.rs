@@ -23,6 +23,7 @@ pub struct Env {
     pub group: String,
     pub spec: Spec,
     pub redis: MultiplexedConnection,
+    pub redis_url: String,
 }
 
 pub fn free_port() -> u16 {
@@ -35,15 +36,21 @@ pub fn free_port() -> u16 {
 
 impl Env {
     pub async fn new(seed: u64, events: usize) -> Env {
+        Env::new_at(seed, events, &database_url(), &redis_url()).await
+    }
+
+    /// An environment on other servers (private ones that a test breaks).
+    pub async fn new_at(seed: u64, events: usize, database: &str, redis_url: &str) -> Env {
         let prefix = format!("{}_", unique_name("s"));
         let spec = Spec::new(seed, events).with_stream_prefix(&prefix);
-        let client = redis::Client::open(redis_url()).unwrap();
+        let client = redis::Client::open(redis_url).unwrap();
         let redis = client.get_multiplexed_async_connection().await.unwrap();
         Env {
-            db: TestDb::new().await,
+            db: TestDb::new_at(database).await,
             group: format!("{prefix}group"),
             spec,
             redis,
+            redis_url: redis_url.to_owned(),
         }
     }
 
@@ -54,10 +61,10 @@ impl Env {
     /// Environment for a writer process on this test's schema and streams.
     pub fn writer_env(&self, consumer: &str) -> HashMap<String, String> {
         let pairs = [
-            ("DATABASE_URL", database_url()),
+            ("DATABASE_URL", self.db.url.clone()),
             ("DATABASE_SCHEMA", self.db.schema.clone()),
             ("DATABASE_POOL_SIZE", "6".to_owned()),
-            ("REDIS_URL", redis_url()),
+            ("REDIS_URL", self.redis_url.clone()),
             ("REDIS_STREAMS", self.streams()),
             ("CONSUMER_GROUP", self.group.clone()),
             ("CONSUMER_NAME", consumer.to_owned()),

@@ -1,0 +1,316 @@
+//! Failure modes, proven by breaking things on purpose (issue 7): a crash
+//! loop, dependency faults, hostile input.
+
+use std::time::{Duration, Instant};
+
+use writer::decode::decode_payload;
+use writer::workload::{Workload, generate};
+
+use crate::support::model::Model;
+use crate::support::private::{PrivatePostgres, PrivateRedis};
+use crate::support::service::{
+    Env, Writer, applied_directly, assert_same_core, json_body, unique_events,
+};
+
+const DRAIN: Duration = Duration::from_secs(180);
+
+async fn assert_analytics_exact(env: &Env, workload: &Workload) {
+    let mut model = Model::default();
+    model.apply_all(&unique_events(workload));
+    assert!(
+        env.db.dump_analytics().await == model.analytics(),
+        "analytics differ from invariants 6–8"
+    );
+}
+
+/// 50,000 events; the writer is SIGKILLed at 20 random moments and restarted
+/// each time; core and analytics tables end exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_twenty_kills() {
+    let mut env = Env::new(41, 50_000).await;
+    let workload = generate(&env.spec);
+    env.publish(&workload.entries).await;
+    let vars = env.writer_env("w1");
+    let mut rng = fastrand::Rng::with_seed(41);
+    let (mut kills, mut busy_kills) = (0, 0);
+    while kills < 20 {
+        let mut writer = Writer::start(&vars);
+        tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
+        let backlog = env.backlog().await.unwrap_or(1);
+        if writer.is_running() {
+            writer.signal("KILL");
+            writer
+                .wait_exit(Duration::from_secs(5))
+                .await
+                .expect("killed");
+            kills += 1;
+            busy_kills += u32::from(backlog > 0);
+        }
+    }
+    assert!(
+        busy_kills >= 10,
+        "only {busy_kills} of 20 kills hit a busy writer"
+    );
+    let _last = Writer::start(&vars);
+    env.wait_drained(DRAIN).await;
+    let expected = applied_directly(&workload).await;
+    assert_same_core(&env.db, &expected).await;
+    assert_analytics_exact(&env, &workload).await;
+    eprintln!("crash loop: {kills} kills ({busy_kills} mid-stream), 50,000 events, tables exact");
+}
+
+async fn wait_health(
+    writer: &Writer,
+    code: u16,
+    within: Duration,
+    what: &str,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        if let Some((c, body)) = writer.get("/health", None).await
+            && c == code
+        {
+            return json_body(&body);
+        }
+        assert!(
+            started.elapsed() < within,
+            "/health did not answer {code} ({what}) within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Postgres restarted, Redis killed and restarted (its data kept), the
+/// writer's connections terminated server-side, statements timing out
+/// behind a lock — all mid-load. The writer survives each without a restart,
+/// reports it on /health, and the tables end exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_dependency_faults_without_restart() {
+    let pg = PrivatePostgres::start();
+    let mut redis = PrivateRedis::start().await;
+    let mut env = Env::new_at(42, 40_000, &pg.url(), &redis.url()).await;
+    let workload = generate(&env.spec);
+    let mut vars = env.writer_env("w1");
+    vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "500".into());
+    vars.insert("DATABASE_STATEMENT_TIMEOUT_MS".into(), "1000".into());
+    let mut writer = Writer::start(&vars);
+    writer.wait_http(Duration::from_secs(30)).await;
+    let pid = writer.child.id();
+
+    // Publish in slices between faults, so every fault meets work in flight.
+    let slices: Vec<&[writer::workload::Entry]> = workload
+        .entries
+        .chunks(workload.entries.len() / 5 + 1)
+        .collect();
+    env.publish(slices[0]).await;
+
+    // 1. Postgres restarted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg.stop();
+    let down = wait_health(&writer, 503, Duration::from_secs(10), "Postgres stopped").await;
+    assert_eq!(down["postgres_sync_healthy"], false);
+    env.publish(slices[1]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.start_again();
+    wait_health(&writer, 200, Duration::from_secs(30), "Postgres back").await;
+    env.db.reconnect();
+
+    // 2. Redis killed (SIGKILL) and restarted with its append-only file.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill();
+    let down = wait_health(&writer, 503, Duration::from_secs(15), "Redis killed").await;
+    assert_eq!(down["redis_consumer_healthy"], false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.start_again().await;
+    wait_health(&writer, 200, Duration::from_secs(30), "Redis back").await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    env.redis = client.get_multiplexed_async_connection().await.unwrap();
+    env.publish(slices[2]).await;
+
+    // 3. The writer's connections terminated from the server side.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'writer' AND pid <> pg_backend_pid()) t",
+    )
+    .fetch_one(&env.db.pool)
+    .await
+    .unwrap();
+    assert!(terminated > 0, "no writer connection to terminate");
+    env.db.reconnect();
+    env.publish(slices[3]).await;
+
+    // 4. Statements time out behind a lock held for three seconds.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut blocker = env.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE position IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    for slice in &slices[4..] {
+        env.publish(slice).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    blocker.rollback().await.unwrap();
+
+    env.wait_drained(DRAIN).await;
+    assert!(
+        writer.is_running() && writer.child.id() == pid,
+        "the writer had to restart"
+    );
+    let log = writer.log();
+    assert!(
+        log.contains("statement timeout"),
+        "no statement timed out:\n{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+    let expected = applied_directly(&workload).await;
+    assert_same_core(&env.db, &expected).await;
+    assert_analytics_exact(&env, &workload).await;
+    wait_health(&writer, 200, Duration::from_secs(10), "after the faults").await;
+    assert_eq!(
+        env.db.scalar_i64("SELECT count(*) FROM dead_letter").await,
+        0,
+        "a fault dead-lettered valid input"
+    );
+}
+
+/// Hostile entries of every kind, each certain to fail validation.
+fn hostile(valid: &[String], n: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut out = Vec::with_capacity(n);
+    let big = format!("0x1{}", "0".repeat(64));
+    while out.len() < n {
+        let base = &valid[rng.usize(..valid.len())];
+        let candidate: Vec<u8> = match rng.u8(..14) {
+            0 => base
+                .replacen("\"termId\":\"", "\"termId\":{\"x\":\"", 1)
+                .into_bytes(),
+            1 => base
+                .replacen("\"termId\":", "\"termId\":true,\"y\":", 1)
+                .into_bytes(),
+            2 => base
+                .replacen("\"assets\":", &format!("\"assets\":\"{big}\",\"y\":"), 1)
+                .into_bytes(),
+            3 => base
+                .replacen(
+                    "\"totalShares\":",
+                    &format!("\"totalShares\":{},\"y\":", "9".repeat(90)),
+                    1,
+                )
+                .into_bytes(),
+            4 => base
+                .replacen("\"network\":\"", "\"network\":\"nul\\u0000", 1)
+                .into_bytes(),
+            5 => {
+                let mut b = base.clone().into_bytes();
+                let at = rng.usize(..b.len());
+                b.insert(at, 0);
+                b
+            }
+            6 => {
+                let mut b = base.clone().into_bytes();
+                b.extend_from_slice(&[0xff, 0xfe, 0xc3]);
+                b
+            }
+            7 if out.len() % 500 == 7 => {
+                // About 1 MB of garbage hex in a field.
+                base.replacen(
+                    "\"termId\":\"",
+                    &format!("\"termId\":\"{}", "zz".repeat(500_000)),
+                    1,
+                )
+                .into_bytes()
+            }
+            8 => format!(
+                "{{\"event_name\":\"Deposited\",\"event_data\":{}{}}}",
+                "[".repeat(5000),
+                "]".repeat(5000)
+            )
+            .into_bytes(),
+            9 => base
+                .replacen("\"vaultType\":", "\"vaultType\":-7,\"y\":", 1)
+                .into_bytes(),
+            10 => base
+                .replacen("\"block_number\":", "\"block_number\":\"0x\",\"y\":", 1)
+                .into_bytes(),
+            11 => base
+                .replacen("\"transaction_hash\":\"0x", "\"transaction_hash\":\"0xZ", 1)
+                .into_bytes(),
+            12 => base
+                .replacen("\"event_data\":", "\"event_data\":7,\"z\":", 1)
+                .into_bytes(),
+            _ => base.as_bytes()[..base.len() / 2].to_vec(),
+        };
+        // Only what really fails validation counts as hostile here.
+        let d = decode_payload(&candidate);
+        if !d.errors.is_empty() {
+            out.push(candidate);
+        }
+    }
+    out
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// 10,000 hostile messages among valid ones, through a running writer: every
+/// hostile one dead-lettered, every valid one applied, memory bounded, the
+/// service healthy throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_hostile_messages() {
+    let mut env = Env::new(43, 5_000).await;
+    let workload = generate(&env.spec);
+    let valid: Vec<String> = workload.entries.iter().map(|e| e.payload.clone()).collect();
+    let hostile = hostile(&valid, 10_000, 43);
+    let writer = Writer::start(&env.writer_env("w1"));
+    writer.wait_http(Duration::from_secs(30)).await;
+
+    let mut rng = fastrand::Rng::with_seed(43);
+    let mut pending_valid = workload.entries.as_slice();
+    let mut hostile_left = hostile.as_slice();
+    while !hostile_left.is_empty() || !pending_valid.is_empty() {
+        let take = rng.usize(1..40).min(pending_valid.len());
+        env.publish(&pending_valid[..take]).await;
+        pending_valid = &pending_valid[take..];
+        let n = rng.usize(1..200).min(hostile_left.len());
+        if n == 0 {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for h in &hostile_left[..n] {
+            pipe.cmd("XADD")
+                .arg(&env.spec.streams[rng.usize(..5)])
+                .arg("*")
+                .arg("payload")
+                .arg(h.as_slice())
+                .ignore();
+        }
+        let () = pipe.query_async(&mut env.redis).await.unwrap();
+        hostile_left = &hostile_left[n..];
+        let (code, _) = writer.get("/health", None).await.expect("health answers");
+        assert_eq!(code, 200, "unhealthy under hostile input");
+    }
+    env.wait_drained(DRAIN).await;
+    let (code, body) = writer.get("/health", None).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        env.db.scalar_i64("SELECT count(*) FROM dead_letter").await,
+        hostile.len() as i64
+    );
+    let expected = applied_directly(&workload).await;
+    assert_same_core(&env.db, &expected).await;
+    let rss = peak_rss_mib(writer.child.id());
+    assert!(rss < 200.0, "peak RSS {rss:.0} MiB");
+    eprintln!(
+        "hostile: {} messages dead-lettered, peak RSS {rss:.1} MiB",
+        hostile.len()
+    );
+}
