@@ -11,18 +11,15 @@
 //! Needs local PostgreSQL and Redis (`scripts/services.sh`). Figures and the
 //! machine they were taken on: benches/README.md.
 
-use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use redis::aio::MultiplexedConnection;
-use sqlx::{AssertSqlSafe, PgPool};
-use writer::analytics::{Claim, refresh};
-use writer::apply::ReadModel;
-use writer::config::{DatabaseConfig, Secret};
-use writer::decode::decode_json;
-use writer::workload::{Spec, Workload, generate};
+use sqlx::AssertSqlSafe;
+use writer::workload::{Spec, generate};
+
+mod common;
+use common::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -60,297 +57,6 @@ struct Args {
     /// `cargo bench` passes this; ignored.
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| DATABASE_URL.to_owned())
-}
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| REDIS_URL.to_owned())
-}
-
-async fn pool(schema: &str) -> PgPool {
-    let config = DatabaseConfig {
-        url: Secret::new(database_url()),
-        schema: schema.to_owned(),
-        pool_size: 4,
-        acquire_timeout: Duration::from_secs(30),
-        statement_timeout: Duration::ZERO,
-    };
-    let pool = writer::db::pool(&config).expect("pool");
-    writer::migrate::run(&pool, schema).await.expect("migrate");
-    pool
-}
-
-async fn publish(
-    conn: &mut MultiplexedConnection,
-    spec: &Spec,
-    entries: &[writer::workload::Entry],
-) {
-    let mut pipe = redis::pipe();
-    for e in entries {
-        pipe.cmd("XADD")
-            .arg(&spec.streams[e.stream])
-            .arg("*")
-            .arg(e.field)
-            .arg(&e.payload)
-            .ignore();
-    }
-    let () = pipe.query_async(conn).await.expect("XADD");
-}
-
-/// Undelivered + unacknowledged entries over all streams.
-async fn backlog(conn: &mut MultiplexedConnection, spec: &Spec, group: &str) -> Option<u64> {
-    let mut total = 0;
-    for s in &spec.streams {
-        let info = writer::stream::group_info(conn, s, group).await.ok()??;
-        total += info.lag.unwrap_or(u64::MAX / 8) + info.pending;
-    }
-    Some(total)
-}
-
-async fn scalar(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .expect(sql)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Sum of utime+stime (seconds) of processes named `name`.
-fn cpu_seconds(name: &str) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        if let Ok(stat) = std::fs::read_to_string(path.join("stat")) {
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            // After the command: state(0) … utime(11) stime(12) cutime(13) cstime(14)
-            for i in [11, 12, 13, 14] {
-                total += fields
-                    .get(i)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    total as f64 / ticks
-}
-
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (get(11) + get(12)) as f64 / 100.0
-}
-
-/// Peak resident set size of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-async fn metrics_text(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return String::new();
-    };
-    let _ = s
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await;
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// `name{labels} value` lines of a metric family.
-fn samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            Some((key, value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Quantile of a Prometheus histogram, interpolating within the bucket.
-fn quantile(text: &str, name: &str, q: f64) -> Option<f64> {
-    let buckets: Vec<(f64, f64)> = samples(text, &format!("{name}_bucket"))
-        .into_iter()
-        .filter_map(|(key, count)| {
-            let le = key.split("le=\"").nth(1)?.split('"').next()?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((bound, count))
-        })
-        .collect();
-    let total = buckets.last()?.1;
-    if total == 0.0 {
-        return None;
-    }
-    let target = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for (bound, count) in buckets {
-        if count >= target {
-            if bound.is_infinite() {
-                return Some(lower);
-            }
-            let within = (target - below) / (count - below).max(1e-9);
-            return Some(lower + (bound - lower) * within);
-        }
-        lower = bound;
-        below = count;
-    }
-    None
-}
-
-/// Tables compared row for row (timestamps aside).
-const TABLES: &[&str] = &[
-    "atom_created_events",
-    "triple_created_events",
-    "deposited_events",
-    "redeemed_events",
-    "share_price_changed_events",
-    "generic_events",
-    "atom",
-    "triple",
-    "position",
-    "vault",
-    "term",
-    "triple_vault",
-    "triple_term",
-    "predicate_object",
-    "subject_predicate",
-];
-
-/// Applies the workload directly into `schema`, then recomputes all
-/// analytics from scratch: the reference the writer's tables must equal.
-async fn reference(workload: &Workload, schema: &str) -> PgPool {
-    let pool = pool(schema).await;
-    let decoded: Vec<_> = workload
-        .entries
-        .iter()
-        .filter(|e| !e.duplicate)
-        .map(|e| decode_json(&e.payload))
-        .collect();
-    let mut events: Vec<_> = decoded
-        .iter()
-        .flat_map(|d| d.events.iter().cloned())
-        .collect();
-    events.sort_by_key(|e| e.chain.order());
-    let rm = ReadModel::new(pool.clone(), schema);
-    for chunk in events.chunks(1000) {
-        rm.apply(chunk).await.expect("direct apply");
-    }
-    let triples: Vec<String> = sqlx::query_scalar("SELECT term_id FROM triple")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    let ids: Vec<&str> = triples.iter().map(String::as_str).collect();
-    for chunk in ids.chunks(5000) {
-        refresh(&pool, schema, Claim::Listed(&[]), chunk, true)
-            .await
-            .expect("analytics");
-    }
-    pool
-}
-
-/// Rows in one schema's table and not the other's, both ways.
-async fn differences(pool: &PgPool, a: &str, b: &str) -> BTreeMap<&'static str, i64> {
-    let mut out = BTreeMap::new();
-    for table in TABLES {
-        let row = |s: &str| {
-            format!("SELECT to_jsonb(t) - 'created_at' - 'updated_at' FROM \"{s}\".{table} t")
-        };
-        let sql = format!(
-            "SELECT count(*) FROM (({} EXCEPT ALL {}) UNION ALL ({} EXCEPT ALL {})) d",
-            row(a),
-            row(b),
-            row(b),
-            row(a)
-        );
-        out.insert(*table, scalar(pool, &sql).await);
-    }
-    out
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines().next().map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse::<f64>()
-                    .unwrap_or(0.0)
-                    / 1048576.0
-            })
-        })
-        .unwrap_or(0.0);
-    format!(
-        "{cores} cores ({cpu}), {mem:.0} GiB RAM; Postgres, Redis and the writer on the same machine"
-    )
-}
-
-struct WriterProcess(Child);
-
-impl Drop for WriterProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::main]
@@ -504,7 +210,12 @@ async fn main() {
     let mut exact = true;
     if !args.no_verify {
         let t = Instant::now();
-        let _reference = reference(&workload, &reference_schema).await;
+        let _reference = reference(
+            std::slice::from_ref(&workload),
+            &database_url(),
+            &reference_schema,
+        )
+        .await;
         let diff = differences(&db, &schema, &reference_schema).await;
         exact = diff.values().all(|d| *d == 0);
         println!(

@@ -8,6 +8,14 @@
 //! locks are per database while two writers may run on two schemas of one
 //! database. Keys are taken in sorted order (see [`LockSet`]) so that two
 //! transactions can never wait on each other in a cycle.
+//!
+//! Ids are mapped onto a fixed number of stripes per domain before hashing
+//! ([`striped`]): a batch touching thousands of terms then takes at most
+//! [`TERM_STRIPES`] locks. Postgres keeps advisory locks in its shared lock
+//! table (`max_locks_per_transaction` × connections, 6,400 by default) and a
+//! transaction that overflows it fails with "out of shared memory"; striping
+//! bounds every writer transaction no matter the batch size. Two ids on one
+//! stripe only serialise, never conflict.
 
 use sha2::{Digest, Sha256};
 
@@ -22,11 +30,10 @@ pub enum Domain {
     Reorg,
     /// Schema migrations.
     Migrate,
-    /// Analytics rows of one triple (triple_vault, triple_term).
-    AnalyticsTriple,
-    /// Analytics rows of one (predicate, object) pair.
+    /// Analytics rows of (predicate, object) pairs — and of the triples in
+    /// them, which are only ever recomputed together with their pairs.
     PredicateObject,
-    /// Analytics rows of one (subject, predicate) pair.
+    /// Analytics rows of (subject, predicate) pairs.
     SubjectPredicate,
 }
 
@@ -36,7 +43,6 @@ impl Domain {
             Domain::Term => "term",
             Domain::Reorg => "reorg",
             Domain::Migrate => "migrate",
-            Domain::AnalyticsTriple => "analytics-triple",
             Domain::PredicateObject => "predicate-object",
             Domain::SubjectPredicate => "subject-predicate",
         }
@@ -56,6 +62,24 @@ pub fn key(schema: &str, domain: Domain, id: &str) -> i64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(first)
+}
+
+/// Stripes of term locks: an apply, backfill or reorg transaction holds at
+/// most this many (plus the reorg lock).
+pub const TERM_STRIPES: u32 = 512;
+
+/// Stripes per pair domain: an analytics transaction holds at most twice
+/// this many.
+pub const PAIR_STRIPES: u32 = 256;
+
+/// The lock key of `id`'s stripe in `domain`: `key(schema, domain, "stripe/N")`
+/// with N = FNV-1a(id) mod `stripes`.
+pub fn striped(schema: &str, domain: Domain, id: &str, stripes: u32) -> i64 {
+    use std::hash::Hasher;
+    let mut fnv = fnv::FnvHasher::default();
+    fnv.write(id.as_bytes());
+    let stripe = fnv.finish() % u64::from(stripes.max(1));
+    key(schema, domain, &format!("stripe/{stripe}"))
 }
 
 /// A set of lock keys, handed to Postgres sorted and without duplicates.
@@ -93,7 +117,7 @@ mod tests {
         let id = "0x01";
         assert_ne!(
             key("public", Domain::Term, id),
-            key("public", Domain::AnalyticsTriple, id)
+            key("public", Domain::PredicateObject, id)
         );
         assert_ne!(
             key("public", Domain::Term, id),
@@ -120,6 +144,29 @@ mod tests {
             .map(|i| key("public", Domain::Term, &i.to_string()))
             .collect();
         assert!(keys.iter().any(|k| *k < 0) && keys.iter().any(|k| *k > 0));
+    }
+
+    #[test]
+    fn stripes_bound_the_number_of_locks() {
+        let mut set = LockSet::default();
+        for i in 0..50_000 {
+            set.add(striped(
+                "public",
+                Domain::Term,
+                &format!("0x{i:064x}"),
+                TERM_STRIPES,
+            ));
+        }
+        let keys = set.into_sorted();
+        assert_eq!(
+            keys.len(),
+            TERM_STRIPES as usize,
+            "all stripes used, none more"
+        );
+        assert_eq!(
+            striped("public", Domain::Term, "0xab", TERM_STRIPES),
+            striped("public", Domain::Term, "0xab", TERM_STRIPES)
+        );
     }
 
     proptest! {

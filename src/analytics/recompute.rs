@@ -9,9 +9,12 @@
 //! query loops.
 //!
 //! Concurrent recomputations (several workers, backfill, a reorg) are
-//! serialised with advisory locks on each triple and each pair, taken
-//! sorted: without them, two transactions could each compute a pair total
-//! from a snapshot missing the other's triple_term update.
+//! serialised with advisory locks on the pairs of the triples involved
+//! (striped, taken sorted): without them, two transactions could each
+//! compute a pair total from a snapshot missing the other's triple_term
+//! update, or write a triple's rows from an older snapshot after a newer
+//! one. A triple is only ever recomputed under the locks of both its pairs,
+//! so the pair locks cover the triple's own rows too.
 
 use sqlx::PgConnection;
 
@@ -205,21 +208,22 @@ pub async fn recompute(
         )
         .collect();
 
-    let mut locks = LockSet::with_capacity(ids.len() + 2 * spo.len());
-    for id in &ids {
-        locks.add(lock::key(schema, Domain::AnalyticsTriple, id));
-    }
+    let mut locks = LockSet::with_capacity(2 * spo.len());
     for (s, p, o) in &spo {
-        locks.add(lock::key(
+        let po = lock::striped(
             schema,
             Domain::PredicateObject,
             &format!("{p}:{o}"),
-        ));
-        locks.add(lock::key(
+            lock::PAIR_STRIPES,
+        );
+        let sp = lock::striped(
             schema,
             Domain::SubjectPredicate,
             &format!("{s}:{p}"),
-        ));
+            lock::PAIR_STRIPES,
+        );
+        locks.add(po);
+        locks.add(sp);
     }
     sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
         .bind(locks.into_sorted())

@@ -41,6 +41,8 @@ pub struct Worker {
     retry: RetryConfig,
     rx: AnalyticsReceiver,
     state: Arc<WorkerState>,
+    /// Current batch size: ANALYTICS_BATCH_SIZE, halved while batches fail.
+    limit: usize,
 }
 
 fn now_ms() -> u64 {
@@ -61,6 +63,7 @@ impl Worker {
         Worker {
             pool,
             schema: schema.into(),
+            limit: config.batch_size,
             config,
             retry,
             rx,
@@ -97,14 +100,16 @@ impl Worker {
             }
             let mut ids: Vec<String> = pending.drain().collect();
             ids.sort_unstable();
-            for chunk in ids.chunks(self.config.batch_size) {
-                if self
-                    .process_retrying(Scope::Listed(chunk), &cancel)
+            let mut rest = ids.as_slice();
+            while !rest.is_empty() {
+                let n = self.limit.min(rest.len());
+                let Some((_, done)) = self
+                    .process_retrying(Scope::Listed(&rest[..n]), &cancel)
                     .await
-                    .is_none()
-                {
+                else {
                     return;
-                }
+                };
+                rest = &rest[done..];
             }
         }
     }
@@ -116,7 +121,11 @@ impl Worker {
         let mut cursor = start.clone();
         let mut wrapped = false;
         loop {
-            match self.process_retrying(Scope::After(&cursor), cancel).await {
+            match self
+                .process_retrying(Scope::After(&cursor), cancel)
+                .await
+                .map(|(r, _)| r)
+            {
                 None => return,
                 Some(Refreshed {
                     last_mark: Some(last),
@@ -136,24 +145,33 @@ impl Worker {
         }
     }
 
-    /// One batch, retried with backoff until it succeeds; None if cancelled.
+    /// One batch, retried with backoff until it succeeds; None if
+    /// cancelled. A failing batch is retried smaller (halved each time,
+    /// back to full size after successes): whatever made a big transaction
+    /// fail — a timeout, the lock table — a smaller one gets through. Also
+    /// returns how many of a listed scope's ids the batch covered.
     async fn process_retrying(
         &mut self,
         scope: Scope<'_>,
         cancel: &CancellationToken,
-    ) -> Option<Refreshed> {
+    ) -> Option<(Refreshed, usize)> {
         let mut backoff = Backoff::new(&self.retry);
         loop {
             let started = Instant::now();
             let claim = match scope {
-                Scope::Listed(ids) => Claim::Listed(ids),
+                Scope::Listed(ids) => Claim::Listed(&ids[..self.limit.min(ids.len())]),
                 Scope::After(after) => Claim::After {
                     after,
-                    limit: self.config.batch_size,
+                    limit: self.limit,
                 },
+            };
+            let listed = match claim {
+                Claim::Listed(ids) => ids.len(),
+                Claim::After { .. } => 0,
             };
             match super::refresh(&self.pool, &self.schema, claim, &[], false).await {
                 Ok(refreshed) => {
+                    self.limit = (self.limit * 2).min(self.config.batch_size);
                     let n = refreshed.triples;
                     self.state.healthy.store(true, Ordering::Relaxed);
                     self.state
@@ -168,9 +186,10 @@ impl Worker {
                             .record(started.elapsed().as_secs_f64());
                         self.pace(n, started, cancel).await;
                     }
-                    return Some(refreshed);
+                    return Some((refreshed, listed));
                 }
                 Err(e) => {
+                    self.limit = (self.limit / 2).max(1);
                     self.state.healthy.store(false, Ordering::Relaxed);
                     metrics::counter!("writer_retries_total", "stage" => "analytics").increment(1);
                     tracing::warn!(error = %e, attempt = backoff.attempts() + 1, "analytics batch failed; retrying");

@@ -129,7 +129,7 @@ pub(crate) async fn lock_reorg(
     Ok(())
 }
 
-/// Takes the term locks of `terms`, sorted, in one statement.
+/// Takes the term locks (stripes) of `terms`, sorted, in one statement.
 pub(crate) async fn lock_terms(
     conn: &mut sqlx::PgConnection,
     schema: &str,
@@ -140,7 +140,7 @@ pub(crate) async fn lock_terms(
     }
     let mut locks = LockSet::with_capacity(terms.len());
     for t in terms {
-        locks.add(lock::key(schema, Domain::Term, t));
+        locks.add(lock::striped(schema, Domain::Term, t, lock::TERM_STRIPES));
     }
     sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
         .bind(locks.into_sorted())

@@ -1,13 +1,31 @@
 //! Private PostgreSQL and Redis servers for tests that stop, restart or
 //! break their dependencies: doing that to the shared local servers would
-//! disturb every other test running in parallel.
+//! disturb every other test running in parallel. Self-contained, so the
+//! soak harness (benches/soak.rs) includes the same file.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::db::unique_name;
-use super::service::free_port;
+/// A name for a temporary directory no other run uses.
+fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}_{:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        fastrand::u32(..)
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 fn as_postgres_user(program: &std::path::Path) -> Command {
     // Postgres refuses to run as root; tests in CI run as root.
