@@ -87,62 +87,57 @@ pub fn free_port() -> u16 {
 
 /// Sum of utime+stime (seconds) of processes named `name`.
 pub fn cpu_seconds(name: &str) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
     };
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        if let Ok(stat) = std::fs::read_to_string(path.join("stat")) {
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            // After the command: state(0) … utime(11) stime(12) cutime(13) cstime(14)
-            for i in [11, 12, 13, 14] {
-                total += fields
-                    .get(i)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    total as f64 / ticks
+    dir.flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .map(|e| stat_cpu_seconds(&e.path().join("stat"), true))
+        .sum()
 }
 
 pub fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
+    stat_cpu_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")), false)
+}
+
+/// utime + stime (+ the children's, with `children`) from a /proc stat file.
+fn stat_cpu_seconds(path: &std::path::Path, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // After "(command)": state is field 0, utime 11, stime 12, cutime 13, cstime 14.
+    let fields: Vec<u64> = stat
         .rsplit(')')
         .next()
         .unwrap_or("")
         .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
         .collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+    let wanted: &[usize] = if children {
+        &[11, 12, 13, 14]
+    } else {
+        &[11, 12]
     };
-    (get(11) + get(12)) as f64 / 100.0
+    let ticks: u64 = wanted
+        .iter()
+        .map(|&i| fields.get(i).copied().unwrap_or(0))
+        .sum();
+    ticks as f64 / 100.0 // USER_HZ
+}
+
+/// A memory figure of a process from /proc/<pid>/status (`VmHWM:` for the
+/// peak resident set, `VmRSS:` for the current one), in MiB.
+pub fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Peak resident set size of a process, in MiB.
 pub fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    status_mib(pid, "VmHWM:")
 }
 
 pub async fn metrics_text(port: u16) -> String {

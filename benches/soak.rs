@@ -148,16 +148,6 @@ fn spawn_writer(vars: &[(String, String)], log: &std::path::Path) -> WriterProce
     WriterProcess(child)
 }
 
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 async fn health(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
@@ -191,7 +181,7 @@ async fn main() {
     let args = Arc::new(Args::parse());
     let pg = PrivatePostgres::start();
     let mut redis = PrivateRedis::start().await;
-    let pool = pool_at(&pg.url(), SCHEMA).await;
+    pool_at(&pg.url(), SCHEMA).await.close().await;
     let spec = streams();
     let group = "soak_group";
     let port = {
@@ -286,8 +276,8 @@ async fn main() {
             let dead = scalar_or(&fresh, "SELECT count(*) FROM dead_letter").await;
             fresh.close().await;
             let pid = writer.0.id();
-            let rss = rss_mib(pid, "VmRSS:");
-            max_rss = max_rss.max(rss_mib(pid, "VmHWM:"));
+            let rss = status_mib(pid, "VmRSS:");
+            max_rss = max_rss.max(peak_rss_mib(pid));
             max_backlog = max_backlog.max(backlog.unwrap_or(0));
             let h = health(port).await;
             let warns = std::fs::read_to_string(&log_path)
@@ -334,6 +324,8 @@ async fn main() {
         apply_directly(&rm, &minute(&args, i)).await;
     }
     recompute_all_analytics(&reference_pool, "soak_ref").await;
+    // The first pool's connections died with the Postgres restarts.
+    let pool = pool_at(&pg.url(), SCHEMA).await;
     let diff = differences(&pool, SCHEMA, "soak_ref").await;
     let exact = diff.values().all(|d| *d == 0);
     let dead = scalar_or(&pool, "SELECT count(*) FROM dead_letter")

@@ -92,7 +92,7 @@ WHERE a.term_id = ids.id AND NOT EXISTS (SELECT 1 FROM earliest e WHERE e.term_i
 "#;
 
 /// Rebuilds atoms from their events (see [`RECOMPUTE`]). Callers hold the
-/// term locks.
+/// term locks (or the exclusive reorg lock).
 pub async fn recompute(conn: &mut PgConnection, ids: &[&str]) -> Result<(), sqlx::Error> {
     if !ids.is_empty() {
         sqlx::query(RECOMPUTE).bind(ids).execute(conn).await?;

@@ -8,7 +8,7 @@
 //! it unchanged. A batch passes only the terms whose row can have changed
 //! (created atoms and triples, vaults created, share prices) and, for dirty
 //! marks, the triple vaults it touched. Callers hold the term locks of every
-//! id they pass.
+//! id they pass (or the exclusive reorg lock).
 
 use sqlx::PgConnection;
 

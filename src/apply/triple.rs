@@ -98,7 +98,8 @@ RETURNING t.term_id, t.counter_term_id, t.subject_id, t.predicate_id, t.object_i
 pub type RemovedTriple = (String, String, String, String, String);
 
 /// Rebuilds triples from their events (see [`RECOMPUTE`]); returns the
-/// triples deleted. Callers hold the term locks.
+/// triples deleted. Callers hold the term locks (or the exclusive reorg
+/// lock).
 pub async fn recompute(
     conn: &mut PgConnection,
     ids: &[&str],

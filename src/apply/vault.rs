@@ -10,7 +10,8 @@
 //! - `vault.position_count` moves by the number of positions that crossed
 //!   zero in this statement (old and new shares are both visible in it).
 //! - `vault.total_shares/current_share_price/total_assets/market_cap` come
-//!   from the newest SharePriceChanged; `vault_type` from the newest event.
+//!   from the newest SharePriceChanged (a second statement, guarded by the
+//!   price's own chain position); `vault_type` from the newest event.
 
 use sqlx::PgConnection;
 
@@ -118,8 +119,10 @@ UNION ALL SELECT 2::int2, s.ord FROM s JOIN spc USING (transaction_hash, log_ind
 
 /// Positions and vaults from new events: `$1..$9` position moves (account,
 /// term, curve, deposited, redeemed, totalShares, block, log, vault type),
-/// `$10..$16` share prices (term, curve, price, assets, shares, block, log,
-/// vault type: `$17`). Returns the terms of vaults created by it.
+/// `$10..$14` the vaults share prices touched (term, curve, block, log,
+/// vault type). Creates missing vaults, moves `position_count`, keeps
+/// `vault_type` from the newest event; share prices follow in [`PRICES`].
+/// Returns the terms of the vaults it created.
 const CASCADE: &str = r#"
 WITH moves AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::numeric[], $4::text[]::numeric[],
@@ -127,11 +130,9 @@ WITH moves AS (
         AS m(account_id, term_id, curve_id, deposited, redeemed, total_shares, block_number,
              log_index, vault_type)
 ),
-prices AS (
-    SELECT * FROM unnest($10::text[], $11::text[]::numeric[], $12::text[]::numeric[],
-        $13::text[]::numeric[], $14::text[]::numeric[], $15::int8[], $16::int8[], $17::int2[])
-        AS s(term_id, curve_id, share_price, total_assets, total_shares, block_number,
-             log_index, vault_type)
+priced AS (
+    SELECT * FROM unnest($10::text[], $11::text[]::numeric[], $12::int8[], $13::int8[],
+        $14::int2[]) AS s(term_id, curve_id, block_number, log_index, vault_type)
 ),
 pos_in AS (
     SELECT DISTINCT ON (account_id, term_id, curve_id)
@@ -153,15 +154,12 @@ pos AS (
         block_number, log_index
     FROM pos_in
     ON CONFLICT (account_id, term_id, curve_id) DO UPDATE SET
-        shares = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-                         > (p.last_event_block, p.last_event_log_index)
-                      THEN EXCLUDED.shares ELSE p.shares END,
-        last_event_block = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-                                   > (p.last_event_block, p.last_event_log_index)
-                                THEN EXCLUDED.last_event_block ELSE p.last_event_block END,
-        last_event_log_index = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-                                       > (p.last_event_block, p.last_event_log_index)
-                                    THEN EXCLUDED.last_event_log_index ELSE p.last_event_log_index END,
+        (shares, last_event_block, last_event_log_index) =
+            (SELECT CASE WHEN newer THEN EXCLUDED.shares ELSE p.shares END,
+                    CASE WHEN newer THEN EXCLUDED.last_event_block ELSE p.last_event_block END,
+                    CASE WHEN newer THEN EXCLUDED.last_event_log_index ELSE p.last_event_log_index END
+             FROM (SELECT (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+                        > (p.last_event_block, p.last_event_log_index) AS newer) n),
         total_deposit_assets_after_total_fees = p.total_deposit_assets_after_total_fees
             + EXCLUDED.total_deposit_assets_after_total_fees,
         total_redeem_assets_for_receiver = p.total_redeem_assets_for_receiver
@@ -175,72 +173,52 @@ count_delta AS (
     FROM pos LEFT JOIN pos_old o USING (account_id, term_id, curve_id)
     GROUP BY pos.term_id, pos.curve_id
 ),
-price_in AS (
-    SELECT DISTINCT ON (term_id, curve_id) term_id, curve_id, share_price, total_assets,
-        total_shares, block_number, log_index
-    FROM prices
-    ORDER BY term_id, curve_id, block_number DESC, log_index DESC
-),
 touched AS (
     SELECT DISTINCT ON (term_id, curve_id) term_id, curve_id, vault_type, block_number, log_index
     FROM (SELECT term_id, curve_id, vault_type, block_number, log_index FROM moves
-          UNION ALL SELECT term_id, curve_id, vault_type, block_number, log_index FROM prices) t
+          UNION ALL SELECT term_id, curve_id, vault_type, block_number, log_index FROM priced) t
     ORDER BY term_id, curve_id, block_number DESC, log_index DESC
 )
-INSERT INTO vault AS v (term_id, curve_id, total_shares, current_share_price, total_assets,
-    market_cap, position_count, vault_type, share_price_block, share_price_log_index,
-    last_event_block, last_event_log_index)
-SELECT t.term_id, t.curve_id,
-    coalesce(pr.total_shares, 0), coalesce(pr.share_price, 0), coalesce(pr.total_assets, 0),
-    coalesce(div(pr.total_shares * pr.share_price, 1000000000000000000), 0),
-    coalesce(d.delta, 0), t.vault_type::text, pr.block_number, pr.log_index,
-    t.block_number, t.log_index
+INSERT INTO vault AS v (term_id, curve_id, position_count, vault_type, last_event_block,
+    last_event_log_index)
+SELECT t.term_id, t.curve_id, coalesce(d.delta, 0), t.vault_type::text, t.block_number,
+    t.log_index
 FROM touched t
-LEFT JOIN price_in pr USING (term_id, curve_id)
 LEFT JOIN count_delta d USING (term_id, curve_id)
 ON CONFLICT (term_id, curve_id) DO UPDATE SET
     position_count = v.position_count + EXCLUDED.position_count,
-    total_shares = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                         AND (v.share_price_block IS NULL
-                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                               > (v.share_price_block, v.share_price_log_index))
-                        THEN EXCLUDED.total_shares ELSE v.total_shares END,
-    current_share_price = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                         AND (v.share_price_block IS NULL
-                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                               > (v.share_price_block, v.share_price_log_index))
-                        THEN EXCLUDED.current_share_price ELSE v.current_share_price END,
-    total_assets = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                         AND (v.share_price_block IS NULL
-                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                               > (v.share_price_block, v.share_price_log_index))
-                        THEN EXCLUDED.total_assets ELSE v.total_assets END,
-    market_cap = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                         AND (v.share_price_block IS NULL
-                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                               > (v.share_price_block, v.share_price_log_index))
-                        THEN EXCLUDED.market_cap ELSE v.market_cap END,
-    share_price_block = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                         AND (v.share_price_block IS NULL
-                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                               > (v.share_price_block, v.share_price_log_index))
-                        THEN EXCLUDED.share_price_block ELSE v.share_price_block END,
-    share_price_log_index = CASE WHEN EXCLUDED.share_price_block IS NOT NULL
-                         AND (v.share_price_block IS NULL
-                              OR (EXCLUDED.share_price_block, EXCLUDED.share_price_log_index)
-                               > (v.share_price_block, v.share_price_log_index))
-                        THEN EXCLUDED.share_price_log_index ELSE v.share_price_log_index END,
-    vault_type = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-                         > (v.last_event_block, v.last_event_log_index)
-                      THEN EXCLUDED.vault_type ELSE v.vault_type END,
-    last_event_block = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-                               > (v.last_event_block, v.last_event_log_index)
-                            THEN EXCLUDED.last_event_block ELSE v.last_event_block END,
-    last_event_log_index = CASE WHEN (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-                                   > (v.last_event_block, v.last_event_log_index)
-                                THEN EXCLUDED.last_event_log_index ELSE v.last_event_log_index END,
+    (vault_type, last_event_block, last_event_log_index) =
+        (SELECT CASE WHEN newer THEN EXCLUDED.vault_type ELSE v.vault_type END,
+                CASE WHEN newer THEN EXCLUDED.last_event_block ELSE v.last_event_block END,
+                CASE WHEN newer THEN EXCLUDED.last_event_log_index ELSE v.last_event_log_index END
+         FROM (SELECT (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+                    > (v.last_event_block, v.last_event_log_index) AS newer) n),
     updated_at = now()
 RETURNING CASE WHEN xmax = 0 THEN term_id END
+"#;
+
+/// Share prices of new SharePriceChanged events, `$1..$7` = term, curve,
+/// price, assets, shares, block, log: per vault the newest one, applied
+/// only if newer than the vault's current price.
+const PRICES: &str = r#"
+UPDATE vault v SET
+    total_shares = p.total_shares,
+    current_share_price = p.share_price,
+    total_assets = p.total_assets,
+    market_cap = div(p.total_shares * p.share_price, 1000000000000000000),
+    share_price_block = p.block_number,
+    share_price_log_index = p.log_index,
+    updated_at = now()
+FROM (
+    SELECT DISTINCT ON (term_id, curve_id) *
+    FROM unnest($1::text[], $2::text[]::numeric[], $3::text[]::numeric[], $4::text[]::numeric[],
+        $5::text[]::numeric[], $6::int8[], $7::int8[])
+        AS s(term_id, curve_id, share_price, total_assets, total_shares, block_number, log_index)
+    ORDER BY term_id, curve_id, block_number DESC, log_index DESC
+) p
+WHERE v.term_id = p.term_id AND v.curve_id = p.curve_id
+  AND (v.share_price_block IS NULL
+       OR (p.block_number, p.log_index) > (v.share_price_block, v.share_price_log_index))
 "#;
 
 /// Rebuilds the given positions from the events that remain (after a reorg
@@ -372,7 +350,7 @@ pub type PositionKey = (String, String, String);
 pub type VaultKey = (String, String);
 
 /// Rebuilds positions, then vaults, from the events that remain. Callers
-/// hold the term locks of every term named.
+/// hold the term locks of every term named (or the exclusive reorg lock).
 pub async fn recompute(
     conn: &mut PgConnection,
     positions: &[PositionKey],
@@ -544,6 +522,16 @@ impl<'e> VaultEvents<'e> {
         let price = |f: fn(&SharePriceChanged) -> &str| -> Vec<&str> {
             new.prices.iter().map(|&i| f(self.prices[i].1)).collect()
         };
+        let price_block: Vec<i64> = new
+            .prices
+            .iter()
+            .map(|&i| self.prices[i].0.block_number)
+            .collect();
+        let price_log: Vec<i64> = new
+            .prices
+            .iter()
+            .map(|&i| self.prices[i].0.log_index)
+            .collect();
         let created: Vec<Option<String>> = sqlx::query_scalar(CASCADE)
             .bind(&account)
             .bind(&term)
@@ -556,29 +544,28 @@ impl<'e> VaultEvents<'e> {
             .bind(&kind)
             .bind(price(|e| e.term_id.as_str()))
             .bind(price(|e| e.curve_id.as_str()))
-            .bind(price(|e| e.share_price.as_str()))
-            .bind(price(|e| e.total_assets.as_str()))
-            .bind(price(|e| e.total_shares.as_str()))
-            .bind(
-                new.prices
-                    .iter()
-                    .map(|&i| self.prices[i].0.block_number)
-                    .collect::<Vec<i64>>(),
-            )
-            .bind(
-                new.prices
-                    .iter()
-                    .map(|&i| self.prices[i].0.log_index)
-                    .collect::<Vec<i64>>(),
-            )
+            .bind(&price_block)
+            .bind(&price_log)
             .bind(
                 new.prices
                     .iter()
                     .map(|&i| self.prices[i].1.vault_type.code())
                     .collect::<Vec<i16>>(),
             )
-            .fetch_all(conn)
+            .fetch_all(&mut *conn)
             .await?;
+        if !new.prices.is_empty() {
+            sqlx::query(PRICES)
+                .bind(price(|e| e.term_id.as_str()))
+                .bind(price(|e| e.curve_id.as_str()))
+                .bind(price(|e| e.share_price.as_str()))
+                .bind(price(|e| e.total_assets.as_str()))
+                .bind(price(|e| e.total_shares.as_str()))
+                .bind(&price_block)
+                .bind(&price_log)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(created.into_iter().flatten().collect())
     }
 }

@@ -75,21 +75,7 @@ async fn converges_after_repeated_sigkills() {
     let workload = generate(&env.spec);
     env.publish(&workload.entries).await;
     let vars = env.writer_env("w1");
-    let mut rng = fastrand::Rng::with_seed(22);
-    let mut kills_mid_stream = 0;
-    for _ in 0..8 {
-        let mut writer = Writer::start(&vars);
-        tokio::time::sleep(Duration::from_millis(rng.u64(100..400))).await;
-        let backlog = env.backlog().await.unwrap_or(u64::MAX);
-        if writer.is_running() {
-            writer.signal("KILL");
-            writer
-                .wait_exit(Duration::from_secs(5))
-                .await
-                .expect("killed");
-            kills_mid_stream += u32::from(backlog > 0);
-        }
-    }
+    let kills_mid_stream = env.kill_repeatedly(&vars, 8, 22).await;
     assert!(
         kills_mid_stream >= 4,
         "only {kills_mid_stream} kills hit a busy writer"

@@ -198,13 +198,8 @@ async fn three_writers_in_one_group() {
 async fn recovers_from_a_postgres_outage_without_restart() {
     let mut env = Env::new(15, 6_000).await;
     let workload = generate(&env.spec);
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mut vars = env.writer_env("w1");
-    vars.insert(
-        "DATABASE_URL".into(),
-        format!("postgres://postgres@127.0.0.1:{}/test", proxy.addr.port()),
-    );
-    vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "500".into());
+    let proxy = Proxy::to_postgres(&env.db.url).await;
+    let vars = env.writer_env_through(&proxy, "w1");
     let mut writer = Writer::start(&vars);
     writer.wait_http(Duration::from_secs(30)).await;
     env.publish(&workload.entries).await;

@@ -1,16 +1,14 @@
 //! Failure modes, proven by breaking things on purpose (issue 7): a crash
 //! loop, dependency faults, hostile input.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use writer::decode::decode_payload;
 use writer::workload::{Workload, generate};
 
 use crate::support::model::Model;
 use crate::support::private::{PrivatePostgres, PrivateRedis};
-use crate::support::service::{
-    Env, Writer, applied_directly, assert_same_core, json_body, unique_events,
-};
+use crate::support::service::{Env, Writer, applied_directly, assert_same_core, unique_events};
 
 const DRAIN: Duration = Duration::from_secs(180);
 
@@ -31,22 +29,7 @@ async fn crash_loop_twenty_kills() {
     let workload = generate(&env.spec);
     env.publish(&workload.entries).await;
     let vars = env.writer_env("w1");
-    let mut rng = fastrand::Rng::with_seed(41);
-    let (mut kills, mut busy_kills) = (0, 0);
-    while kills < 20 {
-        let mut writer = Writer::start(&vars);
-        tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
-        let backlog = env.backlog().await.unwrap_or(1);
-        if writer.is_running() {
-            writer.signal("KILL");
-            writer
-                .wait_exit(Duration::from_secs(5))
-                .await
-                .expect("killed");
-            kills += 1;
-            busy_kills += u32::from(backlog > 0);
-        }
-    }
+    let busy_kills = env.kill_repeatedly(&vars, 20, 41).await;
     assert!(
         busy_kills >= 10,
         "only {busy_kills} of 20 kills hit a busy writer"
@@ -56,28 +39,7 @@ async fn crash_loop_twenty_kills() {
     let expected = applied_directly(&workload).await;
     assert_same_core(&env.db, &expected).await;
     assert_analytics_exact(&env, &workload).await;
-    eprintln!("crash loop: {kills} kills ({busy_kills} mid-stream), 50,000 events, tables exact");
-}
-
-async fn wait_health(
-    writer: &Writer,
-    code: u16,
-    within: Duration,
-    what: &str,
-) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        if let Some((c, body)) = writer.get("/health", None).await
-            && c == code
-        {
-            return json_body(&body);
-        }
-        assert!(
-            started.elapsed() < within,
-            "/health did not answer {code} ({what}) within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eprintln!("crash loop: 20 kills ({busy_kills} mid-stream), 50,000 events, tables exact");
 }
 
 /// Postgres restarted, Redis killed and restarted (its data kept), the
@@ -107,22 +69,22 @@ async fn survives_dependency_faults_without_restart() {
     // 1. Postgres restarted.
     tokio::time::sleep(Duration::from_millis(300)).await;
     pg.stop();
-    let down = wait_health(&writer, 503, Duration::from_secs(10), "Postgres stopped").await;
+    let down = writer.wait_health(503, Duration::from_secs(10)).await;
     assert_eq!(down["postgres_sync_healthy"], false);
     env.publish(slices[1]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.start_again();
-    wait_health(&writer, 200, Duration::from_secs(30), "Postgres back").await;
+    writer.wait_health(200, Duration::from_secs(30)).await;
     env.db.reconnect();
 
     // 2. Redis killed (SIGKILL) and restarted with its append-only file.
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.kill();
-    let down = wait_health(&writer, 503, Duration::from_secs(15), "Redis killed").await;
+    let down = writer.wait_health(503, Duration::from_secs(15)).await;
     assert_eq!(down["redis_consumer_healthy"], false);
     tokio::time::sleep(Duration::from_secs(2)).await;
     redis.start_again().await;
-    wait_health(&writer, 200, Duration::from_secs(30), "Redis back").await;
+    writer.wait_health(200, Duration::from_secs(30)).await;
     let client = redis::Client::open(redis.url()).unwrap();
     env.redis = client.get_multiplexed_async_connection().await.unwrap();
     env.publish(slices[2]).await;
@@ -167,7 +129,7 @@ async fn survives_dependency_faults_without_restart() {
     let expected = applied_directly(&workload).await;
     assert_same_core(&env.db, &expected).await;
     assert_analytics_exact(&env, &workload).await;
-    wait_health(&writer, 200, Duration::from_secs(10), "after the faults").await;
+    writer.wait_health(200, Duration::from_secs(10)).await;
     assert_eq!(
         env.db.scalar_i64("SELECT count(*) FROM dead_letter").await,
         0,

@@ -14,36 +14,14 @@ use crate::support::service::{
 
 const DRAIN: Duration = Duration::from_secs(90);
 
-async fn wait_for_status(writer: &Writer, code: u16, within: Duration) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        if let Some((c, body)) = writer.get("/health", None).await
-            && c == code
-        {
-            return json_body(&body);
-        }
-        assert!(
-            started.elapsed() < within,
-            "/health never answered {code}:\n{}",
-            writer.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// /health is 200 with every field; Postgres unreachable makes it 503
 /// within seconds, and it returns to 200 after Postgres does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_postgres() {
     let mut env = Env::new(31, 500).await;
     let workload = generate(&env.spec);
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mut vars = env.writer_env("w1");
-    vars.insert(
-        "DATABASE_URL".into(),
-        format!("postgres://postgres@127.0.0.1:{}/test", proxy.addr.port()),
-    );
-    vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "500".into());
+    let proxy = Proxy::to_postgres(&env.db.url).await;
+    let vars = env.writer_env_through(&proxy, "w1");
     let writer = Writer::start(&vars);
     env.publish(&workload.entries).await;
     env.wait_drained(DRAIN).await;
@@ -51,7 +29,7 @@ async fn health_follows_postgres() {
     // Stream figures are refreshed every two seconds.
     let started = Instant::now();
     let health = loop {
-        let h = wait_for_status(&writer, 200, Duration::from_secs(10)).await;
+        let h = writer.wait_health(200, Duration::from_secs(10)).await;
         let idle = h["streams"].as_object().is_some_and(|s| {
             s.len() == 5 && s.values().all(|v| v["lag"] == 0 && v["pending"] == 0)
         });
@@ -81,7 +59,7 @@ async fn health_follows_postgres() {
 
     proxy.cut();
     let cut_at = Instant::now();
-    let down = wait_for_status(&writer, 503, Duration::from_secs(10)).await;
+    let down = writer.wait_health(503, Duration::from_secs(10)).await;
     assert!(
         cut_at.elapsed() < Duration::from_secs(5),
         "503 took {:?}",
@@ -90,7 +68,7 @@ async fn health_follows_postgres() {
     assert_eq!(down["postgres_sync_healthy"], false);
     assert_eq!(down["status"], "unhealthy");
     proxy.restore();
-    let up = wait_for_status(&writer, 200, Duration::from_secs(15)).await;
+    let up = writer.wait_health(200, Duration::from_secs(15)).await;
     assert_eq!(up["postgres_sync_healthy"], true);
 }
 
@@ -177,12 +155,8 @@ async fn sigterm_mid_stream_loses_and_doubles_nothing() {
 async fn a_second_signal_exits_at_once() {
     let mut env = Env::new(34, 3_000).await;
     let workload = generate(&env.spec);
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mut vars = env.writer_env("w1");
-    vars.insert(
-        "DATABASE_URL".into(),
-        format!("postgres://postgres@127.0.0.1:{}/test", proxy.addr.port()),
-    );
+    let proxy = Proxy::to_postgres(&env.db.url).await;
+    let mut vars = env.writer_env_through(&proxy, "w1");
     vars.insert("SHUTDOWN_TIMEOUT_MS".into(), "60000".into());
     let mut writer = Writer::start(&vars);
     writer.wait_http(Duration::from_secs(20)).await;
@@ -336,15 +310,13 @@ async fn passwords_never_leak() {
         .unwrap();
 
     // Trust auth ignores the password, so the writer connects with it.
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mut vars = env.writer_env("w1");
-    vars.insert(
-        "DATABASE_URL".into(),
-        format!(
-            "postgres://postgres:{db_secret}@127.0.0.1:{}/test",
-            proxy.addr.port()
-        ),
-    );
+    let proxy = Proxy::to_postgres(&env.db.url).await;
+    let mut vars = env.writer_env_through(&proxy, "w1");
+    let with_password =
+        env.db
+            .url
+            .replacen("://postgres@", &format!("://postgres:{db_secret}@"), 1);
+    vars.insert("DATABASE_URL".into(), proxy.database_url(&with_password));
     vars.insert("REDIS_URL".into(), redis_url.clone());
     vars.insert("ADMIN_TOKEN".into(), token.into());
     vars.insert("LOG_LEVEL".into(), "debug".into());

@@ -1,7 +1,6 @@
 //! A fresh, migrated schema per test, dropped when the test ends (also when
 //! it panics).
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sqlx::{Connection, PgPool};
@@ -13,16 +12,7 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// A name no other test (or test process) uses: `prefix_<pid>_<n>_<random>`.
-pub fn unique_name(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}_{}_{}_{:x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed),
-        fastrand::u32(..)
-    )
-}
+pub use super::private::unique_name;
 
 pub struct TestDb {
     pub schema: String,

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A name for a temporary directory no other run uses.
-fn unique_name(prefix: &str) -> String {
+/// A name no other test (or test process) uses: `prefix_<pid>_<n>_<random>`.
+pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
@@ -19,7 +19,8 @@ fn unique_name(prefix: &str) -> String {
     )
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

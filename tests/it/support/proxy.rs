@@ -54,6 +54,38 @@ impl Proxy {
         }
     }
 
+    /// A proxy in front of the Postgres of the test database URL.
+    pub async fn to_postgres(database_url: &str) -> Proxy {
+        let authority = database_url
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or("");
+        let host_port = authority.rsplit('@').next().unwrap_or("127.0.0.1:5432");
+        let host_port = if host_port.contains(':') {
+            host_port.to_owned()
+        } else {
+            format!("{host_port}:5432")
+        };
+        let target = tokio::net::lookup_host(host_port)
+            .await
+            .unwrap()
+            .next()
+            .expect("postgres address");
+        Proxy::start(target).await
+    }
+
+    /// `database_url` with its host and port replaced by the proxy's.
+    pub fn database_url(&self, database_url: &str) -> String {
+        let (scheme, rest) = database_url.split_once("://").unwrap();
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let userinfo = authority
+            .rsplit_once('@')
+            .map(|(u, _)| format!("{u}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{userinfo}127.0.0.1:{}/{path}", self.addr.port())
+    }
+
     /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);

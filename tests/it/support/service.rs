@@ -12,6 +12,8 @@ use writer::event::ChainEvent;
 use writer::workload::{Spec, Workload};
 
 use super::db::{TestDb, database_url, unique_name};
+pub use super::private::free_port;
+use super::proxy::Proxy;
 
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -24,14 +26,6 @@ pub struct Env {
     pub spec: Spec,
     pub redis: MultiplexedConnection,
     pub redis_url: String,
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Env {
@@ -82,6 +76,42 @@ impl Env {
             ("LOG_LEVEL", "info,writer=debug".to_owned()),
         ];
         pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    /// Writer settings with Postgres reached through `proxy` (which a test
+    /// can cut).
+    pub fn writer_env_through(&self, proxy: &Proxy, consumer: &str) -> HashMap<String, String> {
+        let mut vars = self.writer_env(consumer);
+        vars.insert("DATABASE_URL".into(), proxy.database_url(&self.db.url));
+        vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "500".into());
+        vars
+    }
+
+    /// Starts a writer with `vars`, SIGKILLs it after a random 100–600 ms,
+    /// `kills` times. Returns how many kills hit it with work outstanding.
+    pub async fn kill_repeatedly(
+        &mut self,
+        vars: &HashMap<String, String>,
+        kills: u32,
+        seed: u64,
+    ) -> u32 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let (mut done, mut busy) = (0, 0);
+        while done < kills {
+            let mut writer = Writer::start(vars);
+            tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
+            let backlog = self.backlog().await.unwrap_or(u64::MAX);
+            if writer.is_running() {
+                writer.signal("KILL");
+                writer
+                    .wait_exit(Duration::from_secs(5))
+                    .await
+                    .expect("killed");
+                done += 1;
+                busy += u32::from(backlog > 0);
+            }
+        }
+        busy
     }
 
     /// XADDs entries, pipelined.
@@ -217,6 +247,24 @@ impl Writer {
     /// GET a path on the writer's HTTP port: (status, body).
     pub async fn get(&self, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
         http_get(self.port, path, bearer).await
+    }
+
+    /// Waits until /health answers `code`; returns its body.
+    pub async fn wait_health(&self, code: u16, within: Duration) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            if let Some((c, body)) = self.get("/health", None).await
+                && c == code
+            {
+                return json_body(&body);
+            }
+            assert!(
+                started.elapsed() < within,
+                "/health did not answer {code} within {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until /health answers at all.
