@@ -273,12 +273,50 @@ pub struct GroupInfo {
     pub pending: u64,
 }
 
+/// An entry id as `(milliseconds, sequence)`, comparable.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Flat `[key, value, …]` (RESP2) or map (RESP3) reply → pairs.
+fn pairs(v: Value) -> Vec<(String, Value)> {
+    match v {
+        Value::Array(flat) => flat
+            .chunks_exact(2)
+            .filter_map(|kv| Some((text(&kv[0])?, kv[1].clone())))
+            .collect(),
+        Value::Map(map) => map
+            .into_iter()
+            .filter_map(|(k, v)| Some((text(&k)?, v)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// `XINFO GROUPS` for `group` on `stream`; None if the group is absent.
+///
+/// Redis's own `lag` can stay wrong after it reloads a rewritten
+/// append-only file: the group's `entries-read` goes back to its value at
+/// the rewrite while `last-delivered-id` is right (seen with 7.0; a group
+/// fully caught up kept reporting 100,000 entries of lag). A group whose
+/// last delivered id is the stream's last generated id has no lag,
+/// whatever the counter says.
 pub async fn group_info<C: ConnectionLike>(
     conn: &mut C,
     stream: &str,
     group: &str,
 ) -> RedisResult<Option<GroupInfo>> {
+    let stream_info: Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
+    let last_generated = pairs(stream_info)
+        .into_iter()
+        .find(|(k, _)| k == "last-generated-id")
+        .and_then(|(_, v)| text(&v))
+        .and_then(|id| parse_id(&id));
     let reply: Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -288,23 +326,21 @@ pub async fn group_info<C: ConnectionLike>(
         return Ok(None);
     };
     for g in groups {
-        let pairs: Vec<(String, Value)> = match g {
-            Value::Array(flat) => flat
-                .chunks_exact(2)
-                .filter_map(|kv| Some((text(&kv[0])?, kv[1].clone())))
-                .collect(),
-            Value::Map(map) => map
-                .into_iter()
-                .filter_map(|(k, v)| Some((text(&k)?, v)))
-                .collect(),
-            _ => continue,
-        };
-        let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        let fields = pairs(g);
+        let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v);
         if get("name").and_then(text).as_deref() != Some(group) {
             continue;
         }
+        let delivered = get("last-delivered-id")
+            .and_then(text)
+            .and_then(|id| parse_id(&id));
+        let caught_up = matches!((delivered, last_generated), (Some(d), Some(g)) if d >= g);
         return Ok(Some(GroupInfo {
-            lag: get("lag").and_then(int).map(|l| l.max(0) as u64),
+            lag: if caught_up {
+                Some(0)
+            } else {
+                get("lag").and_then(int).map(|l| l.max(0) as u64)
+            },
             pending: get("pending").and_then(int).unwrap_or(0).max(0) as u64,
         }));
     }
