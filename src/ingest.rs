@@ -227,14 +227,24 @@ impl Ingest {
         if segment.is_empty() {
             return Ok(());
         }
-        let isolated = self.read_model.apply_isolating(segment, escalate).await?;
+        let mut isolated = self.read_model.apply_isolating(segment, escalate).await?;
+        // An event refused alone gets MAX_DELIVERIES attempts in all (with
+        // backoff) before it is dead-lettered: an error that only looked
+        // permanent gets its chance.
+        let mut refused = Vec::new();
+        for r in std::mem::take(&mut isolated.rejected) {
+            match self.retry_alone(segment[r.index], r.error).await? {
+                Ok(applied) => isolated.applied.absorb(applied),
+                Err(error) => refused.push((r.index, error)),
+            }
+        }
         for (kind, n) in isolated.applied.inserted.iter() {
             metrics::counter!("writer_events_applied_total", "event_type" => kind).increment(n);
         }
         metrics::counter!("writer_events_duplicate_total").increment(isolated.applied.duplicates);
         metrics::histogram!("writer_batch_events").record(segment.len() as f64);
-        for r in &isolated.rejected {
-            let event = &segment[r.index];
+        for (index, error) in &refused {
+            let event = &segment[*index];
             let kind = KINDS
                 .iter()
                 .find(|k| **k == event.kind.name())
@@ -242,13 +252,13 @@ impl Ingest {
                 .unwrap_or("Generic");
             metrics::counter!("writer_events_failed_total", "event_type" => kind).increment(1);
             rejections.push((
-                owners[r.index],
+                owners[*index],
                 format!(
-                    "event {}:{} ({}) could not be stored: {}",
+                    "event {}:{} ({}) could not be stored after {} attempts: {error}",
                     event.chain.transaction_hash,
                     event.chain.log_index,
                     event.kind.name(),
-                    r.error
+                    self.max_deliveries.max(1),
                 ),
             ));
         }
@@ -260,5 +270,26 @@ impl Ingest {
         segment.clear();
         owners.clear();
         Ok(())
+    }
+
+    /// Re-applies one refused event up to MAX_DELIVERIES − 1 more times.
+    /// The outer result carries errors that are not this event's fault
+    /// (Postgres unavailable): the whole attempt is then retried.
+    async fn retry_alone(
+        &self,
+        event: &ChainEvent<'_>,
+        first_error: sqlx::Error,
+    ) -> Result<Result<Applied, sqlx::Error>, sqlx::Error> {
+        let mut backoff = Backoff::new(&self.retry);
+        let mut last = first_error;
+        for _ in 1..self.max_deliveries.max(1) {
+            tokio::time::sleep(backoff.next_delay()).await;
+            match self.read_model.apply(std::slice::from_ref(event)).await {
+                Ok(applied) => return Ok(Ok(applied)),
+                Err(e) if classify(&e) == Failure::Unavailable => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Ok(Err(last))
     }
 }

@@ -76,7 +76,7 @@ pub struct Applied {
 }
 
 impl Applied {
-    fn absorb(&mut self, other: Applied) {
+    pub fn absorb(&mut self, other: Applied) {
         self.inserted.add(&other.inserted);
         self.duplicates += other.duplicates;
         self.dirty_triples.extend(other.dirty_triples);

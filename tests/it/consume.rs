@@ -127,6 +127,8 @@ async fn poison_entries_are_dead_lettered() {
         ),
         ("data", vec![0xff, 0xfe, 0x00], "payload: not valid UTF-8"),
         ("foo", b"bar".to_vec(), "entry has no `payload`, `data` or `event_data` field"),
+        // Valid, but Postgres refuses it: its market cap overflows NUMERIC(78,0).
+        ("payload", overflowing_share_price().into_bytes(), "could not be stored after 5 attempts"),
     ];
     let mut ids = Vec::new();
     for (field, value, _) in &poison {
@@ -166,6 +168,18 @@ async fn poison_entries_are_dead_lettered() {
         "degraded",
         "recent dead letters show: {body}"
     );
+}
+
+fn overflowing_share_price() -> String {
+    use crate::support::events::{at, id, share_price};
+    let max = format!("\"0x{}\"", "f".repeat(64));
+    share_price(&at(9_000_000, 0), &id(77), 1, 1, 1, 1, 0)
+        .replacen("\"sharePrice\":\"1\"", &format!("\"sharePrice\":{max}"), 1)
+        .replacen(
+            "\"totalShares\":\"1\"",
+            &format!("\"totalShares\":{max}"),
+            1,
+        )
 }
 
 /// Three writer processes in one consumer group share the load and end in
