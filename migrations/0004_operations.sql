@@ -17,6 +17,10 @@ CREATE TABLE dead_letter (
     replay_error   TEXT,
     UNIQUE (stream, entry_id)
 );
+-- /health and /metrics count unresolved and recent dead letters every few
+-- seconds; these keep the counts cheap however large the table grows.
+CREATE INDEX dead_letter_unresolved ON dead_letter (id) WHERE replayed_at IS NULL;
+CREATE INDEX dead_letter_last_seen ON dead_letter (last_seen);
 
 CREATE TABLE reorg_notices (
     id                 BIGSERIAL PRIMARY KEY,
@@ -40,11 +44,15 @@ CREATE TABLE reorged_events (
     transaction_hash TEXT COLLATE "C" NOT NULL,
     log_index        BIGINT      NOT NULL,
     block_hash       TEXT COLLATE "C" NOT NULL,
+    network          TEXT        NOT NULL,
+    block_number     BIGINT      NOT NULL,
     event_table      TEXT        NOT NULL,
     reorg_id         BIGINT      NOT NULL REFERENCES reorg_notices (id),
     removed_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (transaction_hash, log_index, block_hash)
 );
+-- A later notice supersedes the tombstones in its range (ADR 0004).
+CREATE INDEX reorged_events_range ON reorged_events (network, block_number);
 
 CREATE TABLE backfill_progress (
     from_term    TEXT COLLATE "C" PRIMARY KEY,

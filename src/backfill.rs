@@ -15,18 +15,20 @@ use sqlx::PgPool;
 
 use crate::apply::{atom, lock_reorg, lock_terms, term, triple, vault};
 
-/// Validates and normalises a `--from-term` bound: `0x` and 0–64 hex digits.
+/// Validates and normalises a `--from-term` bound: `0x` and 1–64 hex
+/// digits, left-padded to 64 so that comparing it with ids (equal-length
+/// lowercase hex, byte order) compares the numbers: `0x1` is 1, not a prefix.
 pub fn parse_from_term(text: &str) -> Result<String, String> {
     let digits = text
         .strip_prefix("0x")
         .or_else(|| text.strip_prefix("0X"))
         .ok_or_else(|| format!("`{text}` must start with 0x"))?;
-    if digits.len() > 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if digits.is_empty() || digits.len() > 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
-            "`{text}` must be 0x followed by at most 64 hex digits"
+            "`{text}` must be 0x followed by 1 to 64 hex digits"
         ));
     }
-    Ok(format!("0x{}", digits.to_ascii_lowercase()))
+    Ok(format!("0x{:0>64}", digits.to_ascii_lowercase()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,8 @@ pub async fn run(
         progress(&format!(
             "resuming after {l} ({done} of {total} terms already done)"
         ));
+    } else {
+        create_missing_terms(pool, schema, from_term, batch_size, &mut progress).await?;
     }
     let started = Instant::now();
     let mut cursor = last;
@@ -109,6 +113,44 @@ pub async fn run(
         batches,
         resumed_after,
     })
+}
+
+/// Terms that events name but that have no `term` row (the table was
+/// damaged or truncated): rebuilt first, so the walk over `term` sees them.
+async fn create_missing_terms(
+    pool: &PgPool,
+    schema: &str,
+    from_term: &str,
+    batch_size: usize,
+    progress: &mut impl FnMut(&str),
+) -> Result<(), sqlx::Error> {
+    let missing: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT id FROM (
+             SELECT term_id AS id FROM atom_created_events
+             UNION ALL SELECT term_id FROM triple_created_events
+             UNION ALL SELECT counter_term_id FROM triple_created_events
+             UNION ALL SELECT term_id FROM deposited_events
+             UNION ALL SELECT term_id FROM redeemed_events
+             UNION ALL SELECT term_id FROM share_price_changed_events
+         ) s
+         WHERE id >= $1 AND NOT EXISTS (SELECT 1 FROM term t WHERE t.id = s.id)
+         ORDER BY id",
+    )
+    .bind(from_term)
+    .fetch_all(pool)
+    .await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    progress(&format!(
+        "rebuilding {} terms that have events but no term row",
+        missing.len()
+    ));
+    for chunk in missing.chunks(batch_size.max(1)) {
+        let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        rebuild_cascade(pool, schema, &ids).await?;
+    }
+    Ok(())
 }
 
 /// Atoms, triples, positions, vaults and term rows of `ids`, rebuilt from
@@ -184,9 +226,19 @@ mod tests {
 
     #[test]
     fn from_term_bounds() {
-        assert_eq!(parse_from_term("0x00").unwrap(), "0x00");
-        assert_eq!(parse_from_term("0XAB").unwrap(), "0xab");
-        assert_eq!(parse_from_term("0x").unwrap(), "0x");
+        assert_eq!(
+            parse_from_term("0x00").unwrap(),
+            format!("0x{}", "0".repeat(64))
+        );
+        assert_eq!(
+            parse_from_term("0XAB").unwrap(),
+            format!("0x{}ab", "0".repeat(62))
+        );
+        // 0x1 is the number one: every id but zero is at or above it.
+        assert!(
+            parse_from_term("0x1").unwrap().as_str() < format!("0x0a{}", "0".repeat(62)).as_str()
+        );
+        assert!(parse_from_term("0x").is_err());
         assert!(parse_from_term("00").is_err());
         assert!(parse_from_term("0xzz").is_err());
         assert!(parse_from_term(&format!("0x{}", "0".repeat(65))).is_err());

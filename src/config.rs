@@ -3,8 +3,9 @@
 //! `envy` reads every variable as an optional string; validation then parses
 //! and bounds each one, collecting *every* problem so that an operator fixes
 //! a broken deployment in one round instead of one variable per restart.
-//! Secrets (passwords inside URLs, the admin token) are wrapped in [`Secret`]
-//! and redacted wherever settings are printed.
+//! Secrets (passwords inside URLs, the admin token) are wrapped in [`Secret`];
+//! URLs are only ever shown rebuilt from their parsed parts, without the
+//! password ([`describe_database_url`], [`describe_redis_url`]).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -44,34 +45,48 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Replaces the password of a URL (`scheme://user:password@host`) and any
-/// `password=` query parameter with `***`.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let authority_start = scheme_end + 3;
-        let authority_end = out[authority_start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| authority_start + i);
-        if let Some(at) = out[authority_start..authority_end].rfind('@') {
-            let userinfo = authority_start..authority_start + at;
-            if let Some(colon) = out[userinfo.clone()].find(':') {
-                out.replace_range(userinfo.start + colon + 1..userinfo.end, "***");
-            }
+/// The database URL as an operator may see it: rebuilt from its parsed
+/// parts (user, host, port, database), so no password can come along —
+/// whatever characters it contains.
+pub fn describe_database_url(url: &str) -> String {
+    match PgConnectOptions::from_str(url) {
+        Ok(o) => format!(
+            "postgres://{}{}@{}:{}/{}",
+            o.get_username(),
+            if has_password(url) { ":***" } else { "" },
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or("")
+        ),
+        Err(_) => "(invalid)".to_owned(),
+    }
+}
+
+/// The Redis URL as an operator may see it, rebuilt from its parsed parts.
+pub fn describe_redis_url(url: &str) -> String {
+    match redis::IntoConnectionInfo::into_connection_info(url) {
+        Ok(info) => {
+            let settings = info.redis_settings();
+            let user = settings.username().unwrap_or("");
+            let secret = if settings.password().is_some() {
+                ":***@"
+            } else if user.is_empty() {
+                ""
+            } else {
+                "@"
+            };
+            format!("redis://{user}{secret}{}/{}", info.addr(), settings.db())
         }
+        Err(_) => "(invalid)".to_owned(),
     }
-    if let Some(query_start) = out.find('?') {
-        let (base, query) = out.split_at(query_start + 1);
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        out = format!("{base}{}", redacted.join("&"));
-    }
-    out
+}
+
+/// Whether a URL's user info carries a password (only used to show `:***`).
+fn has_password(url: &str) -> bool {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        || url.contains("password=")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +122,8 @@ pub struct RedisConfig {
 
 #[derive(Debug, Clone)]
 pub struct RetryConfig {
-    /// Consecutive transient failures of one batch before the circuit opens.
+    /// Consecutive failed attempts (of any batch) before the circuit opens
+    /// and a failing batch is retried in smaller transactions.
     pub max_retries: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
@@ -257,7 +273,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "MAX_RETRIES",
         "5",
-        "consecutive transient failures of a batch before the circuit breaker opens (0–100)",
+        "consecutive failed attempts (any batch) before the circuit breaker opens and a failing batch is retried in smaller transactions (0–100)",
     ),
     (
         "RETRY_BASE_DELAY_MS",
@@ -293,7 +309,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "MAX_MESSAGES_PER_SECOND",
         "100000",
-        "terms the analytics worker recomputes per second, at most",
+        "triples the analytics worker recomputes per second, at most (the older writer's analytics message rate)",
     ),
     (
         "MIN_BATCH_INTERVAL_MS",
@@ -477,7 +493,7 @@ impl Config {
                 {
                     c.fail(
                         "DATABASE_URL",
-                        format!("`{}` is not a valid postgres:// URL", redact_url(url)),
+                        "is not a valid postgres:// URL (the value is not shown: a malformed URL cannot be redacted reliably)",
                     );
                 }
                 url.to_owned()
@@ -524,7 +540,7 @@ impl Config {
                 } else if !url.starts_with("redis://") || redis::Client::open(url).is_err() {
                     c.fail(
                         "REDIS_URL",
-                        format!("`{}` is not a valid redis:// URL", redact_url(url)),
+                        "is not a valid redis:// URL (the value is not shown: a malformed URL cannot be redacted reliably)",
                     );
                 }
                 url.to_owned()
@@ -735,7 +751,10 @@ impl Config {
     pub fn redacted(&self) -> Vec<(&'static str, String)> {
         let ms = |d: Duration| d.as_millis().to_string();
         vec![
-            ("DATABASE_URL", redact_url(self.database.url.expose())),
+            (
+                "DATABASE_URL",
+                describe_database_url(self.database.url.expose()),
+            ),
             ("DATABASE_SCHEMA", self.database.schema.clone()),
             ("DATABASE_POOL_SIZE", self.database.pool_size.to_string()),
             (
@@ -746,7 +765,7 @@ impl Config {
                 "DATABASE_STATEMENT_TIMEOUT_MS",
                 ms(self.database.statement_timeout),
             ),
-            ("REDIS_URL", redact_url(self.redis.url.expose())),
+            ("REDIS_URL", describe_redis_url(self.redis.url.expose())),
             ("REDIS_STREAMS", self.redis.streams.join(",")),
             ("CONSUMER_GROUP", self.redis.group.clone()),
             ("CONSUMER_NAME", self.redis.consumer.clone()),
@@ -873,6 +892,19 @@ mod tests {
     }
 
     #[test]
+    fn malformed_urls_are_never_echoed() {
+        for url in [
+            "host=db user=u password=pw-in-dsn",
+            "postgres://u:pw#with?specials@h/db x",
+            "postgres://u:pw-in-url@[::1",
+        ] {
+            let e =
+                Config::from_vars(vars(&[("DATABASE_URL", url), ("REDIS_URL", url)])).unwrap_err();
+            assert!(!e.to_string().contains("pw"), "{e}");
+        }
+    }
+
+    #[test]
     fn non_utf8_values_are_reported() {
         let mut v = vars(&MINIMAL);
         v.push(("CONSUMER_NAME".into(), Err(())));
@@ -881,16 +913,25 @@ mod tests {
     }
 
     #[test]
-    fn redaction() {
+    fn urls_are_described_without_passwords() {
         assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db?sslmode=disable&password=x2"),
-            "postgres://u:***@h:5432/db?sslmode=disable&password=***"
+            describe_database_url("postgres://u:secret@h:5432/db?sslmode=disable"),
+            "postgres://u:***@h:5432/db"
         );
-        assert_eq!(redact_url("redis://:pw@h:6379/0"), "redis://:***@h:6379/0");
-        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            describe_database_url("postgres://u@h/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(
+            describe_redis_url("redis://:pw@h:6379/2"),
+            "redis://:***@h:6379/2"
+        );
+        assert_eq!(describe_redis_url("redis://h:6379"), "redis://h:6379/0");
         let c = Config::from_vars(vars(&[
-            ("DATABASE_URL", "postgres://u:topsecret1@h/db"),
+            (
+                "DATABASE_URL",
+                "postgres://u:topsecret1@h/db?password=topsecret1",
+            ),
             ("REDIS_URL", "redis://:topsecret2@h:6379"),
             ("ADMIN_TOKEN", "topsecret3-topsecret3"),
         ]))

@@ -40,8 +40,17 @@ pub struct ConsumerState {
     in_flight: Mutex<HashSet<String>>,
 }
 
-fn in_flight_key(e: &StreamEntry) -> String {
-    format!("{}\u{0}{}", e.stream, e.id)
+fn in_flight_key(stream: &str, id: &str) -> String {
+    format!("{stream}\u{0}{id}")
+}
+
+/// Whether an entry may hold a reorg notice (a cheap scan, no decoding).
+fn carries_reorg_notice(entry: &StreamEntry) -> bool {
+    let needle = crate::decode::REORG_EVENT_NAME.as_bytes();
+    entry
+        .fields
+        .iter()
+        .any(|(_, v)| v.windows(needle.len()).any(|w| w == needle))
 }
 
 fn now_ms() -> u64 {
@@ -62,6 +71,8 @@ struct Shared {
     state: Arc<ConsumerState>,
     retry: RetryConfig,
     permits: Arc<Semaphore>,
+    /// Batches allowed in flight (the permits' total).
+    workers: usize,
     tracker: TaskTracker,
     abort: CancellationToken,
 }
@@ -105,6 +116,7 @@ impl Consumer {
                 state,
                 retry,
                 permits: Arc::new(Semaphore::new(workers.max(1))),
+                workers: workers.max(1),
                 tracker: TaskTracker::new(),
                 abort,
             }),
@@ -124,8 +136,20 @@ impl Consumer {
         let monitor = tokio::spawn(shared.clone().monitor_loop(cancel.clone()));
         let _ = tokio::join!(reader, claimer, monitor);
         shared.tracker.close();
-        shared.tracker.wait().await;
-        tracing::info!("consumer stopped; in-flight batches finished");
+        tokio::select! {
+            _ = shared.tracker.wait() => {
+                tracing::info!("consumer stopped; in-flight batches finished");
+            }
+            // Past the shutdown deadline a batch may still sit in a statement
+            // (until its statement timeout): leave it. Its transaction rolls
+            // back with the connection; its entries are redelivered.
+            _ = async {
+                shared.abort.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            } => {
+                tracing::warn!("shutdown deadline reached; abandoning in-flight batches (they will be redelivered)");
+            }
+        }
     }
 }
 
@@ -232,6 +256,16 @@ impl Shared {
                     self.state.redis_healthy.store(true, Ordering::Relaxed);
                     backoff.reset();
                     if reading_pending {
+                        // Counts first: if they cannot be read, the same
+                        // page is read again (the cursor has not moved).
+                        if let Err(e) = self.set_delivery_counts(&mut entries).await {
+                            self.redis_failed(&e, "XPENDING");
+                            drop(permit);
+                            if !backoff.wait(&cancel).await {
+                                break;
+                            }
+                            continue;
+                        }
                         pending.retain_mut(|(s, cursor)| {
                             match entries.iter().rev().find(|e| e.stream == *s) {
                                 Some(last) => {
@@ -241,10 +275,6 @@ impl Shared {
                                 None => false,
                             }
                         });
-                        if let Err(e) = self.set_delivery_counts(&mut entries).await {
-                            self.redis_failed(&e, "XPENDING");
-                            continue;
-                        }
                     }
                     self.dispatch(entries, permit).await;
                 }
@@ -279,7 +309,14 @@ impl Shared {
             if mine.is_empty() {
                 continue;
             }
-            let counts = stream::delivery_counts(&mut conn, s, &self.config.group, &mine).await?;
+            let counts = stream::delivery_counts(
+                &mut conn,
+                s,
+                &self.config.group,
+                &self.config.consumer,
+                &mine,
+            )
+            .await?;
             for e in entries.iter_mut().filter(|e| e.stream == *s) {
                 if let Some(n) = counts.get(&e.id) {
                     e.deliveries = *n;
@@ -306,14 +343,14 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             for e in &entries {
-                in_flight.insert(in_flight_key(e));
+                in_flight.insert(in_flight_key(&e.stream, &e.id));
             }
         }
         let mut permit = Some(permit);
         while !entries.is_empty() {
             let rest = entries.split_off(entries.len().min(self.config.batch_size));
             let batch = std::mem::replace(&mut entries, rest);
-            let permit = match permit.take() {
+            let mut permit = match permit.take() {
                 Some(p) => p,
                 // The batch must run even during shutdown: its entries are
                 // already delivered to us. Wait for a permit regardless.
@@ -322,6 +359,24 @@ impl Shared {
                     Err(_) => return,
                 },
             };
+            // A reorg notice is a barrier: its batch runs alone, after every
+            // batch dispatched before it and before any dispatched after it,
+            // so events and notices of this process apply in read order
+            // (ADR 0004).
+            // (All permits are taken at once, holding none meanwhile: two
+            // barriers can never each hold some while waiting for the rest.)
+            if batch.iter().any(carries_reorg_notice) {
+                drop(permit);
+                permit = match self
+                    .permits
+                    .clone()
+                    .acquire_many_owned(self.workers as u32)
+                    .await
+                {
+                    Ok(all) => all,
+                    Err(_) => return,
+                };
+            }
             let shared = self.clone();
             self.tracker
                 .spawn(async move { shared.process_batch(batch, permit).await });
@@ -349,6 +404,7 @@ impl Shared {
                     .dead_letters
                     .fetch_add(processed.dead_lettered as u64, Ordering::Relaxed);
                 self.state.batches.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("writer_reorgs_applied_total").increment(processed.reorgs as u64);
                 tracing::debug!(
                     entries = batch.len(),
                     inserted = processed.applied.inserted.total(),
@@ -366,7 +422,7 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             for e in &batch {
-                in_flight.remove(&in_flight_key(e));
+                in_flight.remove(&in_flight_key(&e.stream, &e.id));
             }
         }
         drop(permit);
@@ -437,7 +493,7 @@ impl Shared {
             let Some(permit) = self.acquire(cancel).await else {
                 return Ok(());
             };
-            let (next, claimed, deleted) = stream::autoclaim(
+            let (next, ids, deleted) = stream::autoclaim_ids(
                 &mut conn,
                 s,
                 &self.config.group,
@@ -453,17 +509,27 @@ impl Shared {
                     deleted.iter().map(|id| (s.as_ref(), id.as_str())).collect();
                 stream::ack(&mut conn, &self.config.group, &ids).await?;
             }
-            let mut claimed: Vec<StreamEntry> = {
+            // Our own slow batches are idle too: leave them alone (JUSTID did
+            // not count a delivery); claim the rest, which counts one.
+            let foreign: Vec<&str> = {
                 let in_flight = self
                     .state
                     .in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                claimed
-                    .into_iter()
-                    .filter(|e| !in_flight.contains(&in_flight_key(e)))
+                ids.iter()
+                    .filter(|id| !in_flight.contains(&in_flight_key(s, id)))
+                    .map(String::as_str)
                     .collect()
             };
+            let mut claimed = stream::claim(
+                &mut conn,
+                s,
+                &self.config.group,
+                &self.config.consumer,
+                &foreign,
+            )
+            .await?;
             if !claimed.is_empty() {
                 tracing::info!(stream = %s, entries = claimed.len(), "reclaimed entries of an idle consumer");
                 metrics::counter!("writer_entries_reclaimed_total").increment(claimed.len() as u64);

@@ -39,7 +39,8 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// Postgres cannot be reached (connection refused or lost, pool timeout,
-    /// server shutting down): wait, with the circuit breaker open.
+    /// server shutting down) or is not the database the writer expects
+    /// (missing table, privileges): wait, with the circuit breaker open.
     Unavailable,
     /// The operation may succeed if tried again (deadlock, serialization
     /// failure, statement timeout, lock timeout, out of resources).
@@ -62,6 +63,11 @@ pub fn classify(error: &sqlx::Error) -> Failure {
             // connection_exception class; admin/crash shutdown, cannot connect now.
             Some(code) if code.starts_with("08") => Failure::Unavailable,
             Some("57P01" | "57P02" | "57P03") => Failure::Unavailable,
+            // The database is not as the writer expects (an undefined table
+            // or column, missing privileges, a dropped schema — say during a
+            // botched deploy): no event is at fault, so wait loudly (circuit
+            // open, /health degraded) instead of dead-lettering everything.
+            Some(code) if code.starts_with("42") || code.starts_with("3F") => Failure::Unavailable,
             // serialization_failure, deadlock_detected, query_canceled
             // (statement timeout), lock_not_available, insufficient_resources
             // class, too_many_connections.
@@ -70,5 +76,18 @@ pub fn classify(error: &sqlx::Error) -> Failure {
             _ => Failure::Permanent,
         },
         _ => Failure::Permanent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_and_pool_errors_mean_unavailable() {
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), Failure::Unavailable);
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(classify(&io), Failure::Unavailable);
+        assert_eq!(classify(&sqlx::Error::RowNotFound), Failure::Permanent);
     }
 }

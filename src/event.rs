@@ -139,6 +139,10 @@ pub struct ReorgNotice<'a> {
     pub fork_block: i64,
     pub depth: Option<i64>,
     pub affected_tx_hashes: Vec<Hash32>,
+    /// The envelope's `message_id`, when rindexer sends one: tells a new
+    /// notice from a redelivered one when both name the same transactions
+    /// (a chain that reorganises back).
+    pub message_id: Option<&'a str>,
     /// The notice as received, kept in `reorg_notices`.
     pub raw: &'a str,
 }

@@ -37,6 +37,18 @@ pub struct Ingest {
     pub circuit: Arc<Circuit>,
 }
 
+/// One attempt at a batch: the events gathered since the last reorg notice,
+/// and what has been applied and refused so far.
+struct Pass<'p, 'e> {
+    escalate: bool,
+    abort: &'p CancellationToken,
+    segment: Vec<&'p ChainEvent<'e>>,
+    /// For each event of `segment`, the entry it came from.
+    owners: Vec<usize>,
+    out: Processed,
+    rejections: Vec<(usize, String)>,
+}
+
 /// An entry with what decoding made of it.
 struct Decoded<'e> {
     entry: &'e StreamEntry,
@@ -111,7 +123,7 @@ impl Ingest {
         let mut backoff = Backoff::new(&self.retry);
         loop {
             let escalate = backoff.attempts() >= self.retry.max_retries;
-            match self.attempt(&decoded, escalate).await {
+            match self.attempt(&decoded, escalate, abort).await {
                 Ok(processed) => {
                     self.circuit.record_success();
                     return Some(processed);
@@ -139,47 +151,45 @@ impl Ingest {
         &self,
         decoded: &[Decoded<'_>],
         escalate: bool,
+        abort: &CancellationToken,
     ) -> Result<Processed, sqlx::Error> {
         let started = Instant::now();
-        let mut out = Processed::default();
-        let mut rejections: Vec<(usize, String)> = Vec::new();
-        let mut segment: Vec<&ChainEvent<'_>> = Vec::new();
-        let mut owners: Vec<usize> = Vec::new();
+        let mut pass = Pass {
+            escalate,
+            abort,
+            segment: Vec::new(),
+            owners: Vec::new(),
+            out: Processed::default(),
+            rejections: Vec::new(),
+        };
         for (i, d) in decoded.iter().enumerate() {
-            segment.extend(d.decoded.events.iter());
-            owners.extend(std::iter::repeat_n(i, d.decoded.events.len()));
+            pass.segment.extend(d.decoded.events.iter());
+            pass.owners
+                .extend(std::iter::repeat_n(i, d.decoded.events.len()));
             if d.decoded.reorgs.is_empty() {
                 continue;
             }
-            self.apply_segment(
-                &mut segment,
-                &mut owners,
-                escalate,
-                &mut out,
-                &mut rejections,
-            )
-            .await?;
+            self.flush(&mut pass).await?;
             for notice in &d.decoded.reorgs {
                 match crate::reorg::apply(&self.read_model, notice).await {
                     Ok(r) => {
-                        out.reorgs += usize::from(r.applied);
-                        out.applied.dirty_triples.extend(r.dirty_triples);
+                        pass.out.reorgs += usize::from(r.applied);
+                        pass.out.applied.dirty_triples.extend(r.dirty_triples);
                     }
                     Err(e) if classify(&e) == Failure::Permanent => {
-                        rejections.push((i, format!("reorg notice could not be applied: {e}")));
+                        pass.rejections
+                            .push((i, format!("reorg notice could not be applied: {e}")));
                     }
                     Err(e) => return Err(e),
                 }
             }
         }
-        self.apply_segment(
-            &mut segment,
-            &mut owners,
-            escalate,
-            &mut out,
-            &mut rejections,
-        )
-        .await?;
+        self.flush(&mut pass).await?;
+        let Pass {
+            mut out,
+            rejections,
+            ..
+        } = pass;
         metrics::histogram!("writer_stage_seconds", "stage" => "apply")
             .record(started.elapsed().as_secs_f64());
 
@@ -216,24 +226,26 @@ impl Ingest {
         Ok(out)
     }
 
-    async fn apply_segment(
-        &self,
-        segment: &mut Vec<&ChainEvent<'_>>,
-        owners: &mut Vec<usize>,
-        escalate: bool,
-        out: &mut Processed,
-        rejections: &mut Vec<(usize, String)>,
-    ) -> Result<(), sqlx::Error> {
+    /// Applies the events collected so far, in their own isolating pass.
+    async fn flush(&self, pass: &mut Pass<'_, '_>) -> Result<(), sqlx::Error> {
+        let Pass {
+            escalate,
+            abort,
+            segment,
+            owners,
+            out,
+            rejections,
+        } = pass;
         if segment.is_empty() {
             return Ok(());
         }
-        let mut isolated = self.read_model.apply_isolating(segment, escalate).await?;
+        let mut isolated = self.read_model.apply_isolating(segment, *escalate).await?;
         // An event refused alone gets MAX_DELIVERIES attempts in all (with
         // backoff) before it is dead-lettered: an error that only looked
         // permanent gets its chance.
         let mut refused = Vec::new();
         for r in std::mem::take(&mut isolated.rejected) {
-            match self.retry_alone(segment[r.index], r.error).await? {
+            match self.retry_alone(segment[r.index], r.error, abort).await? {
                 Ok(applied) => isolated.applied.absorb(applied),
                 Err(error) => refused.push((r.index, error)),
             }
@@ -274,19 +286,26 @@ impl Ingest {
 
     /// Re-applies one refused event up to MAX_DELIVERIES − 1 more times.
     /// The outer result carries errors that are not this event's fault
-    /// (Postgres unavailable): the whole attempt is then retried.
+    /// (Postgres unavailable, or a transient error such as a timeout): the
+    /// whole attempt is then retried; only permanent refusals dead-letter.
     async fn retry_alone(
         &self,
         event: &ChainEvent<'_>,
         first_error: sqlx::Error,
+        abort: &CancellationToken,
     ) -> Result<Result<Applied, sqlx::Error>, sqlx::Error> {
+        if classify(&first_error) != Failure::Permanent {
+            return Err(first_error);
+        }
         let mut backoff = Backoff::new(&self.retry);
         let mut last = first_error;
         for _ in 1..self.max_deliveries.max(1) {
-            tokio::time::sleep(backoff.next_delay()).await;
+            if !backoff.wait(abort).await {
+                return Err(last);
+            }
             match self.read_model.apply(std::slice::from_ref(event)).await {
                 Ok(applied) => return Ok(Ok(applied)),
-                Err(e) if classify(&e) == Failure::Unavailable => return Err(e),
+                Err(e) if classify(&e) != Failure::Permanent => return Err(e),
                 Err(e) => last = e,
             }
         }

@@ -2,7 +2,7 @@
 //! PostgreSQL read model.
 //!
 //! The data path, one module per stage:
-//! Redis entry ([`consume`]) → decode and validate ([`decode`], [`event`]) →
+//! Redis entry ([`consumer`], [`stream`]) → decode and validate ([`decode`], [`event`]) →
 //! apply in one Postgres transaction with its cascade ([`apply`]) → commit →
 //! XACK → analytics channel → analytics worker ([`analytics`]).
 

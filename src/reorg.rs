@@ -34,36 +34,36 @@ WITH a AS (
     DELETE FROM atom_created_events
     WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
     RETURNING 'atom_created_events' AS tbl, transaction_hash, log_index, block_hash,
-        term_id AS term, NULL::text AS counter, NULL::text AS account, NULL::text AS curve
+        block_number, term_id AS term, NULL::text AS counter, NULL::text AS account, NULL::text AS curve
 ),
 t AS (
     DELETE FROM triple_created_events
     WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
-    RETURNING 'triple_created_events', transaction_hash, log_index, block_hash,
+    RETURNING 'triple_created_events', transaction_hash, log_index, block_hash, block_number,
         term_id, counter_term_id, NULL::text, NULL::text
 ),
 d AS (
     DELETE FROM deposited_events
     WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
-    RETURNING 'deposited_events', transaction_hash, log_index, block_hash,
+    RETURNING 'deposited_events', transaction_hash, log_index, block_hash, block_number,
         term_id, NULL::text, receiver, curve_id::text
 ),
 r AS (
     DELETE FROM redeemed_events
     WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
-    RETURNING 'redeemed_events', transaction_hash, log_index, block_hash,
+    RETURNING 'redeemed_events', transaction_hash, log_index, block_hash, block_number,
         term_id, NULL::text, receiver, curve_id::text
 ),
 s AS (
     DELETE FROM share_price_changed_events
     WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
-    RETURNING 'share_price_changed_events', transaction_hash, log_index, block_hash,
+    RETURNING 'share_price_changed_events', transaction_hash, log_index, block_hash, block_number,
         term_id, NULL::text, NULL::text, curve_id::text
 ),
 g AS (
     DELETE FROM generic_events
     WHERE network = $1 AND block_number >= $2 AND transaction_hash = ANY($3::text[])
-    RETURNING 'generic_events', transaction_hash, log_index, block_hash,
+    RETURNING 'generic_events', transaction_hash, log_index, block_hash, block_number,
         NULL::text, NULL::text, NULL::text, NULL::text
 ),
 removed AS (
@@ -71,8 +71,9 @@ removed AS (
     UNION ALL SELECT * FROM r UNION ALL SELECT * FROM s UNION ALL SELECT * FROM g
 ),
 tombstones AS (
-    INSERT INTO reorged_events (transaction_hash, log_index, block_hash, event_table, reorg_id)
-    SELECT transaction_hash, log_index, block_hash, tbl, $4 FROM removed
+    INSERT INTO reorged_events (transaction_hash, log_index, block_hash, network,
+        block_number, event_table, reorg_id)
+    SELECT transaction_hash, log_index, block_hash, $1, block_number, tbl, $4 FROM removed
     ON CONFLICT DO NOTHING
 )
 SELECT tbl, term, counter, account, curve FROM removed
@@ -101,6 +102,10 @@ fn notice_key(notice: &ReorgNotice<'_>) -> String {
     hasher.update(notice.fork_block.to_be_bytes());
     for h in hashes {
         hasher.update(h.as_bytes());
+    }
+    if let Some(id) = notice.message_id {
+        hasher.update(b"/message/");
+        hasher.update(id.as_bytes());
     }
     hasher
         .finalize()
@@ -136,6 +141,15 @@ pub async fn apply(rm: &ReadModel, notice: &ReorgNotice<'_>) -> Result<ReorgOutc
         return Ok(ReorgOutcome::default());
     };
 
+    // Tombstones of earlier notices in this range are superseded: the
+    // chain from `fork_block` on is being replaced again, and what it will
+    // re-publish may be exactly what an earlier reorg removed (a chain that
+    // flips back).
+    sqlx::query("DELETE FROM reorged_events WHERE network = $1 AND block_number >= $2")
+        .bind(notice.network.as_ref())
+        .bind(notice.fork_block)
+        .execute(&mut *tx)
+        .await?;
     let removed: Vec<RemovedEvent> = sqlx::query_as(REMOVE)
         .bind(notice.network.as_ref())
         .bind(notice.fork_block)

@@ -37,6 +37,8 @@ pub struct Status {
     pub circuit: Arc<Circuit>,
     pub consumer: Arc<ConsumerState>,
     pub analytics: Arc<WorkerState>,
+    /// Backlog and dead-letter counts, refreshed every two seconds.
+    pub backlog: crate::http::BacklogCache,
 }
 
 /// Applies migrations, retrying while Postgres is unreachable.
@@ -70,14 +72,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         circuit: Arc::new(Circuit::new(config.retry.max_retries)),
         consumer: Arc::new(ConsumerState::default()),
         analytics: Arc::new(WorkerState::default()),
+        backlog: Default::default(),
         pool: pool.clone(),
         config,
     });
     let config = &status.config;
     tracing::info!(
         schema = %config.database.schema,
-        database = %crate::config::redact_url(config.database.url.expose()),
-        redis = %crate::config::redact_url(config.redis.url.expose()),
+        database = %crate::config::describe_database_url(config.database.url.expose()),
+        redis = %crate::config::describe_redis_url(config.redis.url.expose()),
         streams = ?config.redis.streams,
         group = %config.redis.group,
         consumer = %config.redis.consumer,
@@ -139,8 +142,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     // Reading has stopped and in-flight batches are done (or abandoned).
     worker_cancel.cancel();
-    let _ = worker.await;
-    http.await??;
+    tokio::select! {
+        _ = worker => {}
+        _ = abort.cancelled() => tracing::warn!("analytics worker still busy at the deadline; its work stays marked dirty"),
+    }
+    tokio::select! {
+        result = http => result??,
+        _ = abort.cancelled() => {}
+    }
     let stopped = if abort.is_cancelled() {
         Stopped::TimedOut
     } else {

@@ -166,54 +166,81 @@ pub async fn read_group<C: ConnectionLike>(
     Ok(parse_read_reply(&reply, streams))
 }
 
-/// One `XAUTOCLAIM` page: entries idle longer than `min_idle_ms` move to
-/// `consumer`. Returns the next cursor (`0-0` when the scan is complete), the
-/// claimed entries, and ids that were pending but deleted from the stream.
-pub async fn autoclaim<C: ConnectionLike>(
+/// One `XAUTOCLAIM … JUSTID` page: the ids of entries idle longer than
+/// `min_idle_ms`, now owned by `consumer`. `JUSTID` leaves their delivery
+/// counts alone, so the caller can skip entries it is still processing
+/// itself and [`claim`] the others (which counts as a delivery). Returns the
+/// next cursor (`0-0` when the scan is complete), the ids, and the ids that
+/// were pending but are gone from the stream.
+pub async fn autoclaim_ids<C: ConnectionLike>(
     conn: &mut C,
-    stream: &Arc<str>,
+    stream: &str,
     group: &str,
     consumer: &str,
     min_idle_ms: u64,
     start: &str,
     count: usize,
-) -> RedisResult<(String, Vec<StreamEntry>, Vec<String>)> {
+) -> RedisResult<(String, Vec<String>, Vec<String>)> {
     let reply: Value = redis::cmd("XAUTOCLAIM")
-        .arg(stream.as_ref())
+        .arg(stream)
         .arg(group)
         .arg(consumer)
         .arg(min_idle_ms)
         .arg(start)
         .arg("COUNT")
         .arg(count)
+        .arg("JUSTID")
         .query_async(conn)
         .await?;
     let Value::Array(parts) = reply else {
         return Ok(("0-0".to_owned(), Vec::new(), Vec::new()));
     };
+    let ids = |v: Option<&Value>| match v {
+        Some(Value::Array(ids)) => ids.iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    };
     let next = parts
         .first()
         .and_then(text)
         .unwrap_or_else(|| "0-0".to_owned());
-    let claimed = match parts.get(1) {
-        Some(Value::Array(entries)) => entries
+    Ok((next, ids(parts.get(1)), ids(parts.get(2))))
+}
+
+/// `XCLAIM` of entries by id, with their fields; each counts as a delivery.
+pub async fn claim<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &Arc<str>,
+    group: &str,
+    consumer: &str,
+    ids: &[&str],
+) -> RedisResult<Vec<StreamEntry>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reply: Value = redis::cmd("XCLAIM")
+        .arg(stream.as_ref())
+        .arg(group)
+        .arg(consumer)
+        .arg(0)
+        .arg(ids)
+        .query_async(conn)
+        .await?;
+    Ok(match reply {
+        Value::Array(entries) => entries
             .iter()
             .filter_map(|e| parse_entry(stream, e))
             .collect(),
         _ => Vec::new(),
-    };
-    let deleted = match parts.get(2) {
-        Some(Value::Array(ids)) => ids.iter().filter_map(text).collect(),
-        _ => Vec::new(),
-    };
-    Ok((next, claimed, deleted))
+    })
 }
 
-/// Delivery counts of pending entries (`XPENDING` over the range they span).
+/// Delivery counts of `consumer`'s pending entries (`XPENDING` over the
+/// range they span, filtered to the consumer).
 pub async fn delivery_counts<C: ConnectionLike>(
     conn: &mut C,
     stream: &str,
     group: &str,
+    consumer: &str,
     entries: &[StreamEntry],
 ) -> RedisResult<HashMap<String, u32>> {
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
@@ -224,7 +251,8 @@ pub async fn delivery_counts<C: ConnectionLike>(
         .arg(group)
         .arg(&first.id)
         .arg(&last.id)
-        .arg(entries.len().max(1) * 2)
+        .arg(entries.len().max(1))
+        .arg(consumer)
         .query_async(conn)
         .await?;
     let mut counts = HashMap::new();
@@ -294,14 +322,40 @@ fn pairs(v: Value) -> Vec<(String, Value)> {
     }
 }
 
+/// Resets a group's `entries-read` counter to the stream's `entries-added`,
+/// atomically and only if the group has been delivered the stream's last
+/// entry (so nothing undelivered is skipped). See [`group_info`].
+const REPAIR_LAG: &str = r#"
+local stream, group = KEYS[1], ARGV[1]
+local info = redis.call('XINFO', 'STREAM', stream)
+local last, added
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+  if info[i] == 'entries-added' then added = info[i + 1] end
+end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local name, delivered
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then delivered = g[i + 1] end
+  end
+  if name == group and delivered == last then
+    redis.call('XGROUP', 'SETID', stream, group, last, 'ENTRIESREAD', added)
+    return 1
+  end
+end
+return 0
+"#;
+
 /// `XINFO GROUPS` for `group` on `stream`; None if the group is absent.
 ///
-/// Redis's own `lag` can stay wrong after it reloads a rewritten
-/// append-only file: the group's `entries-read` goes back to its value at
-/// the rewrite while `last-delivered-id` is right (seen with 7.0; a group
-/// fully caught up kept reporting 100,000 entries of lag). A group whose
-/// last delivered id is the stream's last generated id has no lag,
-/// whatever the counter says.
+/// Redis's own `lag` can go wrong after it reloads a rewritten append-only
+/// file: the group's `entries-read` returns to its value at the rewrite
+/// while `last-delivered-id` is right (Redis 7.0; a group fully caught up
+/// kept reporting 100,000 entries of lag, and under load /health flapped to
+/// degraded). When the group is caught up (its last delivered id is the
+/// stream's last id) its lag is 0 whatever the counter says, and the
+/// counter is repaired in Redis so later figures are right too.
 pub async fn group_info<C: ConnectionLike>(
     conn: &mut C,
     stream: &str,
@@ -335,12 +389,21 @@ pub async fn group_info<C: ConnectionLike>(
             .and_then(text)
             .and_then(|id| parse_id(&id));
         let caught_up = matches!((delivered, last_generated), (Some(d), Some(g)) if d >= g);
+        let reported = get("lag").and_then(int).map(|l| l.max(0) as u64);
+        if caught_up && reported != Some(0) {
+            let repaired: RedisResult<i64> = redis::cmd("EVAL")
+                .arg(REPAIR_LAG)
+                .arg(1)
+                .arg(stream)
+                .arg(group)
+                .query_async(conn)
+                .await;
+            if let Err(e) = repaired {
+                tracing::warn!(stream, error = %e, "could not repair the group's lag counter");
+            }
+        }
         return Ok(Some(GroupInfo {
-            lag: if caught_up {
-                Some(0)
-            } else {
-                get("lag").and_then(int).map(|l| l.max(0) as u64)
-            },
+            lag: if caught_up { Some(0) } else { reported },
             pending: get("pending").and_then(int).unwrap_or(0).max(0) as u64,
         }));
     }

@@ -1,6 +1,7 @@
 //! Logging with `tracing`: human-readable or JSON lines, filtered by
 //! `LOG_LEVEL`. Nothing logged anywhere includes a password: URLs are only
-//! ever logged through `config::redact_url`, and secrets are `Secret`s.
+//! ever logged rebuilt from their parsed parts (`config::describe_database_url`,
+//! `config::describe_redis_url`), and secrets are `Secret`s.
 
 use std::io::IsTerminal;
 

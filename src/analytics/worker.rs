@@ -17,6 +17,8 @@ use crate::retry::Backoff;
 /// What /health and /metrics read about the worker.
 #[derive(Debug)]
 pub struct WorkerState {
+    /// True while the worker task runs.
+    pub running: AtomicBool,
     /// False after a failed batch, true again after a successful one.
     pub healthy: AtomicBool,
     /// Unix milliseconds of the last successful batch (0: none yet).
@@ -27,6 +29,7 @@ pub struct WorkerState {
 impl Default for WorkerState {
     fn default() -> Self {
         WorkerState {
+            running: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             last_success_ms: AtomicU64::new(0),
             terms_processed: AtomicU64::new(0),
@@ -74,23 +77,34 @@ impl Worker {
     /// Runs until `cancel`. Work still queued at that point is not lost: it
     /// is marked dirty in Postgres and drained by the next start.
     pub async fn run(mut self, cancel: CancellationToken) {
+        /// Clears `running` however the task ends (return, panic, abort).
+        struct Running(Arc<WorkerState>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.running.store(false, Ordering::Relaxed);
+            }
+        }
+        self.state.running.store(true, Ordering::Relaxed);
+        let _running = Running(self.state.clone());
         self.sweep(&cancel).await;
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await;
         let mut pending: FnvHashSet<String> = FnvHashSet::default();
         loop {
+            // The sweep comes before messages: under steady load the channel
+            // is never empty, and dropped messages must not wait for a lull.
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                message = self.rx.recv() => match message {
-                    Some(triples) => pending.extend(triples),
-                    None => break,
-                },
                 _ = sweep.tick() => {
                     self.sweep(&cancel).await;
                     continue;
                 }
+                message = self.rx.recv() => match message {
+                    Some(triples) => pending.extend(triples),
+                    None => break,
+                },
             }
             while pending.len() < self.config.batch_size {
                 match self.rx.try_recv() {
@@ -101,7 +115,7 @@ impl Worker {
             let mut ids: Vec<String> = pending.drain().collect();
             ids.sort_unstable();
             let mut rest = ids.as_slice();
-            while !rest.is_empty() {
+            while !rest.is_empty() && !cancel.is_cancelled() {
                 let n = self.limit.min(rest.len());
                 let Some((_, done)) = self
                     .process_retrying(Scope::Listed(&rest[..n]), &cancel)
@@ -120,7 +134,7 @@ impl Worker {
         let start = format!("0x{:016x}", fastrand::u64(..));
         let mut cursor = start.clone();
         let mut wrapped = false;
-        loop {
+        while !cancel.is_cancelled() {
             match self
                 .process_retrying(Scope::After(&cursor), cancel)
                 .await

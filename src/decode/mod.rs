@@ -150,6 +150,8 @@ struct Header<'a> {
     event_name: Cow<'a, str>,
     event_signature_hash: Option<Cow<'a, str>>,
     network: Option<Cow<'a, str>>,
+    /// Raw JSON of `message_id` (a string or a number), if any.
+    message_id: Option<&'a str>,
     event_data: &'a RawValue,
 }
 
@@ -172,6 +174,7 @@ impl<'a> Header<'a> {
             event_name,
             event_signature_hash,
             network,
+            message_id: envelope.get("message_id").map(RawValue::get),
             event_data,
         })
     }
@@ -342,6 +345,7 @@ fn reorg_notice<'a>(
         fork_block: f.int("fork_block")?,
         depth: f.opt_int("depth")?,
         affected_tx_hashes,
+        message_id: header.message_id,
         raw: raw.get(),
     })
 }

@@ -69,7 +69,7 @@ async fn status(State(status): State<Arc<Status>>) -> Json<serde_json::Value> {
         "pool": {
             "size": pool.size(),
             "idle": pool.num_idle(),
-            "in_use": pool.size() as usize - pool.num_idle(),
+            "in_use": (pool.size() as usize).saturating_sub(pool.num_idle()),
             "max": status.config.database.pool_size,
         },
         "consumer": {

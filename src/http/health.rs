@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -45,29 +45,52 @@ pub struct Counters {
     pub dead_letters_recent: Option<i64>,
 }
 
-/// Counts read from Postgres.
-#[derive(Debug, Clone, Copy)]
-pub struct BacklogCounts {
-    pub analytics_backlog: i64,
-    pub dead_letters_unresolved: i64,
-    pub dead_letters_recent: i64,
+/// Counts read from Postgres by the metrics refresher every two seconds;
+/// /health reads these instead of counting on every probe (a count over a
+/// large table must never make a probe time out). -1: not known yet.
+#[derive(Debug)]
+pub struct BacklogCache {
+    pub analytics_backlog: AtomicI64,
+    pub dead_letters_unresolved: AtomicI64,
+    pub dead_letters_recent: AtomicI64,
 }
 
-pub async fn backlog_counts(pool: &sqlx::PgPool) -> Result<BacklogCounts, sqlx::Error> {
-    let (analytics_backlog, dead_letters_unresolved, dead_letters_recent): (i64, i64, i64) =
-        sqlx::query_as(
-            "SELECT (SELECT count(*) FROM analytics_dirty),
-                count(*) FILTER (WHERE replayed_at IS NULL),
-                count(*) FILTER (WHERE last_seen > now() - interval '5 minutes')
-         FROM dead_letter",
+impl Default for BacklogCache {
+    fn default() -> Self {
+        BacklogCache {
+            analytics_backlog: AtomicI64::new(-1),
+            dead_letters_unresolved: AtomicI64::new(-1),
+            dead_letters_recent: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl BacklogCache {
+    /// Reads the counts from Postgres into the cache.
+    pub async fn refresh(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+        let (backlog, unresolved, recent): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM analytics_dirty LIMIT 10000000) d),
+                    (SELECT count(*) FROM dead_letter WHERE replayed_at IS NULL),
+                    (SELECT count(*) FROM dead_letter WHERE last_seen > now() - interval '5 minutes')",
         )
         .fetch_one(pool)
         .await?;
-    Ok(BacklogCounts {
-        analytics_backlog,
-        dead_letters_unresolved,
-        dead_letters_recent,
-    })
+        self.analytics_backlog.store(backlog, Ordering::Relaxed);
+        self.dead_letters_unresolved
+            .store(unresolved, Ordering::Relaxed);
+        self.dead_letters_recent.store(recent, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn known(v: &AtomicI64) -> Option<i64> {
+        Some(v.load(Ordering::Relaxed)).filter(|v| *v >= 0)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// RFC 3339 UTC time, e.g. `2026-11-22T12:00:00.123Z`.
@@ -95,14 +118,29 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 pub async fn check(status: &Status) -> Health {
-    let counts = tokio::time::timeout(Duration::from_secs(2), backlog_counts(&status.pool)).await;
-    let counts = match counts {
-        Ok(Ok(c)) => Some(c),
-        _ => None,
-    };
-    let postgres = counts.is_some();
+    let ping = sqlx::query("SELECT 1").execute(&status.pool);
+    let postgres = matches!(
+        tokio::time::timeout(Duration::from_secs(2), ping).await,
+        Ok(Ok(_))
+    );
+    let cache = &status.backlog;
+    let analytics_backlog = BacklogCache::known(&cache.analytics_backlog);
+    let dead_letters_recent = BacklogCache::known(&cache.dead_letters_recent);
     let redis = status.consumer.redis_healthy.load(Ordering::Relaxed);
-    let analytics = status.analytics.healthy.load(Ordering::Relaxed);
+    let worker = &status.analytics;
+    // Stalled: work waiting, yet no batch finished for a long while.
+    let stall = status
+        .config
+        .analytics
+        .sweep_interval
+        .max(Duration::from_secs(6))
+        * 10;
+    let last_success = worker.last_success_ms.load(Ordering::Relaxed);
+    let since_success = Duration::from_millis(now_ms().saturating_sub(last_success));
+    let stalled = analytics_backlog.unwrap_or(0) > 0 && last_success > 0 && since_success > stall;
+    let analytics = worker.healthy.load(Ordering::Relaxed)
+        && worker.running.load(Ordering::Relaxed)
+        && !stalled;
     let circuit_closed = !status.circuit.is_open();
     let streams: BTreeMap<String, GroupInfo> = status
         .consumer
@@ -136,19 +174,15 @@ pub async fn check(status: &Status) -> Health {
             ));
         }
     }
-    if let Some(c) = counts {
-        if c.analytics_backlog as u64 > health.max_analytics_backlog {
-            degraded.push(format!(
-                "analytics backlog of {} terms",
-                c.analytics_backlog
-            ));
-        }
-        if c.dead_letters_recent > 0 {
-            degraded.push(format!(
-                "{} dead letters in the last 5 minutes",
-                c.dead_letters_recent
-            ));
-        }
+    if let Some(backlog) = analytics_backlog
+        && backlog as u64 > health.max_analytics_backlog
+    {
+        degraded.push(format!("analytics backlog of {backlog} triples"));
+    }
+    if let Some(recent) = dead_letters_recent
+        && recent > 0
+    {
+        degraded.push(format!("{recent} dead letters in the last 5 minutes"));
     }
     let status_text = if !unhealthy.is_empty() {
         "unhealthy"
@@ -173,9 +207,9 @@ pub async fn check(status: &Status) -> Health {
             dead_letters: c.dead_letters.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             analytics_terms_processed: status.analytics.terms_processed.load(Ordering::Relaxed),
-            analytics_backlog: counts.map(|c| c.analytics_backlog),
-            dead_letters_unresolved: counts.map(|c| c.dead_letters_unresolved),
-            dead_letters_recent: counts.map(|c| c.dead_letters_recent),
+            analytics_backlog,
+            dead_letters_unresolved: BacklogCache::known(&cache.dead_letters_unresolved),
+            dead_letters_recent,
         },
         streams,
         reasons: unhealthy,

@@ -14,6 +14,7 @@
 //! - `retries_total{stage}`, `circuit_open`
 //! - `entries_acked_total`, `entries_reclaimed_total`
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -94,12 +95,14 @@ pub async fn refresh_loop(
         metrics::gauge!("writer_db_pool_idle").set(idle);
         metrics::gauge!("writer_db_pool_in_use").set((size - idle).max(0.0));
         metrics::gauge!("writer_db_pool_max").set(status.config.database.pool_size as f64);
-        if let Ok(Ok(counts)) =
-            tokio::time::timeout(Duration::from_secs(1), super::health::backlog_counts(pool)).await
-        {
-            metrics::gauge!("writer_analytics_backlog").set(counts.analytics_backlog as f64);
+        let refreshed =
+            tokio::time::timeout(Duration::from_secs(5), status.backlog.refresh(pool)).await;
+        if matches!(refreshed, Ok(Ok(()))) {
+            let cache = &status.backlog;
+            metrics::gauge!("writer_analytics_backlog")
+                .set(cache.analytics_backlog.load(Ordering::Relaxed) as f64);
             metrics::gauge!("writer_dead_letters_unresolved")
-                .set(counts.dead_letters_unresolved as f64);
+                .set(cache.dead_letters_unresolved.load(Ordering::Relaxed) as f64);
         }
         metrics::gauge!("writer_circuit_open").set(if status.circuit.is_open() {
             1.0

@@ -6,6 +6,8 @@ mod admin;
 mod health;
 pub mod metrics;
 
+pub use health::BacklogCache;
+
 use std::sync::Arc;
 
 use axum::Router;

@@ -228,11 +228,12 @@ fn pick_reorg(events: &[ChainEvent<'_>]) -> (i64, Vec<String>) {
     (fork, hashes)
 }
 
-fn reorg_payload(fork: i64, hashes: &[String]) -> String {
+fn reorg_payload(fork: i64, hashes: &[String], message_id: &str) -> String {
     serde_json::json!({
         "event_name": "__rindexer_reorg",
         "event_signature_hash": "0x00",
         "network": "intuition-testnet",
+        "message_id": message_id,
         "event_data": [{
             "type": "reorg", "network": "intuition-testnet", "fork_block": fork,
             "depth": 12, "affected_tx_hashes": hashes
@@ -243,7 +244,9 @@ fn reorg_payload(fork: i64, hashes: &[String]) -> String {
 
 /// A reorg notice removing some transactions leaves the tables equal to the
 /// workload without them; the abandoned fork redelivered changes nothing;
-/// the same events re-published for the new chain apply again.
+/// the same events re-published for the new chain apply again; and when the
+/// chain flips back (a second notice, the original events re-published),
+/// the tables equal the whole workload again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reorg_removes_transactions_exactly() {
     let mut env = Env::new(25, 5_000).await;
@@ -262,7 +265,7 @@ async fn reorg_removes_transactions_exactly() {
     let _writer = Writer::start(&env.writer_env("w1"));
     env.publish(&workload.entries).await;
     env.wait_drained(DRAIN).await;
-    let notice = reorg_payload(fork, &hashes);
+    let notice = reorg_payload(fork, &hashes, "reorg-1");
     env.publish_raw(0, &[("payload", notice.as_bytes())]).await;
     env.wait_drained(DRAIN).await;
 
@@ -320,4 +323,22 @@ async fn reorg_removes_transactions_exactly() {
     assert_eq!(table(&dump, "vault"), everything.vaults());
     assert_eq!(table(&dump, "term"), everything.terms());
     assert_analytics(&env.db, &everything).await;
+
+    // The chain flips back: a new notice removes the new-chain versions, and
+    // the original events are published once more.
+    let back = reorg_payload(fork, &hashes, "reorg-2");
+    env.publish_raw(0, &[("payload", back.as_bytes())]).await;
+    env.wait_drained(DRAIN).await;
+    assert_same_core(&env.db, &expected).await;
+    env.publish(&affected).await;
+    env.wait_drained(DRAIN).await;
+    let original = applied_directly(&workload).await;
+    assert_same_core(&env.db, &original).await;
+    assert_analytics(&env.db, &everything).await;
+    assert_eq!(
+        env.db
+            .scalar_i64("SELECT count(*) FROM reorg_notices")
+            .await,
+        2
+    );
 }
