@@ -48,16 +48,7 @@ pub async fn publish(
     spec: &Spec,
     entries: &[writer::workload::Entry],
 ) {
-    let mut pipe = redis::pipe();
-    for e in entries {
-        pipe.cmd("XADD")
-            .arg(&spec.streams[e.stream])
-            .arg("*")
-            .arg(e.field)
-            .arg(&e.payload)
-            .ignore();
-    }
-    let () = pipe.query_async(conn).await.expect("XADD");
+    let () = spec.xadd(entries).query_async(conn).await.expect("XADD");
 }
 
 /// Undelivered + unacknowledged entries over all streams.

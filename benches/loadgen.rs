@@ -45,16 +45,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut published_events = 0usize;
     for chunk in workload.entries.chunks(args.pipeline.max(1)) {
-        let mut pipe = redis::pipe();
-        for entry in chunk {
-            pipe.cmd("XADD")
-                .arg(&spec.streams[entry.stream])
-                .arg("*")
-                .arg(entry.field)
-                .arg(&entry.payload)
-                .ignore();
-        }
-        pipe.exec(&mut conn)?;
+        spec.xadd(chunk).exec(&mut conn)?;
         published_events += chunk.iter().map(|e| e.events).sum::<usize>();
         if args.rate > 0 {
             let due = Duration::from_secs_f64(published_events as f64 / args.rate as f64);

@@ -106,15 +106,7 @@ async fn publisher(
                         conn = redis_conn(&url).await;
                     }
                     if let Some(c) = conn.as_mut() {
-                        let mut pipe = redis::pipe();
-                        for e in &workload.entries[next..end] {
-                            pipe.cmd("XADD")
-                                .arg(&spec.streams[e.stream])
-                                .arg("*")
-                                .arg(e.field)
-                                .arg(&e.payload)
-                                .ignore();
-                        }
+                        let pipe = spec.xadd(&workload.entries[next..end]);
                         if pipe.query_async::<()>(c).await.is_ok() {
                             break;
                         }

@@ -87,6 +87,20 @@ impl Spec {
         }
         self
     }
+
+    /// One XADD per entry, pipelined: how a workload is published.
+    pub fn xadd(&self, entries: &[Entry]) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for e in entries {
+            pipe.cmd("XADD")
+                .arg(&self.streams[e.stream])
+                .arg("*")
+                .arg(e.field)
+                .arg(&e.payload)
+                .ignore();
+        }
+        pipe
+    }
 }
 
 /// The generated entries, in publishing order.

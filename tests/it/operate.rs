@@ -290,16 +290,12 @@ async fn passwords_never_leak() {
     let redis_url = format!("redis://:{redis_secret}@127.0.0.1:{}", redis.port);
     let client = redis::Client::open(redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    for e in &workload.entries {
-        let _: String = redis::cmd("XADD")
-            .arg(&env.spec.streams[e.stream])
-            .arg("*")
-            .arg(e.field)
-            .arg(&e.payload)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    let () = env
+        .spec
+        .xadd(&workload.entries)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let _: String = redis::cmd("XADD")
         .arg(&env.spec.streams[2])
         .arg("*")

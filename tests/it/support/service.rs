@@ -117,15 +117,7 @@ impl Env {
     /// XADDs entries, pipelined.
     pub async fn publish(&mut self, entries: &[writer::workload::Entry]) {
         for chunk in entries.chunks(500) {
-            let mut pipe = redis::pipe();
-            for e in chunk {
-                pipe.cmd("XADD")
-                    .arg(&self.spec.streams[e.stream])
-                    .arg("*")
-                    .arg(e.field)
-                    .arg(&e.payload)
-                    .ignore();
-            }
+            let pipe = self.spec.xadd(chunk);
             let () = pipe.query_async(&mut self.redis).await.unwrap();
         }
     }
