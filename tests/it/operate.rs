@@ -439,6 +439,51 @@ fn readme_documents_every_setting() {
     }
 }
 
+/// Every metric the alert rules and the Grafana dashboard query is one the
+/// writer emits: a renamed metric must not leave a silent panel or an alert
+/// that can never fire.
+#[test]
+fn deploy_files_query_only_emitted_metrics() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |path: &str| std::fs::read_to_string(format!("{root}/{path}")).unwrap();
+    fn rust_sources(dir: &std::path::Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut source = String::new();
+    rust_sources(&std::path::Path::new(root).join("src"), &mut source);
+    let mut queried = std::collections::BTreeSet::new();
+    for file in ["deploy/alerts.yml", "deploy/grafana/dashboards/writer.json"] {
+        let text = read(file);
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("writer_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            queried.insert(family.to_owned());
+        }
+    }
+    assert!(queried.len() >= 10, "found only {queried:?}");
+    for family in &queried {
+        assert!(
+            source.contains(&format!("\"{family}\"")),
+            "{family} is queried in deploy/ but the writer never emits it"
+        );
+    }
+}
+
 /// Test schemas do not outlive their test.
 #[tokio::test]
 async fn test_schemas_are_dropped() {
