@@ -15,17 +15,18 @@ use sqlx::PgPool;
 
 use crate::apply::{atom, lock_reorg, lock_terms, term, triple, vault};
 
-/// Validates and normalises a `--from-term` bound: `0x` and 1–64 hex
-/// digits, left-padded to 64 so that comparing it with ids (equal-length
-/// lowercase hex, byte order) compares the numbers: `0x1` is 1, not a prefix.
+/// Validates and normalises a `--from-term` bound: 1–64 hex digits, with or
+/// without `0x` (as ids are accepted everywhere else), left-padded to 64 so
+/// that comparing it with ids (equal-length lowercase hex, byte order)
+/// compares the numbers: `0x1` is 1, not a prefix.
 pub fn parse_from_term(text: &str) -> Result<String, String> {
     let digits = text
         .strip_prefix("0x")
         .or_else(|| text.strip_prefix("0X"))
-        .ok_or_else(|| format!("`{text}` must start with 0x"))?;
+        .unwrap_or(text);
     if digits.is_empty() || digits.len() > 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
-            "`{text}` must be 0x followed by 1 to 64 hex digits"
+            "`{text}` must be 1 to 64 hex digits, with or without 0x"
         ));
     }
     Ok(format!("0x{:0>64}", digits.to_ascii_lowercase()))
@@ -239,7 +240,11 @@ mod tests {
             parse_from_term("0x1").unwrap().as_str() < format!("0x0a{}", "0".repeat(62)).as_str()
         );
         assert!(parse_from_term("0x").is_err());
-        assert!(parse_from_term("00").is_err());
+        assert_eq!(
+            parse_from_term("00").unwrap(),
+            parse_from_term("0x0").unwrap()
+        );
+        assert!(parse_from_term("").is_err());
         assert!(parse_from_term("0xzz").is_err());
         assert!(parse_from_term(&format!("0x{}", "0".repeat(65))).is_err());
     }

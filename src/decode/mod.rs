@@ -309,6 +309,17 @@ fn reorg_notice<'a>(
     if json::has_escaped_nul(raw.get()) {
         return Err(f.error("notice", Problem::ContainsNul));
     }
+    // A notice of another kind must not delete anything: refuse it (it is
+    // dead-lettered with its payload) rather than guess.
+    if f.opt_string("type")?.is_some_and(|t| t != "reorg") {
+        return Err(f.error(
+            "type",
+            Problem::WrongType {
+                expected: "\"reorg\"",
+                found: "another notice type",
+            },
+        ));
+    }
     let network = match f.opt_string("network")? {
         Some(n) => n,
         None => header

@@ -250,6 +250,15 @@ fn reorg_notice() {
         only_error(&bad),
         "event_data[0].affected_tx_hashes[0]: expected 32 bytes (64 hex digits), found 2 hex digits"
     );
+
+    let other = envelope(
+        REORG_EVENT_NAME,
+        json!([{"type": "finality", "network": "n", "fork_block": 1, "affected_tx_hashes": [TX]}]),
+    );
+    assert_eq!(
+        only_error(&other),
+        "event_data[0].type: expected \"reorg\", found another notice type"
+    );
 }
 
 /// Every malformed-input case of SPEC §1, with the field it must name.

@@ -7,12 +7,13 @@
 //! - `batch_events` (histogram of events per transaction)
 //! - `end_to_end_seconds` (histogram, XADD time → commit)
 //! - `stream_lag{stream}`, `stream_pending{stream}`
-//! - `db_pool_size`, `db_pool_idle`, `db_pool_in_use`, `db_acquire_seconds`
+//! - `db_pool_size`, `db_pool_max`, `db_pool_idle`, `db_pool_in_use`,
+//!   `db_acquire_seconds`
 //! - `analytics_backlog`, `analytics_batch_seconds`, `analytics_terms_total`,
 //!   `analytics_messages_dropped_total`
 //! - `dead_letters_total`, `dead_letters_unresolved`
 //! - `retries_total{stage}`, `circuit_open`
-//! - `entries_acked_total`, `entries_reclaimed_total`
+//! - `entries_acked_total`, `entries_reclaimed_total`, `reorgs_applied_total`
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
