@@ -12,7 +12,6 @@ use sqlx::{AssertSqlSafe, PgPool};
 use writer::analytics::{Claim, refresh};
 use writer::apply::ReadModel;
 use writer::config::{DatabaseConfig, Secret};
-use writer::decode::decode_json;
 use writer::workload::{Spec, Workload};
 
 pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -208,25 +207,6 @@ pub const TABLES: &[&str] = &[
     "subject_predicate",
 ];
 
-/// Applies a workload's events directly, in chain order: what the writer's
-/// tables must equal.
-pub async fn apply_directly(rm: &ReadModel, workload: &Workload) {
-    let decoded: Vec<_> = workload
-        .entries
-        .iter()
-        .filter(|e| !e.duplicate)
-        .map(|e| decode_json(&e.payload))
-        .collect();
-    let mut events: Vec<_> = decoded
-        .iter()
-        .flat_map(|d| d.events.iter().cloned())
-        .collect();
-    events.sort_by_key(|e| e.chain.order());
-    for chunk in events.chunks(1000) {
-        rm.apply(chunk).await.expect("direct apply");
-    }
-}
-
 /// Recomputes every triple's analytics from scratch.
 pub async fn recompute_all_analytics(pool: &PgPool, schema: &str) {
     let triples: Vec<String> = sqlx::query_scalar("SELECT term_id FROM triple")
@@ -246,7 +226,7 @@ pub async fn reference(workloads: &[Workload], database: &str, schema: &str) -> 
     let pool = pool_at(database, schema).await;
     let rm = ReadModel::new(pool.clone(), schema);
     for workload in workloads {
-        apply_directly(&rm, workload).await;
+        workload.apply_directly(&rm).await.expect("direct apply");
     }
     recompute_all_analytics(&pool, schema).await;
     pool

@@ -313,7 +313,10 @@ async fn main() {
     let reference_pool = pool_at(&pg.url(), "soak_ref").await;
     let rm = ReadModel::new(reference_pool.clone(), "soak_ref");
     for i in 0..args.minutes {
-        apply_directly(&rm, &minute(&args, i)).await;
+        minute(&args, i)
+            .apply_directly(&rm)
+            .await
+            .expect("direct apply");
     }
     recompute_all_analytics(&reference_pool, "soak_ref").await;
     // The first pool's connections died with the Postgres restarts.

@@ -181,7 +181,7 @@ async fn rebuild_cascade(pool: &PgPool, schema: &str, ids: &[&str]) -> Result<()
     .fetch_all(&mut *tx)
     .await?;
     vault::recompute(&mut tx, &positions, &vaults).await?;
-    term::refresh(&mut tx, ids, &[], &[]).await?;
+    term::refresh(&mut tx, ids, &[]).await?;
     tx.commit().await
 }
 

@@ -169,25 +169,25 @@ pub async fn apply(rm: &ReadModel, notice: &ReorgNotice<'_>) -> Result<ReorgOutc
         match (table.as_str(), term, account, curve) {
             ("atom_created_events", Some(t), _, _) => atoms.push(t),
             ("triple_created_events", Some(t), _, _) => triples.push(t),
-            (_, Some(t), Some(a), Some(c)) => {
-                positions.push((a.clone(), t.clone(), c.clone()));
+            (_, Some(t), account, Some(c)) => {
+                if let Some(a) = account {
+                    positions.push((a.clone(), t.clone(), c.clone()));
+                }
                 vaults.push((t.clone(), c.clone()));
             }
-            (_, Some(t), None, Some(c)) => vaults.push((t.clone(), c.clone())),
             _ => {}
         }
     }
     atom::recompute(&mut tx, &atoms).await?;
     let removed_triples = triple::recompute(&mut tx, &triples).await?;
     vault::recompute(&mut tx, &positions, &vaults).await?;
-    let dirty_triples = term::refresh(&mut tx, &terms, &[], &[]).await?;
+    let dirty_triples = term::refresh(&mut tx, &terms, &[]).await?;
     // The analytics of every affected triple are rebuilt here, pruning rows
     // whose vault or triple is gone: the worker's normal pass only ever adds
     // (vaults and triples disappear only in a reorg). Removed triples are
-    // nobody's dirty mark, so they are passed explicitly. After the dirty
-    // marks, per the lock order of ADR 0004.
-    let mut affected: Vec<&str> = dirty_triples.iter().map(String::as_str).collect();
-    affected.extend(removed_triples.iter().map(|t| t.0.as_str()));
+    // nobody's dirty mark, so they are passed explicitly (`recompute` adds
+    // them). After the dirty marks, per the lock order of ADR 0004.
+    let affected: Vec<&str> = dirty_triples.iter().map(String::as_str).collect();
     crate::analytics::recompute::recompute(&mut tx, rm.schema(), &affected, &removed_triples, true)
         .await?;
     sqlx::query("UPDATE reorg_notices SET removed_events = $2 WHERE id = $1")

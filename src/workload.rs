@@ -15,7 +15,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use crate::apply::ReadModel;
 use crate::decode::value::{Hash32, counter_term_id};
+use crate::event::ChainEvent;
 
 /// One stream entry to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,36 @@ pub struct Workload {
     pub entries: Vec<Entry>,
     /// Distinct chain events (what the tables must reflect).
     pub unique_events: usize,
+}
+
+impl Workload {
+    /// The events of the distinct entries, decoded, in publishing order.
+    pub fn events(&self) -> Vec<ChainEvent<'_>> {
+        self.entries
+            .iter()
+            .filter(|e| !e.duplicate)
+            .flat_map(|e| {
+                let d = crate::decode::decode_json(&e.payload);
+                assert!(
+                    d.errors.is_empty(),
+                    "generated entry rejected: {:?}",
+                    d.errors
+                );
+                d.events
+            })
+            .collect()
+    }
+
+    /// Applies the distinct events directly, in chain order: the reference
+    /// the service's tables must equal.
+    pub async fn apply_directly(&self, rm: &ReadModel) -> Result<(), sqlx::Error> {
+        let mut events = self.events();
+        events.sort_by_key(|e| e.chain.order());
+        for chunk in events.chunks(500) {
+            rm.apply(chunk).await?;
+        }
+        Ok(())
+    }
 }
 
 const ONE: u128 = 1_000_000_000_000_000_000; // 10^18

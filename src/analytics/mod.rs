@@ -127,13 +127,15 @@ pub async fn refresh(
     .bind(ids.len() as i64)
     .execute(&mut *tx)
     .await?;
-    let mark_ids: Vec<&str> = marks.iter().map(|(id, _)| id.as_str()).collect();
-    let versions: Vec<i64> = marks.iter().map(|(_, v)| *v).collect();
-    sqlx::query(CLEAR_MARKS)
-        .bind(&mark_ids)
-        .bind(&versions)
-        .execute(&mut *tx)
-        .await?;
+    if !marks.is_empty() {
+        let mark_ids: Vec<&str> = marks.iter().map(|(id, _)| id.as_str()).collect();
+        let versions: Vec<i64> = marks.iter().map(|(_, v)| *v).collect();
+        sqlx::query(CLEAR_MARKS)
+            .bind(&mark_ids)
+            .bind(&versions)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(Refreshed {
         triples: ids.len(),

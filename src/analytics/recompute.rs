@@ -208,27 +208,20 @@ pub async fn recompute(
         )
         .collect();
 
-    let mut locks = LockSet::with_capacity(2 * spo.len());
-    for (s, p, o) in &spo {
-        let po = lock::striped(
-            schema,
-            Domain::PredicateObject,
-            &format!("{p}:{o}"),
-            lock::PAIR_STRIPES,
-        );
-        let sp = lock::striped(
-            schema,
-            Domain::SubjectPredicate,
-            &format!("{s}:{p}"),
-            lock::PAIR_STRIPES,
-        );
-        locks.add(po);
-        locks.add(sp);
-    }
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
-        .bind(locks.into_sorted())
-        .execute(&mut *conn)
-        .await?;
+    let mut locks = LockSet::default();
+    locks.add_stripes(
+        schema,
+        Domain::PredicateObject,
+        spo.iter()
+            .map(|(_, p, o)| lock::stripe(&[p, ":", o], lock::PAIR_STRIPES)),
+    );
+    locks.add_stripes(
+        schema,
+        Domain::SubjectPredicate,
+        spo.iter()
+            .map(|(s, p, _)| lock::stripe(&[s, ":", p], lock::PAIR_STRIPES)),
+    );
+    locks.take(&mut *conn).await?;
 
     sqlx::query(TRIPLE_ROWS)
         .bind(&ids)

@@ -101,6 +101,11 @@ pub async fn recompute(conn: &mut PgConnection, ids: &[&str]) -> Result<(), sqlx
 }
 
 impl<'e> Atoms<'e> {
+    /// The terms of the events at `new`.
+    pub fn terms<'a>(&'a self, new: &'a [usize]) -> impl Iterator<Item = &'a str> {
+        new.iter().map(|&i| self.events[i].1.term_id.as_str())
+    }
+
     /// Inserts the event rows; returns the indexes of the new ones.
     pub async fn insert(&self, conn: &mut PgConnection) -> Result<Vec<usize>, sqlx::Error> {
         if self.events.is_empty() {

@@ -9,7 +9,7 @@ use crate::event::ChainPosition;
 /// The chain-position columns, one array each, bound as
 /// `$1..$8` = transaction_hash, log_index, block_number, block_hash,
 /// block_timestamp, transaction_index, address, network.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ChainColumns<'e> {
     transaction_hash: Vec<&'e str>,
     log_index: Vec<i64>,
@@ -23,9 +23,16 @@ pub(crate) struct ChainColumns<'e> {
 
 impl<'e> ChainColumns<'e> {
     pub fn of<'p: 'e>(positions: impl ExactSizeIterator<Item = &'e ChainPosition<'p>>) -> Self {
+        let n = positions.len();
         let mut c = ChainColumns {
-            transaction_hash: Vec::with_capacity(positions.len()),
-            ..ChainColumns::default()
+            transaction_hash: Vec::with_capacity(n),
+            log_index: Vec::with_capacity(n),
+            block_number: Vec::with_capacity(n),
+            block_hash: Vec::with_capacity(n),
+            block_timestamp: Vec::with_capacity(n),
+            transaction_index: Vec::with_capacity(n),
+            address: Vec::with_capacity(n),
+            network: Vec::with_capacity(n),
         };
         for p in positions {
             c.transaction_hash.push(p.transaction_hash.as_str());

@@ -33,7 +33,7 @@ SELECT count(*) FROM ins
 
 impl Generics<'_> {
     /// Inserts the event rows; returns how many were new.
-    pub async fn insert(&self, conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    pub async fn insert(&self, conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
         if self.events.is_empty() {
             return Ok(0);
         }
@@ -51,6 +51,7 @@ impl Generics<'_> {
             .bind(&data)
             .fetch_one(conn)
             .await?;
-        sqlx::Row::try_get(&row, 0)
+        let new: i64 = sqlx::Row::try_get(&row, 0)?;
+        Ok(new as u64) // a count(*)
     }
 }

@@ -30,7 +30,7 @@ use std::time::Instant;
 use sqlx::PgPool;
 
 use crate::db::{Failure, classify};
-use crate::event::{ChainEvent, EventKind, Hash32, VaultType};
+use crate::event::{ChainEvent, EventKind};
 use crate::lock::{self, Domain, LockSet};
 
 /// Event counts per event type, in the order of [`KINDS`].
@@ -105,11 +105,6 @@ pub struct ReadModel {
     schema: Arc<str>,
 }
 
-/// Lock key for the reorg lock, taken shared by batches.
-pub(crate) fn reorg_lock_key(schema: &str) -> i64 {
-    lock::key(schema, Domain::Reorg, "")
-}
-
 /// Takes the reorg lock: shared by batches and backfill, exclusive by a
 /// reorg. Always the first lock a transaction takes (ADR 0004).
 pub(crate) async fn lock_reorg(
@@ -123,30 +118,26 @@ pub(crate) async fn lock_reorg(
         "SELECT pg_advisory_xact_lock_shared($1)"
     };
     sqlx::query(sql)
-        .bind(reorg_lock_key(schema))
+        .bind(lock::key(schema, Domain::Reorg, ""))
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// Takes the term locks (stripes) of `terms`, sorted, in one statement.
+/// Takes the term locks (stripes) of `terms`, in any order and with
+/// repeats, sorted, in one statement.
 pub(crate) async fn lock_terms(
     conn: &mut sqlx::PgConnection,
     schema: &str,
     terms: &[&str],
 ) -> Result<(), sqlx::Error> {
-    if terms.is_empty() {
-        return Ok(());
-    }
-    let mut locks = LockSet::with_capacity(terms.len());
-    for t in terms {
-        locks.add(lock::striped(schema, Domain::Term, t, lock::TERM_STRIPES));
-    }
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS k")
-        .bind(locks.into_sorted())
-        .execute(conn)
-        .await?;
-    Ok(())
+    let mut locks = LockSet::default();
+    locks.add_stripes(
+        schema,
+        Domain::Term,
+        terms.iter().map(|t| lock::stripe(&[t], lock::TERM_STRIPES)),
+    );
+    locks.take(conn).await
 }
 
 /// Whether a failure is isolated by bisecting (instead of retried whole).
@@ -215,35 +206,18 @@ impl ReadModel {
         let new_vault_events = vaults.insert(&mut tx).await?;
         let generics = generics.insert(&mut tx).await?;
 
-        // 2. Only new events cascade; lock the terms they touch, sorted.
-        let mut terms: Vec<&Hash32> = Vec::new();
-        terms.extend(new_atoms.iter().map(|&i| &atoms.events[i].1.term_id));
-        for &i in &new_triples {
-            terms.push(&triples.events[i].1.term_id);
-            terms.push(&triples.events[i].1.counter_term_id);
-        }
-        terms.extend(
-            new_vault_events
-                .deposits
-                .iter()
-                .map(|&i| &vaults.deposits[i].1.term_id),
-        );
-        terms.extend(
-            new_vault_events
-                .redeems
-                .iter()
-                .map(|&i| &vaults.redeems[i].1.term_id),
-        );
-        terms.extend(
-            new_vault_events
-                .prices
-                .iter()
-                .map(|&i| &vaults.prices[i].1.term_id),
-        );
-        terms.sort_unstable();
-        terms.dedup();
-        let term_ids: Vec<&str> = terms.iter().map(|t| t.as_str()).collect();
-        lock_terms(&mut tx, &self.schema, &term_ids).await?;
+        // 2. Only new events cascade; lock the terms they touch. Created
+        //    atoms and triples (with their counter terms) change term rows;
+        //    every new vault event moves its term's vaults.
+        let created: Vec<&str> = atoms
+            .terms(&new_atoms)
+            .chain(triples.terms(&new_triples))
+            .collect();
+        let mut moved: Vec<&str> = vaults.terms(&new_vault_events).collect();
+        moved.sort_unstable();
+        moved.dedup();
+        let touched: Vec<&str> = created.iter().chain(&moved).copied().collect();
+        lock_terms(&mut tx, &self.schema, &touched).await?;
 
         // 3. The cascade.
         atoms.cascade(&mut tx, &new_atoms).await?;
@@ -251,57 +225,12 @@ impl ReadModel {
         let created_vaults = vaults.cascade(&mut tx, &new_vault_events).await?;
         // Term rows change with atoms, triples, new vaults and share prices;
         // the analytics of triples whose vaults moved are dirty.
-        let mut refresh: Vec<&str> = Vec::new();
-        refresh.extend(
-            new_atoms
-                .iter()
-                .map(|&i| atoms.events[i].1.term_id.as_str()),
-        );
-        for &i in &new_triples {
-            refresh.push(triples.events[i].1.term_id.as_str());
-            refresh.push(triples.events[i].1.counter_term_id.as_str());
-        }
-        refresh.extend(
-            new_vault_events
-                .prices
-                .iter()
-                .map(|&i| vaults.prices[i].1.term_id.as_str()),
-        );
+        let mut refresh = created;
+        refresh.extend(vaults.price_terms(&new_vault_events));
         refresh.extend(created_vaults.iter().map(String::as_str));
-        let (mut pro, mut counter): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
-        let moved = new_vault_events
-            .deposits
-            .iter()
-            .map(|&i| {
-                (
-                    &vaults.deposits[i].1.term_id,
-                    vaults.deposits[i].1.vault_type,
-                )
-            })
-            .chain(
-                new_vault_events
-                    .redeems
-                    .iter()
-                    .map(|&i| (&vaults.redeems[i].1.term_id, vaults.redeems[i].1.vault_type)),
-            )
-            .chain(
-                new_vault_events
-                    .prices
-                    .iter()
-                    .map(|&i| (&vaults.prices[i].1.term_id, vaults.prices[i].1.vault_type)),
-            );
-        for (term, vault_type) in moved {
-            match vault_type {
-                VaultType::Triple => pro.push(term.as_str()),
-                VaultType::CounterTriple => counter.push(term.as_str()),
-                VaultType::Atom => {}
-            }
-        }
-        for list in [&mut refresh, &mut pro, &mut counter] {
-            list.sort_unstable();
-            list.dedup();
-        }
-        let dirty_triples = term::refresh(&mut tx, &refresh, &pro, &counter).await?;
+        refresh.sort_unstable();
+        refresh.dedup();
+        let dirty_triples = term::refresh(&mut tx, &refresh, &moved).await?;
         let commit = Instant::now();
         tx.commit().await?;
         metrics::histogram!("writer_stage_seconds", "stage" => "commit")
@@ -313,7 +242,7 @@ impl ReadModel {
             new_vault_events.deposits.len() as u64,
             new_vault_events.redeems.len() as u64,
             new_vault_events.prices.len() as u64,
-            generics.max(0) as u64,
+            generics,
         ]);
         Ok(Applied {
             duplicates: total as u64 - inserted.total(),

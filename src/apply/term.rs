@@ -7,7 +7,7 @@
 //! independent of arrival order, and lets reorg handling and backfill reuse
 //! it unchanged. A batch passes only the terms whose row can have changed
 //! (created atoms and triples, vaults created, share prices) and, for dirty
-//! marks, the triple vaults it touched. Callers hold the term locks of every
+//! marks, the terms whose vaults moved. Callers hold the term locks of every
 //! id they pass (or the exclusive reorg lock).
 
 use sqlx::PgConnection;
@@ -61,7 +61,7 @@ removed AS (
 marked AS (
     SELECT triple_id AS id FROM computed WHERE triple_id IS NOT NULL
     UNION SELECT t.term_id FROM triple t WHERE t.term_id = ANY($2::text[])
-    UNION SELECT t.term_id FROM triple t WHERE t.counter_term_id = ANY($3::text[])
+    UNION SELECT t.term_id FROM triple t WHERE t.counter_term_id = ANY($2::text[])
 ),
 dirty AS (
     -- A new version on every mark tells the worker the triple changed again
@@ -77,22 +77,21 @@ SELECT term_id FROM dirty
 "#;
 
 /// Recomputes the term rows of `ids` and marks dirty, for the analytics
-/// worker, the triples among them plus the triples whose pro vaults
-/// (`pro_vault_terms`) or counter vaults (`counter_vault_terms`) changed.
-/// Returns the triples marked.
+/// worker, the triples among them plus the triples one of whose terms (pro
+/// or counter) is in `moved_terms` (terms whose vaults changed). Which
+/// triple a vault belongs to follows from the ids, as invariant 6 defines
+/// it, never from an event's `vaultType`. Returns the triples marked.
 pub async fn refresh(
     conn: &mut PgConnection,
     ids: &[&str],
-    pro_vault_terms: &[&str],
-    counter_vault_terms: &[&str],
+    moved_terms: &[&str],
 ) -> Result<Vec<String>, sqlx::Error> {
-    if ids.is_empty() && pro_vault_terms.is_empty() && counter_vault_terms.is_empty() {
+    if ids.is_empty() && moved_terms.is_empty() {
         return Ok(Vec::new());
     }
     sqlx::query_scalar(REFRESH)
         .bind(ids)
-        .bind(pro_vault_terms)
-        .bind(counter_vault_terms)
+        .bind(moved_terms)
         .fetch_all(conn)
         .await
 }

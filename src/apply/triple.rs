@@ -111,6 +111,14 @@ pub async fn recompute(
 }
 
 impl<'e> Triples<'e> {
+    /// The terms of the events at `new`: each triple and its counter term.
+    pub fn terms<'a>(&'a self, new: &'a [usize]) -> impl Iterator<Item = &'a str> {
+        new.iter().flat_map(|&i| {
+            let t = self.events[i].1;
+            [t.term_id.as_str(), t.counter_term_id.as_str()]
+        })
+    }
+
     /// Inserts the event rows; returns the indexes of the new ones.
     pub async fn insert(&self, conn: &mut PgConnection) -> Result<Vec<usize>, sqlx::Error> {
         if self.events.is_empty() {

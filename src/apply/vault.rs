@@ -380,6 +380,26 @@ pub async fn recompute(
 }
 
 impl<'e> VaultEvents<'e> {
+    /// The terms of the new deposits, redeems and share prices.
+    pub fn terms<'a>(&'a self, new: &'a NewVaultEvents) -> impl Iterator<Item = &'a str> {
+        let deposits = new
+            .deposits
+            .iter()
+            .map(|&i| self.deposits[i].1.term_id.as_str());
+        let redeems = new
+            .redeems
+            .iter()
+            .map(|&i| self.redeems[i].1.term_id.as_str());
+        deposits.chain(redeems).chain(self.price_terms(new))
+    }
+
+    /// The terms of the new share prices.
+    pub fn price_terms<'a>(&'a self, new: &'a NewVaultEvents) -> impl Iterator<Item = &'a str> {
+        new.prices
+            .iter()
+            .map(|&i| self.prices[i].1.term_id.as_str())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.deposits.is_empty() && self.redeems.is_empty() && self.prices.is_empty()
     }
@@ -532,6 +552,8 @@ impl<'e> VaultEvents<'e> {
             .iter()
             .map(|&i| self.prices[i].0.log_index)
             .collect();
+        let price_term = price(|e| e.term_id.as_str());
+        let price_curve = price(|e| e.curve_id.as_str());
         let created: Vec<Option<String>> = sqlx::query_scalar(CASCADE)
             .bind(&account)
             .bind(&term)
@@ -542,8 +564,8 @@ impl<'e> VaultEvents<'e> {
             .bind(&block)
             .bind(&log)
             .bind(&kind)
-            .bind(price(|e| e.term_id.as_str()))
-            .bind(price(|e| e.curve_id.as_str()))
+            .bind(&price_term)
+            .bind(&price_curve)
             .bind(&price_block)
             .bind(&price_log)
             .bind(
@@ -556,8 +578,8 @@ impl<'e> VaultEvents<'e> {
             .await?;
         if !new.prices.is_empty() {
             sqlx::query(PRICES)
-                .bind(price(|e| e.term_id.as_str()))
-                .bind(price(|e| e.curve_id.as_str()))
+                .bind(&price_term)
+                .bind(&price_curve)
                 .bind(price(|e| e.share_price.as_str()))
                 .bind(price(|e| e.total_assets.as_str()))
                 .bind(price(|e| e.total_shares.as_str()))

@@ -10,7 +10,7 @@ use writer::workload::{Workload, generate};
 
 use crate::support::TestDb;
 use crate::support::model::Model;
-use crate::support::service::{Env, Writer, applied_directly, assert_same_core, unique_events};
+use crate::support::service::{Env, Writer, applied_directly, assert_same_core};
 
 const DRAIN: Duration = Duration::from_secs(120);
 
@@ -58,7 +58,7 @@ async fn analytics_converge_exactly() {
     let _writer = Writer::start(&env.writer_env("w1"));
     env.publish(&workload.entries).await;
     env.wait_drained(DRAIN).await;
-    let events = unique_events(&workload);
+    let events = workload.events();
     assert_analytics(&env.db, &model_of(&events)).await;
     let checkpoint = env
         .db
@@ -84,7 +84,7 @@ async fn converges_after_repeated_sigkills() {
     env.wait_drained(DRAIN).await;
     let expected = applied_directly(&workload).await;
     assert_same_core(&env.db, &expected).await;
-    assert_analytics(&env.db, &model_of(&unique_events(&workload))).await;
+    assert_analytics(&env.db, &model_of(&workload.events())).await;
 }
 
 /// A channel of capacity 1 under load drops messages; the dirty marks make
@@ -111,7 +111,7 @@ async fn a_full_channel_loses_nothing() {
         dropped > 0.0,
         "the channel never overflowed; the test proves nothing"
     );
-    assert_analytics(&env.db, &model_of(&unique_events(&workload))).await;
+    assert_analytics(&env.db, &model_of(&workload.events())).await;
 }
 
 fn backfill(
@@ -166,7 +166,7 @@ async fn backfill_restores_everything_and_resumes() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("backfill done"));
     env.wait_drained(DRAIN).await;
     let expected = applied_directly(&workload).await;
-    let model = model_of(&unique_events(&workload));
+    let model = model_of(&workload.events());
     assert_same_core(&env.db, &expected).await;
     assert_analytics(&env.db, &model).await;
 
@@ -251,7 +251,7 @@ fn reorg_payload(fork: i64, hashes: &[String], message_id: &str) -> String {
 async fn reorg_removes_transactions_exactly() {
     let mut env = Env::new(25, 5_000).await;
     let workload: Workload = generate(&env.spec);
-    let events = unique_events(&workload);
+    let events = workload.events();
     let (fork, hashes) = pick_reorg(&events);
     let removed: HashSet<&str> = hashes.iter().map(String::as_str).collect();
     let remaining: Vec<ChainEvent<'_>> = events

@@ -203,8 +203,9 @@ async fn triple_and_counter_terms() {
     assert_eq!(db.rows("SELECT term_id FROM analytics_dirty").await, [t]);
 }
 
-/// Invariant 1: redelivery of a whole mixed batch changes nothing, and an
-/// event with the same identity but other content is not applied twice.
+/// Invariant 1: redelivery of a whole mixed batch changes nothing (an event
+/// with the same identity but other content: see
+/// `identity_is_transaction_and_log_index`).
 #[tokio::test]
 async fn redelivery_changes_nothing() {
     let db = TestDb::new().await;
@@ -288,4 +289,182 @@ async fn generic_events_are_stored() {
         ["Transfer|0xddf2|5|5"]
     );
     assert_eq!(db.scalar_i64("SELECT count(*) FROM term").await, 0);
+}
+
+/// Invariant 2: a position is the Redeemed's receiver's, not its sender's.
+#[tokio::test]
+async fn redeemed_keys_the_receivers_position() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let (alice, bob, term) = (addr(0xa1), addr(0xb1), id(60));
+    apply_each(&rm, &[deposited(&at(60, 0), &alice, &term, 1, 100, 100, 0)]).await;
+    let redeem = envelope(
+        "Redeemed",
+        &at(61, 0),
+        &format!(
+            r#""sender":"{bob}","receiver":"{alice}","termId":"{term}","curveId":"1","shares":"100","totalShares":"0","assets":"7","fees":"0","vaultType":0"#
+        ),
+    );
+    apply_each(&rm, &[redeem]).await;
+    assert_eq!(
+        db.rows("SELECT lower(account_id), shares, total_deposit_assets_after_total_fees, total_redeem_assets_for_receiver FROM position").await,
+        [format!("{alice}|0|100|7")]
+    );
+    assert_eq!(db.rows("SELECT position_count FROM vault").await, ["0"]);
+}
+
+/// Invariant 1: an event is identified by (transaction_hash, log_index)
+/// alone. The same pair with other content — another block, other amounts,
+/// no reorg notice — is a duplicate and changes nothing.
+#[tokio::test]
+async fn identity_is_transaction_and_log_index() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let (alice, term) = (addr(0xa2), id(61));
+    let original = at(70, 3);
+    apply_each(&rm, &[deposited(&original, &alice, &term, 1, 100, 100, 0)]).await;
+    let elsewhere = At {
+        block: 71,
+        ..original.clone()
+    };
+    let again = apply_each(&rm, &[deposited(&elsewhere, &alice, &term, 1, 999, 999, 0)]).await;
+    assert_eq!((again.inserted.total(), again.duplicates), (0, 1));
+    assert_eq!(
+        db.rows(
+            "SELECT block_number, block_hash, assets_after_fees, total_shares FROM deposited_events"
+        )
+        .await,
+        [format!("70|0x{:064x}|100|100", 70)]
+    );
+    assert_eq!(
+        db.rows("SELECT shares, total_deposit_assets_after_total_fees FROM position")
+            .await,
+        ["100|100"]
+    );
+}
+
+/// SPEC §2 event tables: one column per event field, plus the chain
+/// columns, each holding its own field (every value distinct, sender ≠
+/// receiver, so a swapped column shows).
+#[tokio::test]
+async fn event_rows_hold_every_field() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let (sender, receiver, term) = (addr(0x51), addr(0x52), id(0x53));
+    let (d, r, p) = (at(80, 7), at(81, 8), at(82, 9));
+    apply_each(
+        &rm,
+        &[
+            envelope(
+                "Deposited",
+                &d,
+                &format!(
+                    r#""sender":"{sender}","receiver":"{receiver}","termId":"{term}","curveId":"4","assets":"1001","assetsAfterFees":"1002","shares":"1003","totalShares":"1004","vaultType":1"#
+                ),
+            ),
+            envelope(
+                "Redeemed",
+                &r,
+                &format!(
+                    r#""sender":"{sender}","receiver":"{receiver}","termId":"{term}","curveId":"5","shares":"2001","totalShares":"2002","assets":"2003","fees":"2004","vaultType":2"#
+                ),
+            ),
+            envelope(
+                "SharePriceChanged",
+                &p,
+                &format!(
+                    r#""termId":"{term}","curveId":"6","sharePrice":"3001","totalAssets":"3002","totalShares":"3003","vaultType":0"#
+                ),
+            ),
+        ],
+    )
+    .await;
+    let chain = |at: &At| {
+        format!(
+            "{}|{}|{}|0x{:064x}|{}|0|{}|testnet",
+            at.tx,
+            at.log,
+            at.block,
+            at.block,
+            1_700_000_000 + at.block,
+            addr(0xc0de)
+        )
+    };
+    const CHAIN: &str = "transaction_hash, log_index, block_number, block_hash, block_timestamp, transaction_index, lower(address), network";
+    assert_eq!(
+        db.rows(&format!("SELECT {CHAIN}, lower(sender), lower(receiver), term_id, curve_id, assets, assets_after_fees, shares, total_shares, vault_type FROM deposited_events")).await,
+        [format!("{}|{sender}|{receiver}|{term}|4|1001|1002|1003|1004|1", chain(&d))]
+    );
+    assert_eq!(
+        db.rows(&format!("SELECT {CHAIN}, lower(sender), lower(receiver), term_id, curve_id, shares, total_shares, assets, fees, vault_type FROM redeemed_events")).await,
+        [format!("{}|{sender}|{receiver}|{term}|5|2001|2002|2003|2004|2", chain(&r))]
+    );
+    assert_eq!(
+        db.rows(&format!("SELECT {CHAIN}, term_id, curve_id, share_price, total_assets, total_shares, vault_type FROM share_price_changed_events")).await,
+        [format!("{}|{term}|6|3001|3002|3003|0", chain(&p))]
+    );
+}
+
+/// Invariant 3 and 4: a Redeemed alone names a vault (zeros until a
+/// SharePriceChanged) and its term, `Unknown` until created.
+#[tokio::test]
+async fn a_redeemed_alone_creates_its_vault_and_term() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let term = id(90);
+    apply_each(&rm, &[redeemed(&at(90, 0), &addr(9), &term, 3, 5, 0, 1)]).await;
+    assert_eq!(
+        db.rows("SELECT term_id, curve_id, total_shares, current_share_price, total_assets, market_cap, position_count, vault_type FROM vault").await,
+        [format!("{term}|3|0|0|0|0|0|1")]
+    );
+    assert_eq!(
+        db.rows("SELECT id, type, atom_id, triple_id, total_assets, total_market_cap FROM term")
+            .await,
+        [format!("{term}|Unknown|∅|∅|0|0")]
+    );
+}
+
+/// Invariant 6 defines a triple's vaults by ids: a Deposited alone (no
+/// SharePriceChanged) on its pro or its counter vault marks the triple for
+/// the analytics worker, whatever the event's `vaultType` says; one on an
+/// atom's vault marks nothing.
+#[tokio::test]
+async fn vault_moves_mark_their_triple_by_ids() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let (t, s, p, o) = (id(100), id(101), id(102), id(103));
+    let counter = counter_of(&t);
+    apply_each(&rm, &[triple_created(&at(100, 0), &t, &s, &p, &o)]).await;
+    let cases = [
+        (&t, 1, vec![t.clone()]),
+        (&counter, 2, vec![t.clone()]),
+        (&t, 0, vec![t.clone()]),
+        (&counter, 1, vec![t.clone()]),
+        (&s, 0, vec![]),
+    ];
+    for (n, (term, vault_type, marked)) in cases.into_iter().enumerate() {
+        sqlx::query("DELETE FROM analytics_dirty")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let n = n as i64;
+        apply_each(
+            &rm,
+            &[deposited(
+                &at(101 + n, 0),
+                &addr(0x70 + n as u64),
+                term,
+                1,
+                10,
+                10,
+                vault_type,
+            )],
+        )
+        .await;
+        assert_eq!(
+            db.rows("SELECT term_id FROM analytics_dirty").await,
+            marked,
+            "deposit on {term} with vaultType {vault_type}"
+        );
+    }
 }

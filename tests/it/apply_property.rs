@@ -8,7 +8,6 @@ use std::sync::Mutex;
 
 use proptest::prelude::*;
 use writer::apply::ReadModel;
-use writer::decode::decode_json;
 use writer::event::ChainEvent;
 use writer::workload::{Spec, generate};
 
@@ -55,18 +54,7 @@ fn check(seed: u64) {
         let mut spec = Spec::new(seed, EVENTS);
         spec.duplicate_ratio = 0.0;
         let workload = generate(&spec);
-        let decoded: Vec<_> = workload
-            .entries
-            .iter()
-            .map(|e| decode_json(&e.payload))
-            .collect();
-        let events: Vec<ChainEvent<'_>> = decoded
-            .iter()
-            .flat_map(|d| {
-                assert!(d.errors.is_empty(), "{:?}", d.errors);
-                d.events.iter().cloned()
-            })
-            .collect();
+        let events: Vec<ChainEvent<'_>> = workload.events();
         assert_eq!(events.len(), EVENTS);
 
         let (ordered, shuffled) = tokio::join!(TestDb::new(), TestDb::new());

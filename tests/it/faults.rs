@@ -8,13 +8,13 @@ use writer::workload::{Workload, generate};
 
 use crate::support::model::Model;
 use crate::support::private::{PrivatePostgres, PrivateRedis};
-use crate::support::service::{Env, Writer, applied_directly, assert_same_core, unique_events};
+use crate::support::service::{Env, Writer, applied_directly, assert_same_core};
 
 const DRAIN: Duration = Duration::from_secs(180);
 
 async fn assert_analytics_exact(env: &Env, workload: &Workload) {
     let mut model = Model::default();
-    model.apply_all(&unique_events(workload));
+    model.apply_all(&workload.events());
     assert!(
         env.db.dump_analytics().await == model.analytics(),
         "analytics differ from invariants 6–8"

@@ -61,6 +61,95 @@ async fn migrate_is_idempotent_and_schema_scoped() {
     );
 }
 
+/// SPEC §2: "Amounts are NUMERIC(78,0), counts BIGINT, ids TEXT", and
+/// `vault_type` is text — for every contract column of the current-state
+/// and analytics tables.
+#[tokio::test]
+async fn contract_columns_have_their_types() {
+    let db = TestDb::new().await;
+    const AMOUNT: &str = "numeric(78,0)";
+    let expected: &[(&str, &[&str], &str)] = &[
+        ("atom", &["term_id", "wallet_id", "creator_id"], "text"),
+        (
+            "triple",
+            &[
+                "term_id",
+                "creator_id",
+                "subject_id",
+                "predicate_id",
+                "object_id",
+                "counter_term_id",
+            ],
+            "text",
+        ),
+        ("position", &["account_id", "term_id"], "text"),
+        (
+            "position",
+            &[
+                "curve_id",
+                "shares",
+                "total_deposit_assets_after_total_fees",
+                "total_redeem_assets_for_receiver",
+            ],
+            AMOUNT,
+        ),
+        ("vault", &["term_id", "vault_type"], "text"),
+        (
+            "vault",
+            &[
+                "curve_id",
+                "total_shares",
+                "current_share_price",
+                "total_assets",
+                "market_cap",
+            ],
+            AMOUNT,
+        ),
+        ("vault", &["position_count"], "bigint"),
+        ("term", &["id", "type", "atom_id", "triple_id"], "text"),
+        ("term", &["total_assets", "total_market_cap"], AMOUNT),
+        ("triple_vault", &["term_id", "counter_term_id"], "text"),
+        (
+            "triple_vault",
+            &["curve_id", "total_shares", "total_assets", "market_cap"],
+            AMOUNT,
+        ),
+        ("triple_vault", &["position_count"], "bigint"),
+        ("triple_term", &["term_id", "counter_term_id"], "text"),
+        ("triple_term", &["total_assets", "total_market_cap"], AMOUNT),
+        ("triple_term", &["total_position_count"], "bigint"),
+        ("predicate_object", &["predicate_id", "object_id"], "text"),
+        (
+            "predicate_object",
+            &["triple_count", "total_position_count"],
+            "bigint",
+        ),
+        ("predicate_object", &["total_market_cap"], AMOUNT),
+        ("subject_predicate", &["subject_id", "predicate_id"], "text"),
+        (
+            "subject_predicate",
+            &["triple_count", "total_position_count"],
+            "bigint",
+        ),
+        ("subject_predicate", &["total_market_cap"], AMOUNT),
+    ];
+    let actual = db
+        .rows(&format!(
+            "SELECT table_name, column_name, CASE WHEN data_type = 'numeric' \
+                THEN format('numeric(%s,%s)', numeric_precision, numeric_scale) \
+                ELSE data_type END \
+             FROM information_schema.columns WHERE table_schema = '{}'",
+            db.schema
+        ))
+        .await;
+    for (table, columns, ty) in expected {
+        for column in *columns {
+            let row = format!("{table}|{column}|{ty}");
+            assert!(actual.contains(&row), "expected {row}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_changed_migration_is_refused() {
     let db = TestDb::new().await;

@@ -41,7 +41,9 @@ pub fn at(block: i64, log: i64) -> At {
     }
 }
 
-fn envelope(name: &str, at: &At, fields: &str) -> String {
+/// A one-event envelope of `name` at `at`, with the event's own `fields` (JSON
+/// members, without braces).
+pub fn envelope(name: &str, at: &At, fields: &str) -> String {
     format!(
         r#"{{"event_name":"{name}","event_signature_hash":"0x01","network":"testnet","event_data":[{{{fields},"transaction_information":{{"address":"{}","block_hash":"0x{:064x}","block_number":{},"block_timestamp":{},"log_index":{},"network":"testnet","transaction_hash":"{}","transaction_index":0}}}}]}}"#,
         addr(0xc0de),

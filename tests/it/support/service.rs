@@ -7,8 +7,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use writer::decode::decode_json;
-use writer::event::ChainEvent;
 use writer::workload::{Spec, Workload};
 
 use super::db::{TestDb, database_url, unique_name};
@@ -315,29 +313,10 @@ pub fn json_body(body: &str) -> serde_json::Value {
     serde_json::from_str(&body[start..=end]).expect("valid json")
 }
 
-/// Decoded events of the workload's entries (each distinct entry once).
-pub fn unique_events(workload: &Workload) -> Vec<ChainEvent<'_>> {
-    workload
-        .entries
-        .iter()
-        .filter(|e| !e.duplicate)
-        .flat_map(|e| {
-            let d = decode_json(&e.payload);
-            assert!(d.errors.is_empty());
-            d.events
-        })
-        .collect()
-}
-
 /// A schema with the workload applied directly, in chain order.
 pub async fn applied_directly(workload: &Workload) -> TestDb {
     let db = TestDb::new().await;
-    let mut events = unique_events(workload);
-    events.sort_by_key(|e| e.chain.order());
-    let rm = db.read_model();
-    for chunk in events.chunks(500) {
-        rm.apply(chunk).await.unwrap();
-    }
+    workload.apply_directly(&db.read_model()).await.unwrap();
     db
 }
 
