@@ -219,13 +219,10 @@ async fn replay_dead_letters(
     for letter in letters {
         let entry = StreamEntry {
             stream: letter.stream.as_str().into(),
-            id: letter.entry_id.clone(),
+            id: letter.entry_id,
             fields: vec![(
-                letter
-                    .payload_field
-                    .clone()
-                    .unwrap_or_else(|| "payload".to_owned()),
-                letter.payload.clone(),
+                letter.payload_field.unwrap_or_else(|| "payload".to_owned()),
+                letter.payload,
             )],
             // A replay is a fresh attempt: the delivery limit does not apply.
             deliveries: 0,
@@ -233,7 +230,7 @@ async fn replay_dead_letters(
         let Some(processed) = ingest.process(std::slice::from_ref(&entry), &never).await else {
             anyhow::bail!("replay interrupted");
         };
-        if processed.dead_lettered == 0 {
+        if processed.dead_letters.is_empty() {
             crate::dead_letter::mark_replayed(pool, letter.id, None).await?;
             println!(
                 "#{} replayed: {} events applied",
@@ -242,13 +239,8 @@ async fn replay_dead_letters(
             );
             ok += 1;
         } else {
-            let reason: String = sqlx::query_scalar(
-                "SELECT error FROM dead_letter WHERE stream = $1 AND entry_id = $2",
-            )
-            .bind(&letter.stream)
-            .bind(&letter.entry_id)
-            .fetch_one(pool)
-            .await?;
+            // One entry, so one dead letter: the reason ingest just stored.
+            let reason = processed.dead_letters.join("; ");
             crate::dead_letter::mark_replayed(pool, letter.id, Some(&reason)).await?;
             println!("#{} still fails: {reason}", letter.id);
             failed += 1;

@@ -7,7 +7,7 @@
 //! piling entries up in memory. While the circuit breaker is open the reader
 //! and claimer pause; the batch that tripped it keeps retrying and closes it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::analytics::AnalyticsSender;
-use crate::config::{RedisConfig, RetryConfig};
+use crate::config::RedisConfig;
 use crate::ingest::Ingest;
 use crate::retry::Backoff;
 use crate::stream::{self, GroupInfo, StreamEntry};
@@ -36,12 +36,9 @@ pub struct ConsumerState {
     /// Per stream: the group's lag and pending count, refreshed periodically.
     pub streams: RwLock<Vec<(String, GroupInfo)>>,
     /// Entries being processed by this process, so the claimer never takes
-    /// back (and double-processes) our own slow batches.
-    in_flight: Mutex<HashSet<String>>,
-}
-
-fn in_flight_key(stream: &str, id: &str) -> String {
-    format!("{stream}\u{0}{id}")
+    /// back (and double-processes) our own slow batches. Ids per stream, so
+    /// lookups and removals borrow the entry's own strings.
+    in_flight: Mutex<HashMap<Arc<str>, HashSet<String>>>,
 }
 
 /// Whether an entry may hold a reorg notice (a cheap scan, no decoding).
@@ -53,7 +50,9 @@ fn carries_reorg_notice(entry: &StreamEntry) -> bool {
         .any(|(_, v)| v.windows(needle.len()).any(|w| w == needle))
 }
 
-fn now_ms() -> u64 {
+/// Unix time in milliseconds (0 if the clock reads before 1970), the unit
+/// of stream entry ids; shared with /health and the analytics worker.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -69,7 +68,6 @@ struct Shared {
     ingest: Ingest,
     analytics: AnalyticsSender,
     state: Arc<ConsumerState>,
-    retry: RetryConfig,
     permits: Arc<Semaphore>,
     /// Batches allowed in flight (the permits' total).
     workers: usize,
@@ -85,7 +83,6 @@ impl Consumer {
     pub fn new(
         config: RedisConfig,
         workers: usize,
-        retry: RetryConfig,
         ingest: Ingest,
         analytics: AnalyticsSender,
         state: Arc<ConsumerState>,
@@ -105,6 +102,7 @@ impl Consumer {
             .iter()
             .map(|s| Arc::from(s.as_str()))
             .collect();
+        let workers = workers.max(1);
         Ok(Consumer {
             shared: Arc::new(Shared {
                 config,
@@ -114,9 +112,8 @@ impl Consumer {
                 ingest,
                 analytics,
                 state,
-                retry,
-                permits: Arc::new(Semaphore::new(workers.max(1))),
-                workers: workers.max(1),
+                permits: Arc::new(Semaphore::new(workers)),
+                workers,
                 tracker: TaskTracker::new(),
                 abort,
             }),
@@ -156,7 +153,7 @@ impl Consumer {
 impl Shared {
     /// Creates the consumer groups, retrying until Redis answers.
     async fn setup(&self, cancel: &CancellationToken) -> bool {
-        let mut backoff = Backoff::new(&self.retry);
+        let mut backoff = Backoff::new(&self.ingest.retry);
         loop {
             let mut conn = self.commands.clone();
             match stream::ensure_groups(&mut conn, &self.streams, &self.config.group).await {
@@ -195,7 +192,7 @@ impl Shared {
     /// what it had not ACKed), then new entries.
     async fn read_loop(self: Arc<Self>, cancel: CancellationToken) {
         let mut conn: Option<MultiplexedConnection> = None;
-        let mut backoff = Backoff::new(&self.retry);
+        let mut backoff = Backoff::new(&self.ingest.retry);
         // Pending phase: per stream, the id after which to continue.
         let mut pending: Vec<(Arc<str>, String)> = self
             .streams
@@ -203,6 +200,7 @@ impl Shared {
             .map(|s| (s.clone(), "0".to_owned()))
             .collect();
         let block_ms = self.config.block.as_millis() as u64;
+        let new_ids = vec![">"; self.streams.len()];
         while !cancel.is_cancelled() {
             if !self.ingest.circuit.wait_closed(&cancel).await {
                 break;
@@ -225,32 +223,25 @@ impl Shared {
             }
             let Some(c) = conn.as_mut() else { continue };
             let reading_pending = !pending.is_empty();
-            let result = if reading_pending {
-                let streams: Vec<Arc<str>> = pending.iter().map(|(s, _)| s.clone()).collect();
-                let ids: Vec<&str> = pending.iter().map(|(_, id)| id.as_str()).collect();
-                stream::read_group(
-                    c,
-                    &self.config.group,
-                    &self.config.consumer,
-                    &streams,
-                    &ids,
-                    self.config.batch_size,
-                    None,
-                )
-                .await
+            let (pending_streams, pending_ids): (Vec<Arc<str>>, Vec<&str>);
+            // Pending entries are there already: no blocking for them.
+            let (streams, ids, block) = if reading_pending {
+                pending_streams = pending.iter().map(|(s, _)| s.clone()).collect();
+                pending_ids = pending.iter().map(|(_, id)| id.as_str()).collect();
+                (&pending_streams[..], &pending_ids[..], None)
             } else {
-                let ids = vec![">"; self.streams.len()];
-                stream::read_group(
-                    c,
-                    &self.config.group,
-                    &self.config.consumer,
-                    &self.streams,
-                    &ids,
-                    self.config.batch_size,
-                    Some(block_ms),
-                )
-                .await
+                (&self.streams[..], &new_ids[..], Some(block_ms))
             };
+            let result = stream::read_group(
+                c,
+                &self.config.group,
+                &self.config.consumer,
+                streams,
+                ids,
+                self.config.batch_size,
+                block,
+            )
+            .await;
             match result {
                 Ok(mut entries) => {
                     self.state.redis_healthy.store(true, Ordering::Relaxed);
@@ -304,8 +295,11 @@ impl Shared {
     async fn set_delivery_counts(&self, entries: &mut [StreamEntry]) -> redis::RedisResult<()> {
         let mut conn = self.commands.clone();
         for s in &self.streams {
-            let mine: Vec<StreamEntry> =
-                entries.iter().filter(|e| e.stream == *s).cloned().collect();
+            let mine: Vec<&str> = entries
+                .iter()
+                .filter(|e| e.stream == *s)
+                .map(|e| e.id.as_str())
+                .collect();
             if mine.is_empty() {
                 continue;
             }
@@ -343,7 +337,10 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             for e in &entries {
-                in_flight.insert(in_flight_key(&e.stream, &e.id));
+                in_flight
+                    .entry(e.stream.clone())
+                    .or_default()
+                    .insert(e.id.clone());
             }
         }
         let mut permit = Some(permit);
@@ -387,10 +384,10 @@ impl Shared {
         let processed = self.ingest.process(&batch, &self.abort).await;
         if let Some(processed) = processed {
             let committed_ms = now_ms();
+            let end_to_end = metrics::histogram!("writer_end_to_end_seconds");
             for e in &batch {
                 if let Some(added) = e.added_at_ms() {
-                    metrics::histogram!("writer_end_to_end_seconds")
-                        .record(committed_ms.saturating_sub(added) as f64 / 1000.0);
+                    end_to_end.record(committed_ms.saturating_sub(added) as f64 / 1000.0);
                 }
             }
             if self.ack(&batch).await {
@@ -402,14 +399,14 @@ impl Shared {
                     .fetch_add(processed.applied.inserted.total(), Ordering::Relaxed);
                 self.state
                     .dead_letters
-                    .fetch_add(processed.dead_lettered as u64, Ordering::Relaxed);
+                    .fetch_add(processed.dead_letters.len() as u64, Ordering::Relaxed);
                 self.state.batches.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("writer_reorgs_applied_total").increment(processed.reorgs as u64);
                 tracing::debug!(
                     entries = batch.len(),
                     inserted = processed.applied.inserted.total(),
                     duplicates = processed.applied.duplicates,
-                    dead_lettered = processed.dead_lettered,
+                    dead_lettered = processed.dead_letters.len(),
                     "batch committed and acknowledged"
                 );
             }
@@ -422,7 +419,9 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             for e in &batch {
-                in_flight.remove(&in_flight_key(&e.stream, &e.id));
+                if let Some(ids) = in_flight.get_mut(&*e.stream) {
+                    ids.remove(&e.id);
+                }
             }
         }
         drop(permit);
@@ -436,7 +435,7 @@ impl Shared {
             .iter()
             .map(|e| (e.stream.as_ref(), e.id.as_str()))
             .collect();
-        let mut backoff = Backoff::new(&self.retry);
+        let mut backoff = Backoff::new(&self.ingest.retry);
         loop {
             let mut conn = self.commands.clone();
             match stream::ack(&mut conn, &self.config.group, &ids).await {
@@ -517,8 +516,9 @@ impl Shared {
                     .in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
+                let mine = in_flight.get(s);
                 ids.iter()
-                    .filter(|id| !in_flight.contains(&in_flight_key(s, id)))
+                    .filter(|id| !mine.is_some_and(|m| m.contains(*id)))
                     .map(String::as_str)
                     .collect()
             };

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Applied, KINDS, ReadModel};
+use crate::apply::{Applied, ReadModel};
 use crate::config::RetryConfig;
 use crate::db::{Failure, classify};
 use crate::dead_letter::{self, NewDeadLetter};
@@ -24,7 +24,9 @@ use crate::stream::StreamEntry;
 #[derive(Debug, Default, Clone)]
 pub struct Processed {
     pub applied: Applied,
-    pub dead_lettered: usize,
+    /// The reasons of the entries dead-lettered, as recorded (so a replay
+    /// can report them without reading them back).
+    pub dead_letters: Vec<String>,
     pub reorgs: usize,
 }
 
@@ -222,7 +224,7 @@ impl Ingest {
         for l in &letters {
             tracing::warn!(stream = l.stream, entry_id = l.entry_id, error = %l.error, "dead-lettered entry");
         }
-        out.dead_lettered = letters.len();
+        out.dead_letters = letters.into_iter().map(|l| l.error).collect();
         Ok(out)
     }
 
@@ -257,12 +259,8 @@ impl Ingest {
         metrics::histogram!("writer_batch_events").record(segment.len() as f64);
         for (index, error) in &refused {
             let event = &segment[*index];
-            let kind = KINDS
-                .iter()
-                .find(|k| **k == event.kind.name())
-                .copied()
-                .unwrap_or("Generic");
-            metrics::counter!("writer_events_failed_total", "event_type" => kind).increment(1);
+            metrics::counter!("writer_events_failed_total", "event_type" => event.kind.name())
+                .increment(1);
             rejections.push((
                 owners[*index],
                 format!(
@@ -274,11 +272,7 @@ impl Ingest {
                 ),
             ));
         }
-        out.applied.inserted.add(&isolated.applied.inserted);
-        out.applied.duplicates += isolated.applied.duplicates;
-        out.applied
-            .dirty_triples
-            .extend(isolated.applied.dirty_triples);
+        out.applied.absorb(isolated.applied);
         segment.clear();
         owners.clear();
         Ok(())

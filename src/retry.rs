@@ -118,6 +118,14 @@ impl Circuit {
 
     /// Waits until the circuit is closed (or cancellation). Returns false
     /// if cancelled.
+    ///
+    /// No wakeup can be lost, so nothing re-checks periodically. Only
+    /// [`Circuit::record_success`] closes the circuit, clearing `open`
+    /// before it calls `notify_waiters()`; a `Notified` receives every
+    /// `notify_waiters()` made after its creation, even before it is first
+    /// polled (no `enable()` needed: that is for `notify_one()`). Created
+    /// before `is_open()` is read, it is either woken by that call or was
+    /// created after it, and then `is_open()` sees the circuit closed.
     pub async fn wait_closed(&self, cancel: &CancellationToken) -> bool {
         loop {
             let notified = self.closed.notified();
@@ -127,8 +135,6 @@ impl Circuit {
             tokio::select! {
                 _ = notified => {}
                 _ = cancel.cancelled() => return false,
-                // Belt and braces: re-check periodically.
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
     }

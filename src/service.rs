@@ -132,7 +132,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let consumer = Consumer::new(
         config.redis.clone(),
         config.workers,
-        config.retry.clone(),
         ingest,
         sender,
         status.consumer.clone(),

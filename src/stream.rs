@@ -53,17 +53,20 @@ fn int(v: &Value) -> Option<i64> {
 }
 
 /// `[id, [field, value, …]]` → entry (fields empty for a deleted entry).
-fn parse_entry(stream: &Arc<str>, v: &Value) -> Option<StreamEntry> {
+/// Takes the reply by value so payloads are moved out, not copied.
+fn parse_entry(stream: &Arc<str>, v: Value) -> Option<StreamEntry> {
     let Value::Array(parts) = v else { return None };
-    let id = text(parts.first()?)?;
+    let mut parts = parts.into_iter();
+    let id = text(&parts.next()?)?;
     let mut fields = Vec::new();
-    if let Some(Value::Array(kv)) = parts.get(1) {
+    if let Some(Value::Array(kv)) = parts.next() {
         fields.reserve(kv.len() / 2);
-        for pair in kv.chunks_exact(2) {
-            let name = text(&pair[0])?;
-            let value = match &pair[1] {
-                Value::BulkString(b) => b.clone(),
-                other => text(other)?.into_bytes(),
+        let mut kv = kv.into_iter();
+        while let (Some(name), Some(value)) = (kv.next(), kv.next()) {
+            let name = text(&name)?;
+            let value = match value {
+                Value::BulkString(b) => b,
+                other => text(&other)?.into_bytes(),
             };
             fields.push((name, value));
         }
@@ -78,26 +81,28 @@ fn parse_entry(stream: &Arc<str>, v: &Value) -> Option<StreamEntry> {
 
 /// Parses an XREADGROUP reply: `[[stream, [entry, …]], …]` (RESP2) or a map
 /// of stream → entries (RESP3); nil when the read timed out.
-fn parse_read_reply(reply: &Value, streams: &[Arc<str>]) -> Vec<StreamEntry> {
-    let per_stream: Vec<(&Value, &Value)> = match reply {
+fn parse_read_reply(reply: Value, streams: &[Arc<str>]) -> Vec<StreamEntry> {
+    let per_stream: Vec<(Value, Value)> = match reply {
         Value::Array(items) => items
-            .iter()
+            .into_iter()
             .filter_map(|item| match item {
-                Value::Array(pair) if pair.len() == 2 => Some((&pair[0], &pair[1])),
+                Value::Array(pair) => <[Value; 2]>::try_from(pair)
+                    .ok()
+                    .map(|[name, entries]| (name, entries)),
                 _ => None,
             })
             .collect(),
-        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+        Value::Map(pairs) => pairs,
         _ => Vec::new(),
     };
     let mut out = Vec::new();
     for (name, entries) in per_stream {
-        let Some(name) = text(name) else { continue };
+        let Some(name) = text(&name) else { continue };
         let Some(stream) = streams.iter().find(|s| s.as_ref() == name) else {
             continue;
         };
         if let Value::Array(entries) = entries {
-            out.extend(entries.iter().filter_map(|e| parse_entry(stream, e)));
+            out.extend(entries.into_iter().filter_map(|e| parse_entry(stream, e)));
         }
     }
     out
@@ -163,7 +168,7 @@ pub async fn read_group<C: ConnectionLike>(
         cmd.arg(*id);
     }
     let reply: Value = cmd.query_async(conn).await?;
-    Ok(parse_read_reply(&reply, streams))
+    Ok(parse_read_reply(reply, streams))
 }
 
 /// One `XAUTOCLAIM … JUSTID` page: the ids of entries idle longer than
@@ -227,7 +232,7 @@ pub async fn claim<C: ConnectionLike>(
         .await?;
     Ok(match reply {
         Value::Array(entries) => entries
-            .iter()
+            .into_iter()
             .filter_map(|e| parse_entry(stream, e))
             .collect(),
         _ => Vec::new(),
@@ -235,23 +240,24 @@ pub async fn claim<C: ConnectionLike>(
 }
 
 /// Delivery counts of `consumer`'s pending entries (`XPENDING` over the
-/// range they span, filtered to the consumer).
+/// range `ids` span, filtered to the consumer). Takes only the ids, in
+/// stream order: callers need not copy whole entries to ask.
 pub async fn delivery_counts<C: ConnectionLike>(
     conn: &mut C,
     stream: &str,
     group: &str,
     consumer: &str,
-    entries: &[StreamEntry],
+    ids: &[&str],
 ) -> RedisResult<HashMap<String, u32>> {
-    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+    let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
         return Ok(HashMap::new());
     };
     let reply: Value = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)
-        .arg(&first.id)
-        .arg(&last.id)
-        .arg(entries.len().max(1))
+        .arg(*first)
+        .arg(*last)
+        .arg(ids.len())
         .arg(consumer)
         .query_async(conn)
         .await?;
@@ -432,12 +438,12 @@ mod tests {
                 Value::Array(vec![bulk("1700000000001-0"), Value::Nil]),
             ]),
         ])]);
-        let entries = parse_read_reply(&reply, &streams);
+        let entries = parse_read_reply(reply, &streams);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].stream.as_ref(), "b");
         assert_eq!(entries[0].fields[0], ("payload".to_owned(), b"{}".to_vec()));
         assert_eq!(entries[0].added_at_ms(), Some(1_700_000_000_000));
         assert!(entries[1].fields.is_empty());
-        assert!(parse_read_reply(&Value::Nil, &streams).is_empty());
+        assert!(parse_read_reply(Value::Nil, &streams).is_empty());
     }
 }

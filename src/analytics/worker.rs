@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fnv::FnvHashSet;
 use sqlx::PgPool;
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::AnalyticsReceiver;
 use super::{Claim, Refreshed};
 use crate::config::{AnalyticsConfig, RetryConfig};
+use crate::consumer::now_ms;
 use crate::retry::Backoff;
 
 /// What /health and /metrics read about the worker.
@@ -46,12 +47,6 @@ pub struct Worker {
     state: Arc<WorkerState>,
     /// Current batch size: ANALYTICS_BATCH_SIZE, halved while batches fail.
     limit: usize,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Worker {
@@ -116,10 +111,7 @@ impl Worker {
             ids.sort_unstable();
             let mut rest = ids.as_slice();
             while !rest.is_empty() && !cancel.is_cancelled() {
-                let n = self.limit.min(rest.len());
-                let Some((_, done)) = self
-                    .process_retrying(Scope::Listed(&rest[..n]), &cancel)
-                    .await
+                let Some((_, done)) = self.process_retrying(Scope::Listed(rest), &cancel).await
                 else {
                     return;
                 };
@@ -172,16 +164,20 @@ impl Worker {
         let mut backoff = Backoff::new(&self.retry);
         loop {
             let started = Instant::now();
-            let claim = match scope {
-                Scope::Listed(ids) => Claim::Listed(&ids[..self.limit.min(ids.len())]),
-                Scope::After(after) => Claim::After {
-                    after,
-                    limit: self.limit,
-                },
-            };
-            let listed = match claim {
-                Claim::Listed(ids) => ids.len(),
-                Claim::After { .. } => 0,
+            // A listed scope is cut to the current limit here, on every
+            // attempt, since a failure shrinks it.
+            let (claim, listed) = match scope {
+                Scope::Listed(ids) => {
+                    let ids = &ids[..self.limit.min(ids.len())];
+                    (Claim::Listed(ids), ids.len())
+                }
+                Scope::After(after) => (
+                    Claim::After {
+                        after,
+                        limit: self.limit,
+                    },
+                    0,
+                ),
             };
             match super::refresh(&self.pool, &self.schema, claim, &[], false).await {
                 Ok(refreshed) => {

@@ -119,7 +119,7 @@ impl<'a> Fields<'a> {
         self.location
     }
 
-    fn path_of(location: Location, nested: Option<&str>, field: Option<&str>) -> String {
+    pub(super) fn path_of(location: Location, nested: Option<&str>, field: Option<&str>) -> String {
         let mut path = String::new();
         match location {
             Location::Envelope => {}

@@ -178,6 +178,17 @@ impl<'a> Header<'a> {
             event_data,
         })
     }
+
+    /// The network an element names, else the envelope's.
+    fn network(&self, element: &Fields<'a>) -> Result<Cow<'a, str>, DecodeError> {
+        match element.opt_string("network")? {
+            Some(n) => Ok(n),
+            None => self
+                .network
+                .clone()
+                .ok_or_else(|| element.error("network", Problem::Missing)),
+        }
+    }
 }
 
 fn decode_element<'a>(
@@ -254,10 +265,7 @@ fn chain_event<'a>(
         _ => {
             if json::has_escaped_nul(raw.get()) {
                 return Err(DecodeError::new(
-                    match f.location() {
-                        Location::Element(i) => format!("event_data[{i}]"),
-                        _ => "event_data".to_owned(),
-                    },
+                    Fields::path_of(f.location(), None, None),
                     Problem::ContainsNul,
                 ));
             }
@@ -282,13 +290,7 @@ fn chain_position<'a>(
 ) -> Result<ChainPosition<'a>, DecodeError> {
     let raw = event.required(TX_INFO)?;
     let f = Fields::of_raw(raw, event.location(), Some(TX_INFO))?;
-    let network = match f.opt_string("network")? {
-        Some(n) => n,
-        None => header
-            .network
-            .clone()
-            .ok_or_else(|| f.error("network", Problem::Missing))?,
-    };
+    let network = header.network(&f)?;
     Ok(ChainPosition {
         transaction_hash: f.hash32("transaction_hash")?,
         log_index: f.int("log_index")?,
@@ -320,13 +322,7 @@ fn reorg_notice<'a>(
             },
         ));
     }
-    let network = match f.opt_string("network")? {
-        Some(n) => n,
-        None => header
-            .network
-            .clone()
-            .ok_or_else(|| f.error("network", Problem::Missing))?,
-    };
+    let network = header.network(f)?;
     let hashes_raw = f.required("affected_tx_hashes")?;
     let hashes: Vec<&RawValue> = serde_json::from_str(hashes_raw.get()).map_err(|_| {
         f.error(
@@ -339,17 +335,19 @@ fn reorg_notice<'a>(
     })?;
     let mut affected_tx_hashes = Vec::with_capacity(hashes.len());
     for (i, h) in hashes.iter().enumerate() {
-        let item = format!("affected_tx_hashes[{i}]");
+        // The path is built only when this hash is refused.
+        let item = || format!("affected_tx_hashes[{i}]");
         let text: Cow<'_, str> = serde_json::from_str(h.get()).map_err(|_| {
             f.error(
-                &item,
+                &item(),
                 Problem::WrongType {
                     expected: "a string",
                     found: "something else",
                 },
             )
         })?;
-        affected_tx_hashes.push(Hash32::parse(&text).map_err(|e| f.error(&item, Problem::Hex(e)))?);
+        affected_tx_hashes
+            .push(Hash32::parse(&text).map_err(|e| f.error(&item(), Problem::Hex(e)))?);
     }
     Ok(ReorgNotice {
         network,

@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use super::value::nibble;
+
 /// 2^256 - 1, the largest uint256, in decimal.
 pub const MAX_DECIMAL: &str =
     "115792089237316195423570985008687907853269984665640564039457584007913129639935";
@@ -100,8 +102,7 @@ impl Amount {
         }
         let mut limbs = [0u64; 4];
         for (i, c) in significant.bytes().rev().enumerate() {
-            let nibble = (c as char).to_digit(16).unwrap_or(0) as u64;
-            limbs[i / 16] |= nibble << ((i % 16) * 4);
+            limbs[i / 16] |= u64::from(nibble(c)) << ((i % 16) * 4);
         }
         Ok(Amount::from_limbs(limbs))
     }

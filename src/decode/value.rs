@@ -116,7 +116,8 @@ impl fmt::Debug for Hash32 {
     }
 }
 
-fn nibble(c: u8) -> u8 {
+/// The value of a hex digit (0 for anything else: callers validate first).
+pub(super) fn nibble(c: u8) -> u8 {
     (c as char).to_digit(16).unwrap_or(0) as u8
 }
 

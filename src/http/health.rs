@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 
+use crate::consumer::now_ms;
 use crate::service::Status;
 use crate::stream::GroupInfo;
 
@@ -85,12 +86,6 @@ impl BacklogCache {
     fn known(v: &AtomicI64) -> Option<i64> {
         Some(v.load(Ordering::Relaxed)).filter(|v| *v >= 0)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// RFC 3339 UTC time, e.g. `2026-11-22T12:00:00.123Z`.
