@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use sqlx::{AssertSqlSafe, PgPool};
+use testkit::workload::{Spec, Workload};
 use writer::analytics::{Claim, refresh};
 use writer::apply::ReadModel;
 use writer::config::{DatabaseConfig, Secret};
-use writer::workload::{Spec, Workload};
 
 pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -45,7 +45,7 @@ pub async fn pool_at(database: &str, schema: &str) -> PgPool {
 pub async fn publish(
     conn: &mut MultiplexedConnection,
     spec: &Spec,
-    entries: &[writer::workload::Entry],
+    entries: &[testkit::workload::Entry],
 ) {
     let () = spec.xadd(entries).query_async(conn).await.expect("XADD");
 }

@@ -5,8 +5,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use testkit::workload::{Spec, generate};
 use writer::decode::decode_json;
-use writer::workload::{Spec, generate};
 
 /// Entries of one kind from a generated workload, and their event count.
 fn sample(kind: &str, vary: bool) -> (Vec<String>, u64) {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use sqlx::AssertSqlSafe;
-use writer::workload::{Spec, generate};
+use testkit::workload::{Spec, generate};
 
 mod common;
 use common::*;

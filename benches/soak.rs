@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use testkit::workload::{Spec, Workload, generate};
 use writer::apply::ReadModel;
-use writer::workload::{Spec, Workload, generate};
 
 mod common;
 use common::*;

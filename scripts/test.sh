@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
 if cargo nextest --version >/dev/null 2>&1; then
-  exec cargo nextest run --no-fail-fast "$@"
+  exec cargo nextest run --workspace --no-fail-fast "$@"
 else
-  exec cargo test --no-fail-fast "$@"
+  exec cargo test --workspace --no-fail-fast "$@"
 fi

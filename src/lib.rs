@@ -25,4 +25,3 @@ pub mod retry;
 pub mod service;
 pub mod stream;
 pub mod telemetry;
-pub mod workload;

@@ -360,6 +360,4 @@ fn reorg_notice<'a>(
 }
 
 #[cfg(test)]
-mod fuzz;
-#[cfg(test)]
 mod tests;

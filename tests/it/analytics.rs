@@ -1,16 +1,16 @@
 //! Analytics, backfill and reorgs: the derived tables always converge to
-//! invariants 6–8, computed independently in `support::model` (issue 4).
+//! invariants 6–8, computed independently in `testkit::model` (issue 4).
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use testkit::workload::{Workload, generate};
 use writer::event::ChainEvent;
-use writer::workload::{Workload, generate};
 
 use crate::support::TestDb;
-use crate::support::model::Model;
 use crate::support::service::{Env, Writer, applied_directly, assert_same_core};
+use testkit::model::Model;
 
 const DRAIN: Duration = Duration::from_secs(120);
 

@@ -7,12 +7,12 @@
 use std::sync::Mutex;
 
 use proptest::prelude::*;
+use testkit::workload::{Spec, generate};
 use writer::apply::ReadModel;
 use writer::event::ChainEvent;
-use writer::workload::{Spec, generate};
 
 use crate::support::TestDb;
-use crate::support::model::Model;
+use testkit::model::Model;
 
 const EVENTS: usize = 6_000;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use writer::workload::generate;
+use testkit::workload::generate;
 
 use crate::support::proxy::Proxy;
 use crate::support::service::{Env, Writer, applied_directly, assert_same_core, json_body};

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use testkit::workload::{Workload, generate};
 use writer::decode::decode_payload;
-use writer::workload::{Workload, generate};
 
-use crate::support::model::Model;
 use crate::support::private::{PrivatePostgres, PrivateRedis};
 use crate::support::service::{Env, Writer, applied_directly, assert_same_core};
+use testkit::model::Model;
 
 const DRAIN: Duration = Duration::from_secs(180);
 
@@ -60,7 +60,7 @@ async fn survives_dependency_faults_without_restart() {
     let pid = writer.child.id();
 
     // Publish in slices between faults, so every fault meets work in flight.
-    let slices: Vec<&[writer::workload::Entry]> = workload
+    let slices: Vec<&[testkit::workload::Entry]> = workload
         .entries
         .chunks(workload.entries.len() / 5 + 1)
         .collect();

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use writer::workload::generate;
+use testkit::workload::generate;
 
 use crate::support::TestDb;
 use crate::support::proxy::Proxy;

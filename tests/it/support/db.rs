@@ -89,9 +89,9 @@ impl TestDb {
 }
 
 impl TestDb {
-    /// The four analytics tables, as [`super::model::Analytics`] renders them.
-    pub async fn dump_analytics(&self) -> super::model::Analytics {
-        super::model::Analytics {
+    /// The four analytics tables, as [`testkit::model::Analytics`] renders them.
+    pub async fn dump_analytics(&self) -> testkit::model::Analytics {
+        testkit::model::Analytics {
             triple_vault: self.rows("SELECT term_id, counter_term_id, curve_id, total_shares, total_assets, position_count, market_cap FROM triple_vault").await,
             triple_term: self.rows("SELECT term_id, counter_term_id, total_assets, total_market_cap, total_position_count FROM triple_term").await,
             predicate_object: self.rows("SELECT predicate_id, object_id, triple_count, total_position_count, total_market_cap FROM predicate_object").await,

@@ -3,7 +3,6 @@
 
 pub mod db;
 pub mod events;
-pub mod model;
 pub mod private;
 pub mod proxy;
 pub mod service;

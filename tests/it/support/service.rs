@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use writer::workload::{Spec, Workload};
+use testkit::workload::{Spec, Workload};
 
 use super::db::{TestDb, database_url, unique_name};
 pub use super::private::free_port;
@@ -113,7 +113,7 @@ impl Env {
     }
 
     /// XADDs entries, pipelined.
-    pub async fn publish(&mut self, entries: &[writer::workload::Entry]) {
+    pub async fn publish(&mut self, entries: &[testkit::workload::Entry]) {
         for chunk in entries.chunks(500) {
             let pipe = self.spec.xadd(chunk);
             let () = pipe.query_async(&mut self.redis).await.unwrap();

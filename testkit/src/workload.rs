@@ -15,9 +15,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::apply::ReadModel;
-use crate::decode::value::{Hash32, counter_term_id};
-use crate::event::ChainEvent;
+use writer::apply::ReadModel;
+use writer::decode::value::{Hash32, counter_term_id};
+use writer::event::ChainEvent;
 
 /// One stream entry to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +120,7 @@ impl Workload {
             .iter()
             .filter(|e| !e.duplicate)
             .flat_map(|e| {
-                let d = crate::decode::decode_json(&e.payload);
+                let d = writer::decode::decode_json(&e.payload);
                 assert!(
                     d.errors.is_empty(),
                     "generated entry rejected: {:?}",
@@ -673,7 +673,7 @@ fn duplicate(rng: &mut fastrand::Rng, entries: &mut Vec<Entry>, ratio: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::decode_json;
+    use writer::decode::decode_json;
 
     #[test]
     fn mul_div_matches_u128_where_it_fits() {

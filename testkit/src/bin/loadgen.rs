@@ -1,15 +1,15 @@
 //! Load generator: XADDs a seeded, realistic MultiVault workload in
-//! rindexer's format (see `writer::workload`) to the five streams.
+//! rindexer's format (see `testkit::workload`) to the five streams.
 //!
 //! ```sh
-//! cargo run --release --bin loadgen -- --events 100000 --seed 7
-//! cargo run --release --bin loadgen -- --events 60000 --rate 1000   # steady 1,000 events/s
+//! cargo run --release -p testkit --bin loadgen -- --events 100000 --seed 7
+//! cargo run --release -p testkit --bin loadgen -- --events 60000 --rate 1000   # steady 1,000 events/s
 //! ```
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use writer::workload::{Spec, generate};
+use testkit::workload::{Spec, generate};
 
 #[derive(Debug, Parser)]
 #[command(about = "Publish a generated MultiVault workload to Redis streams")]

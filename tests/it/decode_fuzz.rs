@@ -9,8 +9,8 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-use super::{DecodedEntry, decode_payload};
-use crate::workload::{Spec, generate};
+use testkit::workload::{Spec, generate};
+use writer::decode::{DecodedEntry, decode_payload};
 
 fn cases(default: u32) -> u32 {
     std::env::var("FUZZ_CASES")
@@ -36,7 +36,7 @@ fn is_canonical_amount(s: &str) -> bool {
 
 /// Every decoded value is in canonical form; every error names a field.
 fn check(d: &DecodedEntry<'_>) {
-    use crate::event::EventKind;
+    use writer::event::EventKind;
     for e in &d.events {
         let c = &e.chain;
         assert!(is_lower_hex(c.transaction_hash.as_str(), 64));
@@ -77,7 +77,7 @@ fn check(d: &DecodedEntry<'_>) {
                 vec![]
             }
             EventKind::Generic(g) => {
-                assert!(!super::json::has_escaped_nul(g.data));
+                assert!(!writer::decode::json::has_escaped_nul(g.data));
                 vec![]
             }
         };
