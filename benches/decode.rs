@@ -5,13 +5,13 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use testkit::workload::{Spec, generate};
+use testkit::workload::{Shape, Spec, generate};
 use writer::decode::decode_json;
 
 /// Entries of one kind from a generated workload, and their event count.
 fn sample(kind: &str, vary: bool) -> (Vec<String>, u64) {
     let mut spec = Spec::new(9, 20_000);
-    spec.vary_encoding = vary;
+    spec.shape = if vary { Shape::Varied } else { Shape::Rindexer };
     spec.duplicate_ratio = 0.0;
     let entries: Vec<_> = generate(&spec)
         .entries

@@ -41,15 +41,6 @@ pub struct ConsumerState {
     in_flight: Mutex<HashMap<Arc<str>, HashSet<String>>>,
 }
 
-/// Whether an entry may hold a reorg notice (a cheap scan, no decoding).
-fn carries_reorg_notice(entry: &StreamEntry) -> bool {
-    let needle = crate::decode::REORG_EVENT_NAME.as_bytes();
-    entry
-        .fields
-        .iter()
-        .any(|(_, v)| v.windows(needle.len()).any(|w| w == needle))
-}
-
 /// Unix time in milliseconds (0 if the clock reads before 1970), the unit
 /// of stream entry ids; shared with /health and the analytics worker.
 pub(crate) fn now_ms() -> u64 {
@@ -68,9 +59,8 @@ struct Shared {
     ingest: Ingest,
     analytics: AnalyticsSender,
     state: Arc<ConsumerState>,
+    /// One per batch allowed in flight (`WORKERS`).
     permits: Arc<Semaphore>,
-    /// Batches allowed in flight (the permits' total).
-    workers: usize,
     tracker: TaskTracker,
     abort: CancellationToken,
 }
@@ -113,7 +103,6 @@ impl Consumer {
                 analytics,
                 state,
                 permits: Arc::new(Semaphore::new(workers)),
-                workers,
                 tracker: TaskTracker::new(),
                 abort,
             }),
@@ -347,7 +336,7 @@ impl Shared {
         while !entries.is_empty() {
             let rest = entries.split_off(entries.len().min(self.config.batch_size));
             let batch = std::mem::replace(&mut entries, rest);
-            let mut permit = match permit.take() {
+            let permit = match permit.take() {
                 Some(p) => p,
                 // The batch must run even during shutdown: its entries are
                 // already delivered to us. Wait for a permit regardless.
@@ -356,24 +345,6 @@ impl Shared {
                     Err(_) => return,
                 },
             };
-            // A reorg notice is a barrier: its batch runs alone, after every
-            // batch dispatched before it and before any dispatched after it,
-            // so events and notices of this process apply in read order
-            // (ADR 0004).
-            // (All permits are taken at once, holding none meanwhile: two
-            // barriers can never each hold some while waiting for the rest.)
-            if batch.iter().any(carries_reorg_notice) {
-                drop(permit);
-                permit = match self
-                    .permits
-                    .clone()
-                    .acquire_many_owned(self.workers as u32)
-                    .await
-                {
-                    Ok(all) => all,
-                    Err(_) => return,
-                };
-            }
             let shared = self.clone();
             self.tracker
                 .spawn(async move { shared.process_batch(batch, permit).await });
@@ -401,7 +372,6 @@ impl Shared {
                     .dead_letters
                     .fetch_add(processed.dead_letters.len() as u64, Ordering::Relaxed);
                 self.state.batches.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("writer_reorgs_applied_total").increment(processed.reorgs as u64);
                 tracing::debug!(
                     entries = batch.len(),
                     inserted = processed.applied.inserted.total(),

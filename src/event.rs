@@ -111,6 +111,19 @@ pub enum EventKind<'a> {
 }
 
 impl EventKind<'_> {
+    /// The index of the event's table, in the order of
+    /// [`crate::apply::KINDS`].
+    pub fn table(&self) -> usize {
+        match self {
+            EventKind::AtomCreated(_) => 0,
+            EventKind::TripleCreated(_) => 1,
+            EventKind::Deposited(_) => 2,
+            EventKind::Redeemed(_) => 3,
+            EventKind::SharePriceChanged(_) => 4,
+            EventKind::Generic(_) => 5,
+        }
+    }
+
     /// The label used in metrics and logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -131,18 +144,21 @@ pub struct ChainEvent<'a> {
     pub kind: EventKind<'a>,
 }
 
-/// rindexer's notice that the chain reorganised: the listed transactions at
-/// blocks ≥ `fork_block` on `network` are no longer canonical.
+/// rindexer's notice that the chain reorganised at `fork_block` on
+/// `network`. Sent to every stream of the network; the copy on a stream
+/// abandons what that stream delivered before it at blocks ≥ `fork_block`
+/// (SPEC §1 "Reorgs", ADR 0009).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReorgNotice<'a> {
     pub network: Cow<'a, str>,
     pub fork_block: i64,
     pub depth: Option<i64>,
+    /// What rindexer deleted from its own storage (empty when it keeps
+    /// none): recorded, not relied on.
     pub affected_tx_hashes: Vec<Hash32>,
-    /// The envelope's `message_id`, when rindexer sends one: tells a new
-    /// notice from a redelivered one when both name the same transactions
-    /// (a chain that reorganises back).
-    pub message_id: Option<&'a str>,
+    /// The envelope's `message_id`, when rindexer sends one: the same on
+    /// every copy of a notice, and on a later notice at the same fork block.
+    pub message_id: Option<Cow<'a, str>>,
     /// The notice as received, kept in `reorg_notices`.
     pub raw: &'a str,
 }

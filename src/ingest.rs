@@ -11,12 +11,11 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Applied, ReadModel};
+use crate::apply::{Applied, Delivered, EntryId, ReadModel, Source};
 use crate::config::RetryConfig;
 use crate::db::{Failure, classify};
 use crate::dead_letter::{self, NewDeadLetter};
 use crate::decode::{self, DecodedEntry};
-use crate::event::ChainEvent;
 use crate::retry::{Backoff, Circuit};
 use crate::stream::StreamEntry;
 
@@ -27,7 +26,10 @@ pub struct Processed {
     /// The reasons of the entries dead-lettered, as recorded (so a replay
     /// can report them without reading them back).
     pub dead_letters: Vec<String>,
+    /// Reorg notice copies applied (not counting redelivered ones).
     pub reorgs: usize,
+    /// Events removed by those notices.
+    pub removed_by_reorgs: u64,
 }
 
 /// Applies batches of entries.
@@ -39,21 +41,11 @@ pub struct Ingest {
     pub circuit: Arc<Circuit>,
 }
 
-/// One attempt at a batch: the events gathered since the last reorg notice,
-/// and what has been applied and refused so far.
-struct Pass<'p, 'e> {
-    escalate: bool,
-    abort: &'p CancellationToken,
-    segment: Vec<&'p ChainEvent<'e>>,
-    /// For each event of `segment`, the entry it came from.
-    owners: Vec<usize>,
-    out: Processed,
-    rejections: Vec<(usize, String)>,
-}
-
 /// An entry with what decoding made of it.
 struct Decoded<'e> {
     entry: &'e StreamEntry,
+    /// Where it sits in its stream: what reorg notices are measured against.
+    source: Source<'e>,
     payload_field: Option<&'static str>,
     payload: &'e [u8],
     decoded: DecodedEntry<'e>,
@@ -75,6 +67,12 @@ fn all_fields_json(entry: &StreamEntry) -> Vec<u8> {
 fn decode_entry<'e>(entry: &'e StreamEntry, max_deliveries: u32) -> Decoded<'e> {
     let mut d = Decoded {
         entry,
+        source: Source {
+            stream: &entry.stream,
+            // Ids come from Redis; one that does not parse (never seen) is
+            // placed first in its stream, where a notice can orphan it.
+            entry: EntryId::parse(&entry.id).unwrap_or_default(),
+        },
         payload_field: None,
         payload: &[],
         decoded: DecodedEntry::default(),
@@ -146,9 +144,12 @@ impl Ingest {
         }
     }
 
-    /// One attempt: apply in entry order (events up to a reorg notice, the
-    /// notice, the rest), then record dead letters. Safe to repeat: what an
-    /// earlier attempt committed is a no-op the second time.
+    /// One attempt: the batch's reorg notices (each copy in its own
+    /// transaction), then all its events (one isolating pass), then dead
+    /// letters. Notices first, because their meaning does not depend on
+    /// when they are applied (ADR 0009) and events they orphan are then
+    /// never written. Safe to repeat: what an earlier attempt committed is a
+    /// no-op the second time.
     async fn attempt(
         &self,
         decoded: &[Decoded<'_>],
@@ -156,42 +157,39 @@ impl Ingest {
         abort: &CancellationToken,
     ) -> Result<Processed, sqlx::Error> {
         let started = Instant::now();
-        let mut pass = Pass {
-            escalate,
-            abort,
-            segment: Vec::new(),
-            owners: Vec::new(),
-            out: Processed::default(),
-            rejections: Vec::new(),
-        };
+        let mut out = Processed::default();
+        let mut rejections: Vec<(usize, String)> = Vec::new();
         for (i, d) in decoded.iter().enumerate() {
-            pass.segment.extend(d.decoded.events.iter());
-            pass.owners
-                .extend(std::iter::repeat_n(i, d.decoded.events.len()));
-            if d.decoded.reorgs.is_empty() {
-                continue;
-            }
-            self.flush(&mut pass).await?;
             for notice in &d.decoded.reorgs {
-                match crate::reorg::apply(&self.read_model, notice).await {
+                match crate::reorg::apply(&self.read_model, notice, d.source).await {
                     Ok(r) => {
-                        pass.out.reorgs += usize::from(r.applied);
-                        pass.out.applied.dirty_triples.extend(r.dirty_triples);
+                        if r.applied {
+                            metrics::counter!("writer_reorgs_total").increment(1);
+                            metrics::counter!("writer_events_orphaned_total")
+                                .increment(r.removed_events);
+                        }
+                        out.reorgs += usize::from(r.applied);
+                        out.removed_by_reorgs += r.removed_events;
+                        out.applied.dirty_triples.extend(r.dirty_triples);
                     }
                     Err(e) if classify(&e) == Failure::Permanent => {
-                        pass.rejections
-                            .push((i, format!("reorg notice could not be applied: {e}")));
+                        rejections.push((i, format!("reorg notice could not be applied: {e}")));
                     }
                     Err(e) => return Err(e),
                 }
             }
         }
-        self.flush(&mut pass).await?;
-        let Pass {
-            mut out,
-            rejections,
-            ..
-        } = pass;
+        let mut events = Vec::new();
+        let mut owners = Vec::new();
+        for (i, d) in decoded.iter().enumerate() {
+            events.extend(d.decoded.events.iter().map(|event| Delivered {
+                source: d.source,
+                event,
+            }));
+            owners.extend(std::iter::repeat_n(i, d.decoded.events.len()));
+        }
+        self.apply_events(&events, &owners, escalate, abort, &mut out, &mut rejections)
+            .await?;
         metrics::histogram!("writer_stage_seconds", "stage" => "apply")
             .record(started.elapsed().as_secs_f64());
 
@@ -228,26 +226,27 @@ impl Ingest {
         Ok(out)
     }
 
-    /// Applies the events collected so far, in their own isolating pass.
-    async fn flush(&self, pass: &mut Pass<'_, '_>) -> Result<(), sqlx::Error> {
-        let Pass {
-            escalate,
-            abort,
-            segment,
-            owners,
-            out,
-            rejections,
-        } = pass;
-        if segment.is_empty() {
+    /// Applies the batch's events in an isolating pass; events refused on
+    /// their own become rejections of the entries (`owners`) they came from.
+    async fn apply_events(
+        &self,
+        events: &[Delivered<'_, '_>],
+        owners: &[usize],
+        escalate: bool,
+        abort: &CancellationToken,
+        out: &mut Processed,
+        rejections: &mut Vec<(usize, String)>,
+    ) -> Result<(), sqlx::Error> {
+        if events.is_empty() {
             return Ok(());
         }
-        let mut isolated = self.read_model.apply_isolating(segment, *escalate).await?;
+        let mut isolated = self.read_model.apply_isolating(events, escalate).await?;
         // An event refused alone gets MAX_DELIVERIES attempts in all (with
         // backoff) before it is dead-lettered: an error that only looked
         // permanent gets its chance.
         let mut refused = Vec::new();
         for r in std::mem::take(&mut isolated.rejected) {
-            match self.retry_alone(segment[r.index], r.error, abort).await? {
+            match self.retry_alone(events[r.index], r.error, abort).await? {
                 Ok(applied) => isolated.applied.absorb(applied),
                 Err(error) => refused.push((r.index, error)),
             }
@@ -256,9 +255,13 @@ impl Ingest {
             metrics::counter!("writer_events_applied_total", "event_type" => kind).increment(n);
         }
         metrics::counter!("writer_events_duplicate_total").increment(isolated.applied.duplicates);
-        metrics::histogram!("writer_batch_events").record(segment.len() as f64);
+        // Events of an abandoned fork not stored, or stored and then
+        // replaced by the new chain's delivery before the notice came.
+        metrics::counter!("writer_events_orphaned_total")
+            .increment(isolated.applied.orphaned + isolated.applied.replaced);
+        metrics::histogram!("writer_batch_events").record(events.len() as f64);
         for (index, error) in &refused {
-            let event = &segment[*index];
+            let event = events[*index].event;
             metrics::counter!("writer_events_failed_total", "event_type" => event.kind.name())
                 .increment(1);
             rejections.push((
@@ -273,8 +276,6 @@ impl Ingest {
             ));
         }
         out.applied.absorb(isolated.applied);
-        segment.clear();
-        owners.clear();
         Ok(())
     }
 
@@ -284,7 +285,7 @@ impl Ingest {
     /// whole attempt is then retried; only permanent refusals dead-letter.
     async fn retry_alone(
         &self,
-        event: &ChainEvent<'_>,
+        event: Delivered<'_, '_>,
         first_error: sqlx::Error,
         abort: &CancellationToken,
     ) -> Result<Result<Applied, sqlx::Error>, sqlx::Error> {
@@ -297,7 +298,7 @@ impl Ingest {
             if !backoff.wait(abort).await {
                 return Err(last);
             }
-            match self.read_model.apply(std::slice::from_ref(event)).await {
+            match self.read_model.apply_delivered(vec![event]).await {
                 Ok(applied) => return Ok(Ok(applied)),
                 Err(e) if classify(&e) != Failure::Permanent => return Err(e),
                 Err(e) => last = e,

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "operations",
         include_str!("../migrations/0004_operations.sql"),
     ),
+    (
+        5,
+        "stream_positions",
+        include_str!("../migrations/0005_stream_positions.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,42 +1,10 @@
-//! AtomCreated: the event row, then (for new events only) the `atom` row.
+//! The `atom` table: created by new AtomCreated events, rebuilt from the
+//! event log when events leave it.
 
 use sqlx::PgConnection;
 
-use super::columns::{ChainColumns, indexes};
-use crate::event::{AtomCreated, ChainPosition};
-
-/// The AtomCreated events of a batch.
-#[derive(Debug, Default)]
-pub(crate) struct Atoms<'e> {
-    pub events: Vec<(&'e ChainPosition<'e>, &'e AtomCreated)>,
-}
-
-/// Inserts the events not seen before (and not removed by a reorg);
-/// returns the ordinals of those inserted.
-const INSERT: &str = r#"
-WITH e AS (
-    SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int8[],
-        $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[],
-        $13::text[]) WITH ORDINALITY
-        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
-             transaction_index, address, network, creator, term_id, atom_data, raw_data,
-             atom_wallet, ord)
-),
-ins AS (
-    INSERT INTO atom_created_events (transaction_hash, log_index, block_number, block_hash,
-        block_timestamp, transaction_index, address, network, creator, term_id, atom_data,
-        raw_data, atom_wallet)
-    SELECT transaction_hash, log_index, block_number, block_hash, block_timestamp,
-        transaction_index, address, network, creator, term_id, atom_data, raw_data, atom_wallet
-    FROM e
-    WHERE NOT EXISTS (SELECT 1 FROM reorged_events r
-        WHERE r.transaction_hash = e.transaction_hash AND r.log_index = e.log_index
-          AND r.block_hash = e.block_hash)
-    ON CONFLICT DO NOTHING
-    RETURNING transaction_hash, log_index
-)
-SELECT e.ord FROM e JOIN ins USING (transaction_hash, log_index)
-"#;
+use super::events::Item;
+use crate::event::AtomCreated;
 
 /// Creates atom rows from new events. If the same term were ever created
 /// twice, the earliest event on the chain wins, whatever the arrival order.
@@ -100,58 +68,40 @@ pub async fn recompute(conn: &mut PgConnection, ids: &[&str]) -> Result<(), sqlx
     Ok(())
 }
 
-impl<'e> Atoms<'e> {
-    /// The terms of the events at `new`.
-    pub fn terms<'a>(&'a self, new: &'a [usize]) -> impl Iterator<Item = &'a str> {
-        new.iter().map(|&i| self.events[i].1.term_id.as_str())
-    }
+/// The terms of the events at `new`.
+pub(crate) fn terms<'a>(
+    items: &'a [Item<'_, AtomCreated>],
+    new: &'a [usize],
+) -> impl Iterator<Item = &'a str> {
+    new.iter().map(|&i| items[i].event.term_id.as_str())
+}
 
-    /// Inserts the event rows; returns the indexes of the new ones.
-    pub async fn insert(&self, conn: &mut PgConnection) -> Result<Vec<usize>, sqlx::Error> {
-        if self.events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let e = &self.events;
-        let creator: Vec<&str> = e.iter().map(|(_, a)| a.creator.as_str()).collect();
-        let term_id: Vec<&str> = e.iter().map(|(_, a)| a.term_id.as_str()).collect();
-        let data: Vec<Option<&str>> = e.iter().map(|(_, a)| a.atom_data.text()).collect();
-        let raw: Vec<Option<&[u8]>> = e.iter().map(|(_, a)| a.atom_data.raw()).collect();
-        let wallet: Vec<&str> = e.iter().map(|(_, a)| a.atom_wallet.as_str()).collect();
-        let rows = ChainColumns::of(e.iter().map(|(c, _)| *c))
-            .bind(sqlx::query(INSERT))
-            .bind(&creator[..])
-            .bind(&term_id[..])
-            .bind(&data[..])
-            .bind(&raw[..])
-            .bind(&wallet[..])
-            .fetch_all(conn)
-            .await?;
-        indexes(rows)
+/// Creates the atom rows of the new events (`new`: indexes into `items`).
+pub(crate) async fn cascade(
+    conn: &mut PgConnection,
+    items: &[Item<'_, AtomCreated>],
+    new: &[usize],
+) -> Result<(), sqlx::Error> {
+    if new.is_empty() {
+        return Ok(());
     }
-
-    /// Creates the atom rows of the new events (`new` from [`Atoms::insert`]).
-    pub async fn cascade(&self, conn: &mut PgConnection, new: &[usize]) -> Result<(), sqlx::Error> {
-        if new.is_empty() {
-            return Ok(());
-        }
-        let pick = || new.iter().map(|&i| self.events[i]);
-        let term_id: Vec<&str> = pick().map(|(_, a)| a.term_id.as_str()).collect();
-        let wallet: Vec<&str> = pick().map(|(_, a)| a.atom_wallet.as_str()).collect();
-        let creator: Vec<&str> = pick().map(|(_, a)| a.creator.as_str()).collect();
-        let data: Vec<Option<&str>> = pick().map(|(_, a)| a.atom_data.text()).collect();
-        let raw: Vec<Option<&[u8]>> = pick().map(|(_, a)| a.atom_data.raw()).collect();
-        let block: Vec<i64> = pick().map(|(c, _)| c.block_number).collect();
-        let log: Vec<i64> = pick().map(|(c, _)| c.log_index).collect();
-        sqlx::query(UPSERT)
-            .bind(&term_id)
-            .bind(&wallet)
-            .bind(&creator)
-            .bind(&data)
-            .bind(&raw)
-            .bind(&block)
-            .bind(&log)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
+    let pick = || new.iter().map(|&i| items[i]);
+    let term_id: Vec<&str> = pick().map(|i| i.event.term_id.as_str()).collect();
+    let wallet: Vec<&str> = pick().map(|i| i.event.atom_wallet.as_str()).collect();
+    let creator: Vec<&str> = pick().map(|i| i.event.creator.as_str()).collect();
+    let data: Vec<Option<&str>> = pick().map(|i| i.event.atom_data.text()).collect();
+    let raw: Vec<Option<&[u8]>> = pick().map(|i| i.event.atom_data.raw()).collect();
+    let block: Vec<i64> = pick().map(|i| i.chain.block_number).collect();
+    let log: Vec<i64> = pick().map(|i| i.chain.log_index).collect();
+    sqlx::query(UPSERT)
+        .bind(&term_id)
+        .bind(&wallet)
+        .bind(&creator)
+        .bind(&data)
+        .bind(&raw)
+        .bind(&block)
+        .bind(&log)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -1,16 +1,18 @@
 //! Applying events: each batch's inserts and their whole cascade (position,
 //! vault, term, analytics dirty marks) in one Postgres transaction.
 //!
-//! The shape of a batch transaction (ADR 0001):
+//! The shape of a batch transaction (ADR 0001, ADR 0009):
 //!
 //! 1. take the reorg lock shared;
-//! 2. insert the event rows (`ON CONFLICT DO NOTHING`, one statement per
-//!    table), learning which events are new — no term locks yet, so
-//!    concurrent batches do this part in parallel;
-//! 3. take the term locks of the terms the *new* events touch, sorted, so
-//!    conflicting cascades serialise and never deadlock;
+//! 2. write the event rows ([`events`]: one statement per table), learning
+//!    which events are new, which belong to an abandoned fork (not stored)
+//!    and which replace a stored event of an abandoned fork — no term locks
+//!    yet, so concurrent batches do this part in parallel;
+//! 3. take the term locks of the terms the new and replaced events touch,
+//!    sorted, so conflicting cascades serialise and never deadlock;
 //! 4. cascade exactly the new events (atom, triple, position and vault
 //!    rows), recompute the touched terms and mark their triples dirty;
+//!    rebuild what replaced events fed ([`rebuild`]);
 //! 5. commit.
 //!
 //! [`ReadModel::apply_isolating`] keeps one bad event from sinking its
@@ -18,8 +20,9 @@
 //! transactions until the failing events stand alone.
 
 pub mod atom;
-mod columns;
-mod generic;
+pub(crate) mod events;
+pub(crate) mod rebuild;
+pub mod source;
 pub mod term;
 pub mod triple;
 pub mod vault;
@@ -32,6 +35,10 @@ use sqlx::PgPool;
 use crate::db::{Failure, classify};
 use crate::event::{ChainEvent, EventKind};
 use crate::lock::{self, Domain, LockSet};
+use events::Item;
+use rebuild::Rebuild;
+use source::StreamIds;
+pub use source::{EntryId, Source};
 
 /// Event counts per event type, in the order of [`KINDS`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +78,13 @@ pub struct Applied {
     pub inserted: KindCounts,
     /// Events already present (redeliveries, duplicates within the batch).
     pub duplicates: u64,
+    /// Events of an abandoned fork: delivered before a reorg notice on their
+    /// stream that covers their block, so not stored.
+    pub orphaned: u64,
+    /// Events of an abandoned fork superseded by a later delivery of the
+    /// same event from the new chain: replaced in the table, or dropped
+    /// within the batch.
+    pub replaced: u64,
     /// Triples whose analytics are now dirty.
     pub dirty_triples: Vec<String>,
 }
@@ -79,7 +93,26 @@ impl Applied {
     pub fn absorb(&mut self, other: Applied) {
         self.inserted.add(&other.inserted);
         self.duplicates += other.duplicates;
+        self.orphaned += other.orphaned;
+        self.replaced += other.replaced;
         self.dirty_triples.extend(other.dirty_triples);
+    }
+}
+
+/// An event with the stream entry that delivered it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered<'a, 'e> {
+    pub source: Source<'a>,
+    pub event: &'a ChainEvent<'e>,
+}
+
+impl<'a, 'e> Delivered<'a, 'e> {
+    /// An event applied outside any stream (tests, benches, tools).
+    pub fn direct(event: &'a ChainEvent<'e>) -> Self {
+        Delivered {
+            source: Source::DIRECT,
+            event,
+        }
     }
 }
 
@@ -103,6 +136,7 @@ pub struct Isolated {
 pub struct ReadModel {
     pool: PgPool,
     schema: Arc<str>,
+    streams: StreamIds,
 }
 
 /// Takes the reorg lock: shared by batches and backfill, exclusive by a
@@ -149,11 +183,23 @@ fn isolable(failure: Failure, escalate: bool) -> bool {
     }
 }
 
+/// A batch's events by kind, each with its stream id and entry.
+#[derive(Default)]
+struct Kinds<'b> {
+    atoms: Vec<Item<'b, crate::event::AtomCreated>>,
+    triples: Vec<Item<'b, crate::event::TripleCreated>>,
+    deposits: Vec<Item<'b, crate::event::Deposited>>,
+    redeems: Vec<Item<'b, crate::event::Redeemed>>,
+    prices: Vec<Item<'b, crate::event::SharePriceChanged>>,
+    generics: Vec<Item<'b, crate::event::Generic<'b>>>,
+}
+
 impl ReadModel {
     pub fn new(pool: PgPool, schema: impl Into<Arc<str>>) -> ReadModel {
         ReadModel {
             pool,
             schema: schema.into(),
+            streams: StreamIds::default(),
         }
     }
 
@@ -165,31 +211,77 @@ impl ReadModel {
         &self.schema
     }
 
-    /// Applies `events` in one transaction: all of them or none.
-    pub async fn apply(&self, events: &[ChainEvent<'_>]) -> Result<Applied, sqlx::Error> {
-        let refs: Vec<&ChainEvent<'_>> = events.iter().collect();
-        self.apply_refs(refs).await
+    /// The ids of stream names (numbering new ones).
+    pub(crate) async fn stream_ids(&self, names: &[&str]) -> Result<Vec<i32>, sqlx::Error> {
+        self.streams.of(&self.pool, names).await
     }
 
-    async fn apply_refs(&self, mut events: Vec<&ChainEvent<'_>>) -> Result<Applied, sqlx::Error> {
-        // Sorted by identity: duplicates within the batch fall out, and every
-        // transaction inserts into each table in the same key order.
-        let total = events.len();
-        events.sort_unstable_by_key(|e| e.chain.key());
-        events.dedup_by_key(|e| e.chain.key());
+    /// Applies `events` in one transaction, all of them or none, as if
+    /// delivered outside any stream (tests, benches, tools).
+    pub async fn apply(&self, events: &[ChainEvent<'_>]) -> Result<Applied, sqlx::Error> {
+        self.apply_delivered(events.iter().map(Delivered::direct).collect())
+            .await
+    }
 
-        let mut atoms = atom::Atoms::default();
-        let mut triples = triple::Triples::default();
-        let mut vaults = vault::VaultEvents::default();
-        let mut generics = generic::Generics::default();
-        for e in &events {
-            match &e.kind {
-                EventKind::AtomCreated(a) => atoms.events.push((&e.chain, a)),
-                EventKind::TripleCreated(t) => triples.events.push((&e.chain, t)),
-                EventKind::Deposited(d) => vaults.deposits.push((&e.chain, d)),
-                EventKind::Redeemed(r) => vaults.redeems.push((&e.chain, r)),
-                EventKind::SharePriceChanged(p) => vaults.prices.push((&e.chain, p)),
-                EventKind::Generic(g) => generics.events.push((&e.chain, g)),
+    /// Applies delivered events in one transaction: all of them or none.
+    pub async fn apply_delivered(
+        &self,
+        mut events: Vec<Delivered<'_, '_>>,
+    ) -> Result<Applied, sqlx::Error> {
+        // Sorted by identity, then delivery: of several deliveries of one
+        // event the latest is kept (it decides, see `events`), and every
+        // transaction inserts into each table in the same key order.
+        // Identity is per table: on two forks one (transaction, log index)
+        // can be events of different kinds.
+        let identity = |d: &Delivered<'_, '_>| (d.event.kind.table(), d.event.chain.key());
+        let total = events.len();
+        events.sort_unstable_by(|a, b| {
+            (identity(a), a.source.stream, a.source.entry).cmp(&(
+                identity(b),
+                b.source.stream,
+                b.source.entry,
+            ))
+        });
+        // An earlier delivery with another block hash than the one kept
+        // belonged to an abandoned fork: superseded, like a replaced row.
+        let mut superseded = 0;
+        events.reverse();
+        events.dedup_by(|earlier, kept| {
+            let same = identity(earlier) == identity(kept);
+            if same && earlier.event.chain.block_hash != kept.event.chain.block_hash {
+                superseded += 1;
+            }
+            same
+        });
+        events.reverse();
+
+        let mut names: Vec<&str> = events.iter().map(|e| e.source.stream).collect();
+        names.sort_unstable();
+        names.dedup();
+        let ids = self.stream_ids(&names).await?;
+        let stream_id = |name: &str| ids[names.binary_search(&name).unwrap_or_default()];
+
+        let mut kinds = Kinds::default();
+        for d in &events {
+            let (stream, entry, chain) =
+                (stream_id(d.source.stream), d.source.entry, &d.event.chain);
+            macro_rules! item {
+                ($event:expr) => {
+                    Item {
+                        stream,
+                        entry,
+                        chain,
+                        event: $event,
+                    }
+                };
+            }
+            match &d.event.kind {
+                EventKind::AtomCreated(a) => kinds.atoms.push(item!(a)),
+                EventKind::TripleCreated(t) => kinds.triples.push(item!(t)),
+                EventKind::Deposited(x) => kinds.deposits.push(item!(x)),
+                EventKind::Redeemed(x) => kinds.redeems.push(item!(x)),
+                EventKind::SharePriceChanged(x) => kinds.prices.push(item!(x)),
+                EventKind::Generic(g) => kinds.generics.push(item!(g)),
             }
         }
 
@@ -199,54 +291,75 @@ impl ReadModel {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         lock_reorg(&mut tx, &self.schema, false).await?;
 
-        // 1. Event rows, without term locks: batches insert in parallel, and
+        // 1. Event rows, without term locks: batches write in parallel, and
         //    each learns which of its events are new.
-        let new_atoms = atoms.insert(&mut tx).await?;
-        let new_triples = triples.insert(&mut tx).await?;
-        let new_vault_events = vaults.insert(&mut tx).await?;
-        let generics = generics.insert(&mut tx).await?;
+        let atoms = events::write(&mut tx, &kinds.atoms).await?;
+        let triples = events::write(&mut tx, &kinds.triples).await?;
+        let deposits = events::write(&mut tx, &kinds.deposits).await?;
+        let redeems = events::write(&mut tx, &kinds.redeems).await?;
+        let prices = events::write(&mut tx, &kinds.prices).await?;
+        let generics = events::write(&mut tx, &kinds.generics).await?;
+        let written = [&atoms, &triples, &deposits, &redeems, &prices, &generics];
+        let mut rebuild = Rebuild::default();
+        for w in written {
+            for feed in &w.replaced {
+                rebuild.add(feed.clone());
+            }
+        }
 
-        // 2. Only new events cascade; lock the terms they touch. Created
-        //    atoms and triples (with their counter terms) change term rows;
-        //    every new vault event moves its term's vaults.
-        let created: Vec<&str> = atoms
-            .terms(&new_atoms)
-            .chain(triples.terms(&new_triples))
+        // 2. Only new events cascade; lock the terms they touch, and those
+        //    of rebuilt rows. Created atoms and triples (with their counter
+        //    terms) change term rows; every new vault event moves its
+        //    term's vaults.
+        let created: Vec<&str> = atom::terms(&kinds.atoms, &atoms.new)
+            .chain(triple::terms(&kinds.triples, &triples.new))
             .collect();
-        let mut moved: Vec<&str> = vaults.terms(&new_vault_events).collect();
+        let vault_events = vault::NewEvents {
+            deposits: pick(&kinds.deposits, &deposits.new),
+            redeems: pick(&kinds.redeems, &redeems.new),
+            prices: pick(&kinds.prices, &prices.new),
+        };
+        let mut moved: Vec<&str> = vault_events.terms().collect();
         moved.sort_unstable();
         moved.dedup();
-        let touched: Vec<&str> = created.iter().chain(&moved).copied().collect();
+        let touched: Vec<&str> = created
+            .iter()
+            .chain(&moved)
+            .copied()
+            .chain(rebuild.terms())
+            .collect();
         lock_terms(&mut tx, &self.schema, &touched).await?;
 
         // 3. The cascade.
-        atoms.cascade(&mut tx, &new_atoms).await?;
-        triples.cascade(&mut tx, &new_triples).await?;
-        let created_vaults = vaults.cascade(&mut tx, &new_vault_events).await?;
+        atom::cascade(&mut tx, &kinds.atoms, &atoms.new).await?;
+        triple::cascade(&mut tx, &kinds.triples, &triples.new).await?;
+        let created_vaults = vault::cascade(&mut tx, &vault_events).await?;
         // Term rows change with atoms, triples, new vaults and share prices;
         // the analytics of triples whose vaults moved are dirty.
         let mut refresh = created;
-        refresh.extend(vaults.price_terms(&new_vault_events));
+        refresh.extend(vault_events.price_terms());
         refresh.extend(created_vaults.iter().map(String::as_str));
         refresh.sort_unstable();
         refresh.dedup();
-        let dirty_triples = term::refresh(&mut tx, &refresh, &moved).await?;
+        let mut dirty_triples = term::refresh(&mut tx, &refresh, &moved).await?;
+        dirty_triples.extend(rebuild.run(&mut tx, &self.schema).await?);
         let commit = Instant::now();
         tx.commit().await?;
         metrics::histogram!("writer_stage_seconds", "stage" => "commit")
             .record(commit.elapsed().as_secs_f64());
 
-        let inserted = KindCounts([
-            new_atoms.len() as u64,
-            new_triples.len() as u64,
-            new_vault_events.deposits.len() as u64,
-            new_vault_events.redeems.len() as u64,
-            new_vault_events.prices.len() as u64,
-            generics,
-        ]);
+        let inserted = KindCounts(written.map(|w| w.new.len() as u64));
+        let orphaned: u64 = written.iter().map(|w| w.orphaned).sum();
+        let replaced: u64 = superseded
+            + written
+                .iter()
+                .map(|w| w.replaced.len() as u64 / 2)
+                .sum::<u64>();
         Ok(Applied {
-            duplicates: total as u64 - inserted.total(),
+            duplicates: total as u64 - inserted.total() - orphaned - replaced,
             inserted,
+            orphaned,
+            replaced,
             dirty_triples,
         })
     }
@@ -263,7 +376,7 @@ impl ReadModel {
     /// (for a batch that kept failing transiently); unavailability never is.
     pub async fn apply_isolating(
         &self,
-        events: &[&ChainEvent<'_>],
+        events: &[Delivered<'_, '_>],
         escalate: bool,
     ) -> Result<Isolated, sqlx::Error> {
         let mut out = Isolated::default();
@@ -274,7 +387,7 @@ impl ReadModel {
             if range.is_empty() {
                 continue;
             }
-            match self.apply_refs(events[range.clone()].to_vec()).await {
+            match self.apply_delivered(events[range.clone()].to_vec()).await {
                 Ok(applied) => out.applied.absorb(applied),
                 Err(e) if !isolable(classify(&e), escalate) => return Err(e),
                 Err(e) if range.len() == 1 => out.rejected.push(Rejected {
@@ -290,4 +403,9 @@ impl ReadModel {
         }
         Ok(out)
     }
+}
+
+/// The items at `indexes`.
+fn pick<'b, E>(items: &[Item<'b, E>], indexes: &[usize]) -> Vec<Item<'b, E>> {
+    indexes.iter().map(|&i| items[i]).collect()
 }

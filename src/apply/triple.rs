@@ -1,41 +1,10 @@
-//! TripleCreated: the event row, then (for new events only) the `triple` row.
+//! The `triple` table: created by new TripleCreated events, rebuilt from
+//! the event log when events leave it.
 
 use sqlx::PgConnection;
 
-use super::columns::{ChainColumns, indexes};
-use crate::event::{ChainPosition, TripleCreated};
-
-/// The TripleCreated events of a batch.
-#[derive(Debug, Default)]
-pub(crate) struct Triples<'e> {
-    pub events: Vec<(&'e ChainPosition<'e>, &'e TripleCreated)>,
-}
-
-const INSERT: &str = r#"
-WITH e AS (
-    SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int8[],
-        $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-        $13::text[], $14::text[]) WITH ORDINALITY
-        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
-             transaction_index, address, network, creator, term_id, subject_id, predicate_id,
-             object_id, counter_term_id, ord)
-),
-ins AS (
-    INSERT INTO triple_created_events (transaction_hash, log_index, block_number, block_hash,
-        block_timestamp, transaction_index, address, network, creator, term_id, subject_id,
-        predicate_id, object_id, counter_term_id)
-    SELECT transaction_hash, log_index, block_number, block_hash, block_timestamp,
-        transaction_index, address, network, creator, term_id, subject_id, predicate_id,
-        object_id, counter_term_id
-    FROM e
-    WHERE NOT EXISTS (SELECT 1 FROM reorged_events r
-        WHERE r.transaction_hash = e.transaction_hash AND r.log_index = e.log_index
-          AND r.block_hash = e.block_hash)
-    ON CONFLICT DO NOTHING
-    RETURNING transaction_hash, log_index
-)
-SELECT e.ord FROM e JOIN ins USING (transaction_hash, log_index)
-"#;
+use super::events::Item;
+use crate::event::TripleCreated;
 
 /// Like atoms: earliest creation wins.
 const UPSERT: &str = r#"
@@ -110,57 +79,41 @@ pub async fn recompute(
     sqlx::query_as(RECOMPUTE).bind(ids).fetch_all(conn).await
 }
 
-impl<'e> Triples<'e> {
-    /// The terms of the events at `new`: each triple and its counter term.
-    pub fn terms<'a>(&'a self, new: &'a [usize]) -> impl Iterator<Item = &'a str> {
-        new.iter().flat_map(|&i| {
-            let t = self.events[i].1;
-            [t.term_id.as_str(), t.counter_term_id.as_str()]
-        })
-    }
+/// The terms of the events at `new`: each triple and its counter term.
+pub(crate) fn terms<'a>(
+    items: &'a [Item<'_, TripleCreated>],
+    new: &'a [usize],
+) -> impl Iterator<Item = &'a str> {
+    new.iter().flat_map(|&i| {
+        let t = items[i].event;
+        [t.term_id.as_str(), t.counter_term_id.as_str()]
+    })
+}
 
-    /// Inserts the event rows; returns the indexes of the new ones.
-    pub async fn insert(&self, conn: &mut PgConnection) -> Result<Vec<usize>, sqlx::Error> {
-        if self.events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let e = &self.events;
-        let col =
-            |f: fn(&TripleCreated) -> &str| -> Vec<&str> { e.iter().map(|(_, t)| f(t)).collect() };
-        let rows = ChainColumns::of(e.iter().map(|(c, _)| *c))
-            .bind(sqlx::query(INSERT))
-            .bind(col(|t| t.creator.as_str()))
-            .bind(col(|t| t.term_id.as_str()))
-            .bind(col(|t| t.subject_id.as_str()))
-            .bind(col(|t| t.predicate_id.as_str()))
-            .bind(col(|t| t.object_id.as_str()))
-            .bind(col(|t| t.counter_term_id.as_str()))
-            .fetch_all(conn)
-            .await?;
-        indexes(rows)
+/// Creates the triple rows of the new events (`new`: indexes into `items`).
+pub(crate) async fn cascade(
+    conn: &mut PgConnection,
+    items: &[Item<'_, TripleCreated>],
+    new: &[usize],
+) -> Result<(), sqlx::Error> {
+    if new.is_empty() {
+        return Ok(());
     }
-
-    /// Creates the triple rows of the new events.
-    pub async fn cascade(&self, conn: &mut PgConnection, new: &[usize]) -> Result<(), sqlx::Error> {
-        if new.is_empty() {
-            return Ok(());
-        }
-        let col = |f: fn(&TripleCreated) -> &str| -> Vec<&str> {
-            new.iter().map(|&i| f(self.events[i].1)).collect()
-        };
-        let block: Vec<i64> = new.iter().map(|&i| self.events[i].0.block_number).collect();
-        let log: Vec<i64> = new.iter().map(|&i| self.events[i].0.log_index).collect();
-        sqlx::query(UPSERT)
-            .bind(col(|t| t.term_id.as_str()))
-            .bind(col(|t| t.creator.as_str()))
-            .bind(col(|t| t.subject_id.as_str()))
-            .bind(col(|t| t.predicate_id.as_str()))
-            .bind(col(|t| t.object_id.as_str()))
-            .bind(col(|t| t.counter_term_id.as_str()))
-            .bind(&block)
-            .bind(&log)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
+    let col = |f: fn(&TripleCreated) -> &str| -> Vec<&str> {
+        new.iter().map(|&i| f(items[i].event)).collect()
+    };
+    let block: Vec<i64> = new.iter().map(|&i| items[i].chain.block_number).collect();
+    let log: Vec<i64> = new.iter().map(|&i| items[i].chain.log_index).collect();
+    sqlx::query(UPSERT)
+        .bind(col(|t| t.term_id.as_str()))
+        .bind(col(|t| t.creator.as_str()))
+        .bind(col(|t| t.subject_id.as_str()))
+        .bind(col(|t| t.predicate_id.as_str()))
+        .bind(col(|t| t.object_id.as_str()))
+        .bind(col(|t| t.counter_term_id.as_str()))
+        .bind(&block)
+        .bind(&log)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

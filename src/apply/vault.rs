@@ -1,5 +1,5 @@
-//! Deposited, Redeemed and SharePriceChanged: their event rows, then (for
-//! new events only) the `position` and `vault` rows they change.
+//! The `position` and `vault` tables: changed by new Deposited, Redeemed and
+//! SharePriceChanged events, rebuilt from the event log when events leave it.
 //!
 //! Values that come from "the newest event" are guarded by the chain
 //! position recorded next to them, so arrival order does not matter:
@@ -15,107 +15,16 @@
 
 use sqlx::PgConnection;
 
-use super::columns::ChainColumns;
-use crate::event::{ChainPosition, Deposited, Redeemed, SharePriceChanged, VaultType};
+use super::events::Item;
+use crate::event::{Deposited, Redeemed, SharePriceChanged, VaultType};
 
-/// The vault events of a batch.
+/// The new vault events of a batch (inserted for the first time).
 #[derive(Debug, Default)]
-pub(crate) struct VaultEvents<'e> {
-    pub deposits: Vec<(&'e ChainPosition<'e>, &'e Deposited)>,
-    pub redeems: Vec<(&'e ChainPosition<'e>, &'e Redeemed)>,
-    pub prices: Vec<(&'e ChainPosition<'e>, &'e SharePriceChanged)>,
+pub(crate) struct NewEvents<'b> {
+    pub deposits: Vec<Item<'b, Deposited>>,
+    pub redeems: Vec<Item<'b, Redeemed>>,
+    pub prices: Vec<Item<'b, SharePriceChanged>>,
 }
-
-/// Indexes of the events an insert found new, per table.
-#[derive(Debug, Default)]
-pub(crate) struct NewVaultEvents {
-    pub deposits: Vec<usize>,
-    pub redeems: Vec<usize>,
-    pub prices: Vec<usize>,
-}
-
-impl NewVaultEvents {
-    pub fn is_empty(&self) -> bool {
-        self.deposits.is_empty() && self.redeems.is_empty() && self.prices.is_empty()
-    }
-}
-
-/// `$1..$17` deposits, `$18..$34` redeems, `$35..$48` share prices; returns
-/// `(table, ordinal)` of each event inserted (0 deposit, 1 redeem, 2 price).
-const INSERT: &str = r#"
-WITH d AS (
-    SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int8[],
-        $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-        $12::text[]::numeric[], $13::text[]::numeric[], $14::text[]::numeric[],
-        $15::text[]::numeric[], $16::text[]::numeric[], $17::int2[]) WITH ORDINALITY
-        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
-             transaction_index, address, network, sender, receiver, term_id, curve_id, assets,
-             assets_after_fees, shares, total_shares, vault_type, ord)
-),
-r AS (
-    SELECT * FROM unnest($18::text[], $19::int8[], $20::int8[], $21::text[], $22::int8[],
-        $23::int8[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[],
-        $29::text[]::numeric[], $30::text[]::numeric[], $31::text[]::numeric[],
-        $32::text[]::numeric[], $33::text[]::numeric[], $34::int2[]) WITH ORDINALITY
-        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
-             transaction_index, address, network, sender, receiver, term_id, curve_id, shares,
-             total_shares, assets, fees, vault_type, ord)
-),
-s AS (
-    SELECT * FROM unnest($35::text[], $36::int8[], $37::int8[], $38::text[], $39::int8[],
-        $40::int8[], $41::text[], $42::text[], $43::text[], $44::text[]::numeric[],
-        $45::text[]::numeric[], $46::text[]::numeric[], $47::text[]::numeric[], $48::int2[])
-        WITH ORDINALITY
-        AS e(transaction_hash, log_index, block_number, block_hash, block_timestamp,
-             transaction_index, address, network, term_id, curve_id, share_price,
-             total_assets, total_shares, vault_type, ord)
-),
-dep AS (
-    INSERT INTO deposited_events (transaction_hash, log_index, block_number, block_hash,
-        block_timestamp, transaction_index, address, network, sender, receiver, term_id,
-        curve_id, assets, assets_after_fees, shares, total_shares, vault_type)
-    SELECT transaction_hash, log_index, block_number, block_hash, block_timestamp,
-        transaction_index, address, network, sender, receiver, term_id, curve_id, assets,
-        assets_after_fees, shares, total_shares, vault_type
-    FROM d
-    WHERE NOT EXISTS (SELECT 1 FROM reorged_events x
-        WHERE x.transaction_hash = d.transaction_hash AND x.log_index = d.log_index
-          AND x.block_hash = d.block_hash)
-    ON CONFLICT DO NOTHING
-    RETURNING transaction_hash, log_index
-),
-red AS (
-    INSERT INTO redeemed_events (transaction_hash, log_index, block_number, block_hash,
-        block_timestamp, transaction_index, address, network, sender, receiver, term_id,
-        curve_id, shares, total_shares, assets, fees, vault_type)
-    SELECT transaction_hash, log_index, block_number, block_hash, block_timestamp,
-        transaction_index, address, network, sender, receiver, term_id, curve_id, shares,
-        total_shares, assets, fees, vault_type
-    FROM r
-    WHERE NOT EXISTS (SELECT 1 FROM reorged_events x
-        WHERE x.transaction_hash = r.transaction_hash AND x.log_index = r.log_index
-          AND x.block_hash = r.block_hash)
-    ON CONFLICT DO NOTHING
-    RETURNING transaction_hash, log_index
-),
-spc AS (
-    INSERT INTO share_price_changed_events (transaction_hash, log_index, block_number,
-        block_hash, block_timestamp, transaction_index, address, network, term_id, curve_id,
-        share_price, total_assets, total_shares, vault_type)
-    SELECT transaction_hash, log_index, block_number, block_hash, block_timestamp,
-        transaction_index, address, network, term_id, curve_id, share_price, total_assets,
-        total_shares, vault_type
-    FROM s
-    WHERE NOT EXISTS (SELECT 1 FROM reorged_events x
-        WHERE x.transaction_hash = s.transaction_hash AND x.log_index = s.log_index
-          AND x.block_hash = s.block_hash)
-    ON CONFLICT DO NOTHING
-    RETURNING transaction_hash, log_index
-)
-SELECT 0::int2, d.ord FROM d JOIN dep USING (transaction_hash, log_index)
-UNION ALL SELECT 1::int2, r.ord FROM r JOIN red USING (transaction_hash, log_index)
-UNION ALL SELECT 2::int2, s.ord FROM s JOIN spc USING (transaction_hash, log_index)
-"#;
 
 /// Positions and vaults from new events: `$1..$9` position moves (account,
 /// term, curve, deposited, redeemed, totalShares, block, log, vault type),
@@ -379,215 +288,107 @@ pub async fn recompute(
     Ok(())
 }
 
-impl<'e> VaultEvents<'e> {
-    /// The terms of the new deposits, redeems and share prices.
-    pub fn terms<'a>(&'a self, new: &'a NewVaultEvents) -> impl Iterator<Item = &'a str> {
-        let deposits = new
-            .deposits
-            .iter()
-            .map(|&i| self.deposits[i].1.term_id.as_str());
-        let redeems = new
-            .redeems
-            .iter()
-            .map(|&i| self.redeems[i].1.term_id.as_str());
-        deposits.chain(redeems).chain(self.price_terms(new))
-    }
-
-    /// The terms of the new share prices.
-    pub fn price_terms<'a>(&'a self, new: &'a NewVaultEvents) -> impl Iterator<Item = &'a str> {
-        new.prices
-            .iter()
-            .map(|&i| self.prices[i].1.term_id.as_str())
-    }
-
+impl NewEvents<'_> {
     pub fn is_empty(&self) -> bool {
         self.deposits.is_empty() && self.redeems.is_empty() && self.prices.is_empty()
     }
 
-    /// Inserts the event rows; returns which of them were new.
-    pub async fn insert(&self, conn: &mut PgConnection) -> Result<NewVaultEvents, sqlx::Error> {
-        if self.is_empty() {
-            return Ok(NewVaultEvents::default());
-        }
-        let (d, r, p) = (&self.deposits, &self.redeems, &self.prices);
-        let q = ChainColumns::of(d.iter().map(|(c, _)| *c)).bind(sqlx::query(INSERT));
-        let dcol =
-            |f: fn(&Deposited) -> &str| -> Vec<&str> { d.iter().map(|(_, e)| f(e)).collect() };
-        let q = q
-            .bind(dcol(|e| e.sender.as_str()))
-            .bind(dcol(|e| e.receiver.as_str()))
-            .bind(dcol(|e| e.term_id.as_str()))
-            .bind(dcol(|e| e.curve_id.as_str()))
-            .bind(dcol(|e| e.assets.as_str()))
-            .bind(dcol(|e| e.assets_after_fees.as_str()))
-            .bind(dcol(|e| e.shares.as_str()))
-            .bind(dcol(|e| e.total_shares.as_str()))
-            .bind(
-                d.iter()
-                    .map(|(_, e)| e.vault_type.code())
-                    .collect::<Vec<i16>>(),
-            );
-        let q = ChainColumns::of(r.iter().map(|(c, _)| *c)).bind(q);
-        let rcol =
-            |f: fn(&Redeemed) -> &str| -> Vec<&str> { r.iter().map(|(_, e)| f(e)).collect() };
-        let q = q
-            .bind(rcol(|e| e.sender.as_str()))
-            .bind(rcol(|e| e.receiver.as_str()))
-            .bind(rcol(|e| e.term_id.as_str()))
-            .bind(rcol(|e| e.curve_id.as_str()))
-            .bind(rcol(|e| e.shares.as_str()))
-            .bind(rcol(|e| e.total_shares.as_str()))
-            .bind(rcol(|e| e.assets.as_str()))
-            .bind(rcol(|e| e.fees.as_str()))
-            .bind(
-                r.iter()
-                    .map(|(_, e)| e.vault_type.code())
-                    .collect::<Vec<i16>>(),
-            );
-        let q = ChainColumns::of(p.iter().map(|(c, _)| *c)).bind(q);
-        let pcol = |f: fn(&SharePriceChanged) -> &str| -> Vec<&str> {
-            p.iter().map(|(_, e)| f(e)).collect()
-        };
-        let rows = q
-            .bind(pcol(|e| e.term_id.as_str()))
-            .bind(pcol(|e| e.curve_id.as_str()))
-            .bind(pcol(|e| e.share_price.as_str()))
-            .bind(pcol(|e| e.total_assets.as_str()))
-            .bind(pcol(|e| e.total_shares.as_str()))
-            .bind(
-                p.iter()
-                    .map(|(_, e)| e.vault_type.code())
-                    .collect::<Vec<i16>>(),
-            )
-            .fetch_all(conn)
-            .await?;
-        let mut new = NewVaultEvents::default();
-        for row in rows {
-            use sqlx::Row;
-            let table: i16 = row.try_get(0)?;
-            let index = (row.try_get::<i64, _>(1)? - 1) as usize;
-            match table {
-                0 => new.deposits.push(index),
-                1 => new.redeems.push(index),
-                _ => new.prices.push(index),
-            }
-        }
-        Ok(new)
+    /// The terms of the deposits, redeems and share prices.
+    pub fn terms(&self) -> impl Iterator<Item = &str> {
+        let deposits = self.deposits.iter().map(|i| i.event.term_id.as_str());
+        let redeems = self.redeems.iter().map(|i| i.event.term_id.as_str());
+        deposits.chain(redeems).chain(self.price_terms())
     }
 
-    /// Updates positions and vaults for the new events; returns the terms
-    /// of the vaults it created.
-    pub async fn cascade(
-        &self,
-        conn: &mut PgConnection,
-        new: &NewVaultEvents,
-    ) -> Result<Vec<String>, sqlx::Error> {
-        if new.is_empty() {
-            return Ok(Vec::new());
-        }
-        let moves = new.deposits.len() + new.redeems.len();
-        let mut account = Vec::with_capacity(moves);
-        let mut term = Vec::with_capacity(moves);
-        let mut curve = Vec::with_capacity(moves);
-        let mut deposited = Vec::with_capacity(moves);
-        let mut redeemed = Vec::with_capacity(moves);
-        let mut total = Vec::with_capacity(moves);
-        let mut block = Vec::with_capacity(moves);
-        let mut log = Vec::with_capacity(moves);
-        let mut kind = Vec::with_capacity(moves);
-        let mut push = |c: &ChainPosition<'_>,
-                        acc: &'e str,
-                        t: &'e str,
-                        cu: &'e str,
-                        dep: &'e str,
-                        red: &'e str,
-                        ts: &'e str,
-                        vt: VaultType| {
-            account.push(acc);
-            term.push(t);
-            curve.push(cu);
-            deposited.push(dep);
-            redeemed.push(red);
-            total.push(ts);
-            block.push(c.block_number);
-            log.push(c.log_index);
-            kind.push(vt.code());
-        };
-        for &i in &new.deposits {
-            let (c, e) = self.deposits[i];
-            push(
-                c,
-                e.receiver.as_str(),
-                e.term_id.as_str(),
-                e.curve_id.as_str(),
-                e.assets_after_fees.as_str(),
-                "0",
-                e.total_shares.as_str(),
-                e.vault_type,
-            );
-        }
-        for &i in &new.redeems {
-            let (c, e) = self.redeems[i];
-            push(
-                c,
-                e.receiver.as_str(),
-                e.term_id.as_str(),
-                e.curve_id.as_str(),
-                "0",
-                e.assets.as_str(),
-                e.total_shares.as_str(),
-                e.vault_type,
-            );
-        }
-        let price = |f: fn(&SharePriceChanged) -> &str| -> Vec<&str> {
-            new.prices.iter().map(|&i| f(self.prices[i].1)).collect()
-        };
-        let price_block: Vec<i64> = new
-            .prices
-            .iter()
-            .map(|&i| self.prices[i].0.block_number)
-            .collect();
-        let price_log: Vec<i64> = new
-            .prices
-            .iter()
-            .map(|&i| self.prices[i].0.log_index)
-            .collect();
-        let price_term = price(|e| e.term_id.as_str());
-        let price_curve = price(|e| e.curve_id.as_str());
-        let created: Vec<Option<String>> = sqlx::query_scalar(CASCADE)
-            .bind(&account)
-            .bind(&term)
-            .bind(&curve)
-            .bind(&deposited)
-            .bind(&redeemed)
-            .bind(&total)
-            .bind(&block)
-            .bind(&log)
-            .bind(&kind)
+    /// The terms of the share prices.
+    pub fn price_terms(&self) -> impl Iterator<Item = &str> {
+        self.prices.iter().map(|i| i.event.term_id.as_str())
+    }
+}
+
+/// Updates positions and vaults for new events; returns the terms of the
+/// vaults it created.
+pub(crate) async fn cascade(
+    conn: &mut PgConnection,
+    new: &NewEvents<'_>,
+) -> Result<Vec<String>, sqlx::Error> {
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Position moves: account, term, curve, deposited, redeemed,
+    // totalShares, at a chain position, in a vault of a type.
+    type Move<'m> = ([&'m str; 6], &'m crate::event::ChainPosition<'m>, VaultType);
+    let deposits = new.deposits.iter().map(|i| -> Move<'_> {
+        let e = i.event;
+        let moved = [
+            e.receiver.as_str(),
+            e.term_id.as_str(),
+            e.curve_id.as_str(),
+            e.assets_after_fees.as_str(),
+            "0",
+            e.total_shares.as_str(),
+        ];
+        (moved, i.chain, e.vault_type)
+    });
+    let redeems = new.redeems.iter().map(|i| -> Move<'_> {
+        let e = i.event;
+        let moved = [
+            e.receiver.as_str(),
+            e.term_id.as_str(),
+            e.curve_id.as_str(),
+            "0",
+            e.assets.as_str(),
+            e.total_shares.as_str(),
+        ];
+        (moved, i.chain, e.vault_type)
+    });
+    let moves: Vec<Move<'_>> = deposits.chain(redeems).collect();
+    let column = |n: usize| -> Vec<&str> { moves.iter().map(|m| m.0[n]).collect() };
+    let (account, term, curve) = (column(0), column(1), column(2));
+    let (deposited, redeemed, total) = (column(3), column(4), column(5));
+    let block: Vec<i64> = moves.iter().map(|m| m.1.block_number).collect();
+    let log: Vec<i64> = moves.iter().map(|m| m.1.log_index).collect();
+    let kind: Vec<i16> = moves.iter().map(|m| m.2.code()).collect();
+    let price = |f: fn(&SharePriceChanged) -> &str| -> Vec<&str> {
+        new.prices.iter().map(|i| f(i.event)).collect()
+    };
+    let price_block: Vec<i64> = new.prices.iter().map(|i| i.chain.block_number).collect();
+    let price_log: Vec<i64> = new.prices.iter().map(|i| i.chain.log_index).collect();
+    let price_term = price(|e| e.term_id.as_str());
+    let price_curve = price(|e| e.curve_id.as_str());
+    let created: Vec<Option<String>> = sqlx::query_scalar(CASCADE)
+        .bind(&account)
+        .bind(&term)
+        .bind(&curve)
+        .bind(&deposited)
+        .bind(&redeemed)
+        .bind(&total)
+        .bind(&block)
+        .bind(&log)
+        .bind(&kind)
+        .bind(&price_term)
+        .bind(&price_curve)
+        .bind(&price_block)
+        .bind(&price_log)
+        .bind(
+            new.prices
+                .iter()
+                .map(|i| i.event.vault_type.code())
+                .collect::<Vec<i16>>(),
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+    if !new.prices.is_empty() {
+        sqlx::query(PRICES)
             .bind(&price_term)
             .bind(&price_curve)
+            .bind(price(|e| e.share_price.as_str()))
+            .bind(price(|e| e.total_assets.as_str()))
+            .bind(price(|e| e.total_shares.as_str()))
             .bind(&price_block)
             .bind(&price_log)
-            .bind(
-                new.prices
-                    .iter()
-                    .map(|&i| self.prices[i].1.vault_type.code())
-                    .collect::<Vec<i16>>(),
-            )
-            .fetch_all(&mut *conn)
+            .execute(&mut *conn)
             .await?;
-        if !new.prices.is_empty() {
-            sqlx::query(PRICES)
-                .bind(&price_term)
-                .bind(&price_curve)
-                .bind(price(|e| e.share_price.as_str()))
-                .bind(price(|e| e.total_assets.as_str()))
-                .bind(price(|e| e.total_shares.as_str()))
-                .bind(&price_block)
-                .bind(&price_log)
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(created.into_iter().flatten().collect())
     }
+    Ok(created.into_iter().flatten().collect())
 }

@@ -303,6 +303,15 @@ fn chain_position<'a>(
     })
 }
 
+/// A JSON value as text: a string's contents (borrowed when it has no
+/// escapes), anything else as written.
+fn json_text(raw: &str) -> Cow<'_, str> {
+    match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
+        _ => serde_json::from_str::<String>(raw).map_or(Cow::Borrowed(raw), Cow::Owned),
+    }
+}
+
 fn reorg_notice<'a>(
     header: &Header<'a>,
     f: &Fields<'a>,
@@ -323,8 +332,9 @@ fn reorg_notice<'a>(
         ));
     }
     let network = header.network(f)?;
-    let hashes_raw = f.required("affected_tx_hashes")?;
-    let hashes: Vec<&RawValue> = serde_json::from_str(hashes_raw.get()).map_err(|_| {
+    // Since rindexer 0.40; informative only (ADR 0009).
+    let hashes_raw = f.get("affected_tx_hashes").map_or("[]", RawValue::get);
+    let hashes: Vec<&RawValue> = serde_json::from_str(hashes_raw).map_err(|_| {
         f.error(
             "affected_tx_hashes",
             Problem::WrongType {
@@ -354,7 +364,7 @@ fn reorg_notice<'a>(
         fork_block: f.int("fork_block")?,
         depth: f.opt_int("depth")?,
         affected_tx_hashes,
-        message_id: header.message_id,
+        message_id: header.message_id.map(json_text),
         raw: raw.get(),
     })
 }

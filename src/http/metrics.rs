@@ -13,7 +13,9 @@
 //!   `analytics_messages_dropped_total`
 //! - `dead_letters_total`, `dead_letters_unresolved`
 //! - `retries_total{stage}`, `circuit_open`
-//! - `entries_acked_total`, `entries_reclaimed_total`, `reorgs_applied_total`
+//! - `entries_acked_total`, `entries_reclaimed_total`
+//! - `reorgs_total` (notice copies applied), `events_orphaned_total` (events of
+//!   an abandoned fork: removed by a notice, or not stored when delivered late)
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};

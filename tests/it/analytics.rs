@@ -1,53 +1,17 @@
-//! Analytics, backfill and reorgs: the derived tables always converge to
+//! Analytics and backfill: the derived tables always converge to
 //! invariants 6–8, computed independently in `testkit::model` (issue 4).
 
-use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::workload::{Workload, generate};
-use writer::event::ChainEvent;
+use testkit::workload::generate;
 
 use crate::support::TestDb;
-use crate::support::service::{Env, Writer, applied_directly, assert_same_core};
-use testkit::model::Model;
+use crate::support::service::{
+    Env, Writer, applied_directly, assert_analytics, assert_same_core, model_of,
+};
 
 const DRAIN: Duration = Duration::from_secs(120);
-
-fn model_of<'a>(events: impl IntoIterator<Item = &'a ChainEvent<'a>>) -> Model {
-    let mut m = Model::default();
-    m.apply_all(events);
-    m
-}
-
-async fn assert_analytics(db: &TestDb, model: &Model) {
-    let (actual, expected) = (db.dump_analytics().await, model.analytics());
-    for (name, a, e) in [
-        ("triple_vault", &actual.triple_vault, &expected.triple_vault),
-        ("triple_term", &actual.triple_term, &expected.triple_term),
-        (
-            "predicate_object",
-            &actual.predicate_object,
-            &expected.predicate_object,
-        ),
-        (
-            "subject_predicate",
-            &actual.subject_predicate,
-            &expected.subject_predicate,
-        ),
-    ] {
-        if a != e {
-            let missing: Vec<_> = e.iter().filter(|r| !a.contains(r)).take(3).collect();
-            let extra: Vec<_> = a.iter().filter(|r| !e.contains(r)).take(3).collect();
-            panic!(
-                "{name}: {} rows, expected {}\n  missing {missing:?}\n  unexpected {extra:?}",
-                a.len(),
-                e.len()
-            );
-        }
-    }
-    assert!(!expected.triple_vault.is_empty() && !expected.predicate_object.is_empty());
-}
 
 /// After a workload drains, all four analytics tables equal the
 /// from-scratch computation of invariants 6–8.
@@ -210,135 +174,4 @@ async fn backfill_restores_everything_and_resumes() {
     env.wait_drained(DRAIN).await;
     assert_same_core(&env.db, &expected).await;
     assert_analytics(&env.db, &model).await;
-}
-
-/// Transactions chosen for removal: every third transaction at blocks ≥ the
-/// fork block. Returns (fork block, hashes).
-fn pick_reorg(events: &[ChainEvent<'_>]) -> (i64, Vec<String>) {
-    let mut blocks: Vec<i64> = events.iter().map(|e| e.chain.block_number).collect();
-    blocks.sort_unstable();
-    let fork = blocks[blocks.len() * 3 / 5];
-    let mut seen = HashSet::new();
-    let mut hashes = Vec::new();
-    for e in events.iter().filter(|e| e.chain.block_number >= fork) {
-        if seen.insert(e.chain.transaction_hash) && seen.len() % 3 == 0 {
-            hashes.push(e.chain.transaction_hash.to_string());
-        }
-    }
-    (fork, hashes)
-}
-
-fn reorg_payload(fork: i64, hashes: &[String], message_id: &str) -> String {
-    serde_json::json!({
-        "event_name": "__rindexer_reorg",
-        "event_signature_hash": "0x00",
-        "network": "intuition-testnet",
-        "message_id": message_id,
-        "event_data": [{
-            "type": "reorg", "network": "intuition-testnet", "fork_block": fork,
-            "depth": 12, "affected_tx_hashes": hashes
-        }]
-    })
-    .to_string()
-}
-
-/// A reorg notice removing some transactions leaves the tables equal to the
-/// workload without them; the abandoned fork redelivered changes nothing;
-/// the same events re-published for the new chain apply again; and when the
-/// chain flips back (a second notice, the original events re-published),
-/// the tables equal the whole workload again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reorg_removes_transactions_exactly() {
-    let mut env = Env::new(25, 5_000).await;
-    let workload: Workload = generate(&env.spec);
-    let events = workload.events();
-    let (fork, hashes) = pick_reorg(&events);
-    let removed: HashSet<&str> = hashes.iter().map(String::as_str).collect();
-    let remaining: Vec<ChainEvent<'_>> = events
-        .iter()
-        .filter(|e| !removed.contains(e.chain.transaction_hash.as_str()))
-        .cloned()
-        .collect();
-    let removed_count = events.len() - remaining.len();
-    assert!(removed_count > 100, "{removed_count}");
-
-    let _writer = Writer::start(&env.writer_env("w1"));
-    env.publish(&workload.entries).await;
-    env.wait_drained(DRAIN).await;
-    let notice = reorg_payload(fork, &hashes, "reorg-1");
-    env.publish_raw(0, &[("payload", notice.as_bytes())]).await;
-    env.wait_drained(DRAIN).await;
-
-    let expected = TestDb::new().await;
-    let mut ordered = remaining.clone();
-    ordered.sort_by_key(|e| e.chain.order());
-    expected.read_model().apply(&ordered).await.unwrap();
-    assert_same_core(&env.db, &expected).await;
-    assert_analytics(&env.db, &model_of(&remaining)).await;
-    assert_eq!(
-        env.db
-            .rows("SELECT removed_events, fork_block FROM reorg_notices")
-            .await,
-        [format!("{removed_count}|{fork}")]
-    );
-
-    // The abandoned fork's entries and the notice, delivered again.
-    let affected: Vec<_> = workload
-        .entries
-        .iter()
-        .filter(|e| hashes.iter().any(|h| e.payload.contains(&h[2..])))
-        .cloned()
-        .collect();
-    env.publish(&affected).await;
-    env.publish_raw(0, &[("payload", notice.as_bytes())]).await;
-    env.wait_drained(DRAIN).await;
-    assert_same_core(&env.db, &expected).await;
-    assert_analytics(&env.db, &model_of(&remaining)).await;
-
-    // The removed events re-published on the new chain (new block hashes).
-    let old_hashes: HashSet<String> = events
-        .iter()
-        .filter(|e| removed.contains(e.chain.transaction_hash.as_str()))
-        .map(|e| e.chain.block_hash.to_string())
-        .collect();
-    let republished: Vec<_> = affected
-        .iter()
-        .map(|e| {
-            let mut e = e.clone();
-            for h in &old_hashes {
-                let new_chain: String = h[2..].chars().rev().collect();
-                e.payload = e.payload.replace(&h[2..], &new_chain);
-            }
-            e
-        })
-        .collect();
-    env.publish(&republished).await;
-    env.wait_drained(DRAIN).await;
-    let everything = model_of(&events);
-    let table = |dump: &Vec<(String, Vec<String>)>, name: &str| {
-        dump.iter().find(|(t, _)| t == name).unwrap().1.clone()
-    };
-    let dump = env.db.dump_core().await;
-    assert_eq!(table(&dump, "position"), everything.positions());
-    assert_eq!(table(&dump, "vault"), everything.vaults());
-    assert_eq!(table(&dump, "term"), everything.terms());
-    assert_analytics(&env.db, &everything).await;
-
-    // The chain flips back: a new notice removes the new-chain versions, and
-    // the original events are published once more.
-    let back = reorg_payload(fork, &hashes, "reorg-2");
-    env.publish_raw(0, &[("payload", back.as_bytes())]).await;
-    env.wait_drained(DRAIN).await;
-    assert_same_core(&env.db, &expected).await;
-    env.publish(&affected).await;
-    env.wait_drained(DRAIN).await;
-    let original = applied_directly(&workload).await;
-    assert_same_core(&env.db, &original).await;
-    assert_analytics(&env.db, &everything).await;
-    assert_eq!(
-        env.db
-            .scalar_i64("SELECT count(*) FROM reorg_notices")
-            .await,
-        2
-    );
 }

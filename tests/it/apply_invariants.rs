@@ -253,7 +253,10 @@ async fn a_failing_event_does_not_sink_its_batch() {
     );
     payloads.insert(3, bad);
     let events = decode_all(&payloads);
-    let refs: Vec<_> = events.iter().collect();
+    let refs: Vec<_> = events
+        .iter()
+        .map(writer::apply::Delivered::direct)
+        .collect();
     let out = rm.apply_isolating(&refs, false).await.unwrap();
     assert_eq!(out.applied.inserted.total(), 7);
     assert_eq!(out.rejected.len(), 1);

@@ -116,7 +116,7 @@ async fn survives_dependency_faults_without_restart() {
         .await
         .unwrap();
     for slice in &slices[4..] {
-        env.publish(slice).await;
+        env.publish(*slice).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     blocker.rollback().await.unwrap();

@@ -14,3 +14,4 @@ mod faults;
 mod malformed;
 mod migrate;
 mod operate;
+mod reorg;

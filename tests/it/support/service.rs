@@ -7,7 +7,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use testkit::model::Model;
 use testkit::workload::{Spec, Workload};
+use writer::event::ChainEvent;
 
 use super::db::{TestDb, database_url, unique_name};
 pub use super::private::free_port;
@@ -31,10 +33,20 @@ impl Env {
         Env::new_at(seed, events, &database_url(), &redis_url()).await
     }
 
+    /// An environment for a workload of `spec` (its streams get this
+    /// test's prefix).
+    pub async fn for_spec(spec: Spec) -> Env {
+        Env::with_spec_at(spec, &database_url(), &redis_url()).await
+    }
+
     /// An environment on other servers (private ones that a test breaks).
     pub async fn new_at(seed: u64, events: usize, database: &str, redis_url: &str) -> Env {
+        Env::with_spec_at(Spec::new(seed, events), database, redis_url).await
+    }
+
+    async fn with_spec_at(spec: Spec, database: &str, redis_url: &str) -> Env {
         let prefix = format!("{}_", unique_name("s"));
-        let spec = Spec::new(seed, events).with_stream_prefix(&prefix);
+        let spec = spec.with_stream_prefix(&prefix);
         let client = redis::Client::open(redis_url).unwrap();
         let redis = client.get_multiplexed_async_connection().await.unwrap();
         Env {
@@ -113,9 +125,13 @@ impl Env {
     }
 
     /// XADDs entries, pipelined.
-    pub async fn publish(&mut self, entries: &[testkit::workload::Entry]) {
+    pub async fn publish<'e>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'e testkit::workload::Entry>,
+    ) {
+        let entries: Vec<&testkit::workload::Entry> = entries.into_iter().collect();
         for chunk in entries.chunks(500) {
-            let pipe = self.spec.xadd(chunk);
+            let pipe = self.spec.xadd(chunk.iter().copied());
             let () = pipe.query_async(&mut self.redis).await.unwrap();
         }
     }
@@ -342,4 +358,41 @@ pub async fn assert_same_core(actual: &TestDb, expected: &TestDb) {
             );
         }
     }
+}
+
+/// The independent model of the invariants, from events.
+pub fn model_of<'a>(events: impl IntoIterator<Item = &'a ChainEvent<'a>>) -> Model {
+    let mut m = Model::default();
+    m.apply_all(events);
+    m
+}
+
+/// Asserts the four analytics tables equal the model's (and are not empty).
+pub async fn assert_analytics(db: &TestDb, model: &Model) {
+    let (actual, expected) = (db.dump_analytics().await, model.analytics());
+    for (name, a, e) in [
+        ("triple_vault", &actual.triple_vault, &expected.triple_vault),
+        ("triple_term", &actual.triple_term, &expected.triple_term),
+        (
+            "predicate_object",
+            &actual.predicate_object,
+            &expected.predicate_object,
+        ),
+        (
+            "subject_predicate",
+            &actual.subject_predicate,
+            &expected.subject_predicate,
+        ),
+    ] {
+        if a != e {
+            let missing: Vec<_> = e.iter().filter(|r| !a.contains(r)).take(3).collect();
+            let extra: Vec<_> = a.iter().filter(|r| !e.contains(r)).take(3).collect();
+            panic!(
+                "{name}: {} rows, expected {}\n  missing {missing:?}\n  unexpected {extra:?}",
+                a.len(),
+                e.len()
+            );
+        }
+    }
+    assert!(!expected.triple_vault.is_empty() && !expected.predicate_object.is_empty());
 }

@@ -1,0 +1,488 @@
+//! Real rindexer input (issue 11): reorg notices on every stream with a
+//! positional meaning, exact under any interleaving, several writers,
+//! reclaimed entries, flip-backs and redelivery; and rindexer's own sample.
+//!
+//! The expected tables always come from the final chain alone: its events
+//! applied directly in chain order, and the independent model of the
+//! analytics (`testkit::model`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use testkit::workload::{Entry, Spec, Workload, generate};
+use writer::analytics::{Claim, refresh};
+use writer::apply::{EntryId, ReadModel, Source};
+use writer::config::RetryConfig;
+use writer::ingest::Ingest;
+use writer::retry::Circuit;
+use writer::stream::StreamEntry;
+
+use crate::support::TestDb;
+use crate::support::service::{
+    Env, Writer, applied_directly, assert_analytics, assert_same_core, model_of,
+};
+
+const DRAIN: Duration = Duration::from_secs(120);
+
+/// The tables a workload must end in: its final chain applied directly.
+async fn assert_exact(db: &TestDb, workload: &Workload) {
+    let expected = applied_directly(workload).await;
+    assert_same_core(db, &expected).await;
+    assert_analytics(db, &model_of(&workload.canonical_events())).await;
+}
+
+async fn dead_letters(db: &TestDb) -> Vec<String> {
+    db.rows("SELECT stream, error FROM dead_letter").await
+}
+
+/// Reorg notices on all five streams, with the abandoned fork's entries
+/// queued ahead of each copy and `affected_tx_hashes` empty, then the new
+/// chain: all 15 tables equal the final chain alone, nothing is
+/// dead-lettered, and every copy of every notice is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_on_every_stream_leave_only_the_final_chain() {
+    let mut spec = Spec::rindexer(31, 4_000, 2);
+    spec.flip_back_ratio = 0.0;
+    let mut env = Env::for_spec(spec).await;
+    let workload = generate(&env.spec);
+    let abandoned: usize = workload
+        .entries
+        .iter()
+        .filter(|e| e.abandoned && !e.duplicate)
+        .map(|e| e.events)
+        .sum();
+    assert!(abandoned > 20, "{abandoned}");
+    // Everything queued before the writer starts: each stream holds its
+    // abandoned entries ahead of its copy of the notice.
+    env.publish(&workload.entries).await;
+    let writer = Writer::start(&env.writer_env("w1"));
+    env.wait_drained(DRAIN).await;
+
+    assert_exact(&env.db, &workload).await;
+    assert_eq!(dead_letters(&env.db).await, Vec::<String>::new());
+    let copies = env
+        .db
+        .rows("SELECT s.name, n.fork_block, n.message_id FROM reorg_notices n JOIN streams s ON s.id = n.stream_id")
+        .await;
+    assert_eq!(copies.len(), 5 * workload.reorgs.len(), "{copies:?}");
+    for r in &workload.reorgs {
+        for stream in &env.spec.streams {
+            let copy = format!(
+                "{stream}|{}|rindexer_stream__-reorg_intuition-testnet_{}-chunk-0",
+                r.fork_block, r.fork_block
+            );
+            assert!(copies.contains(&copy), "{copy} not in {copies:?}");
+        }
+    }
+    // Each abandoned event was counted at least once: removed by its
+    // notice, never stored (a notice applied before it), or replaced by the
+    // new chain's delivery (the new chain read before the notice).
+    let (_, metrics) = writer.get("/metrics", None).await.unwrap();
+    let orphaned = metric(&metrics, "writer_events_orphaned_total");
+    assert!(orphaned >= abandoned as f64, "{orphaned} < {abandoned}");
+    assert_eq!(metric(&metrics, "writer_reorgs_total"), 10.0);
+    let log = writer.log();
+    assert!(
+        log.contains("applied reorg notice") && log.contains("fork_block"),
+        "{log}"
+    );
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Three writers in one group with small batches, the streams interleaved
+/// as rindexer's independent stream tasks may publish them, and one
+/// abandoned entry left pending by a consumer that died (it read the entry
+/// and never acknowledged it, as after a SIGKILL): that entry is reclaimed
+/// only after its stream's notice was handled, and must not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_writers_and_a_late_reclaimed_abandoned_entry() {
+    let mut spec = Spec::rindexer(32, 3_000, 2);
+    spec.flip_back_ratio = 0.0;
+    let mut env = Env::for_spec(spec).await;
+    let workload = generate(&env.spec);
+    let order = workload.interleaved(5);
+    env.publish(order.iter().copied()).await;
+
+    // The dead consumer: it read the deposited stream up to and including
+    // its first abandoned entry, applied and acknowledged all but that one,
+    // and died (SIGKILL) before applying it.
+    let stream = env.spec.streams[2].clone();
+    let in_stream: Vec<&Entry> = order.iter().copied().filter(|e| e.stream == 2).collect();
+    let first_abandoned = in_stream
+        .iter()
+        .position(|e| e.abandoned && !e.duplicate)
+        .expect("an abandoned deposit entry");
+    let mut redis = env.redis.clone();
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&env.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let streams = [Arc::<str>::from(stream.as_str())];
+    let mut read = writer::stream::read_group(
+        &mut redis,
+        &env.group,
+        "sigkilled",
+        &streams,
+        &[">"],
+        first_abandoned + 1,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.len(), first_abandoned + 1);
+    let held = read.pop().unwrap().id;
+    let dead = ingest_for(&env.db);
+    let never = tokio_util::sync::CancellationToken::new();
+    dead.process(&read, &never).await.expect("applied");
+    let done: Vec<(&str, &str)> = read
+        .iter()
+        .map(|e| (stream.as_str(), e.id.as_str()))
+        .collect();
+    writer::stream::ack(&mut redis, &env.group, &done)
+        .await
+        .unwrap();
+
+    let mut vars = env.writer_env("w");
+    vars.insert("BATCH_SIZE".into(), "7".into());
+    vars.insert("CLAIM_IDLE_MS".into(), "4000".into());
+    let writers: Vec<Writer> = (1..=3)
+        .map(|i| {
+            let mut v = vars.clone();
+            v.insert("CONSUMER_NAME".into(), format!("w{i}"));
+            Writer::start(&v)
+        })
+        .collect();
+
+    // The notice on the deposited stream is handled while the dead
+    // consumer still holds the abandoned entry.
+    let started = Instant::now();
+    loop {
+        let notices = env
+            .db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM reorg_notices n JOIN streams s ON s.id = n.stream_id WHERE s.name = '{stream}'"
+            ))
+            .await;
+        if notices > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no notice handled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        pending_of(&mut redis, &stream, &env.group, "sigkilled").await,
+        [held]
+    );
+
+    env.wait_drained(DRAIN).await;
+    assert!(
+        pending_of(&mut redis, &stream, &env.group, "sigkilled")
+            .await
+            .is_empty()
+    );
+    assert_exact(&env.db, &workload).await;
+    assert_eq!(dead_letters(&env.db).await, Vec::<String>::new());
+    let reclaimed = writers
+        .iter()
+        .any(|w| w.log().contains("reclaimed entries of an idle consumer"));
+    assert!(reclaimed, "nobody reclaimed the dead consumer's entry");
+}
+
+async fn pending_of(
+    redis: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> Vec<String> {
+    let reply: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .arg(consumer)
+        .query_async(redis)
+        .await
+        .unwrap();
+    reply.into_iter().map(|r| r.0).collect()
+}
+
+/// The chain flips back: fork A, a notice, fork B, a second notice at the
+/// same fork block with the same message_id, fork A again. The tables hold
+/// fork A; a copy of a notice delivered again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_back_and_a_redelivered_notice() {
+    let mut spec = Spec::rindexer(33, 2_500, 1);
+    spec.flip_back_ratio = 1.0;
+    let mut env = Env::for_spec(spec).await;
+    let workload = generate(&env.spec);
+    assert!(workload.reorgs[0].flip_back);
+    let notices: Vec<&Entry> = workload.entries.iter().filter(|e| e.notice).collect();
+    assert_eq!(notices.len(), 10);
+    assert_eq!(notices[0].payload, notices[5].payload, "same message_id");
+    let _writer = Writer::start(&env.writer_env("w1"));
+    env.publish(&workload.entries).await;
+    env.wait_drained(DRAIN).await;
+    assert_exact(&env.db, &workload).await;
+    assert_eq!(
+        env.db
+            .scalar_i64("SELECT count(*) FROM reorg_notices")
+            .await,
+        10
+    );
+
+    // A copy delivered again (same stream, same entry id): nothing changes.
+    let before = env.db.dump_core().await;
+    let rm = env.db.read_model();
+    let (stream, id): (String, String) = {
+        let row = env
+            .db
+            .rows("SELECT s.name || ' ' || n.entry_ms || '-' || n.entry_seq FROM reorg_notices n JOIN streams s ON s.id = n.stream_id ORDER BY n.id LIMIT 1")
+            .await;
+        let (s, i) = row[0].split_once(' ').unwrap();
+        (s.to_owned(), i.to_owned())
+    };
+    let decoded = writer::decode::decode_json(&notices[0].payload);
+    let source = Source {
+        stream: &stream,
+        entry: EntryId::parse(&id).unwrap(),
+    };
+    let again = writer::reorg::apply(&rm, &decoded.reorgs[0], source)
+        .await
+        .unwrap();
+    assert!(!again.applied);
+    assert_eq!(env.db.dump_core().await, before);
+}
+
+/// rindexer's own messages (v0.28.1 shape, `tests/data`): the tables hold
+/// exactly what their events define, with no dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rindexer_sample_through_the_streams() {
+    let text = include_str!("../data/rindexer-sample-v0.28.jsonl");
+    let mut env = Env::new(34, 0).await;
+    let names = [
+        "atom_created",
+        "triple_created",
+        "deposited",
+        "redeemed",
+        "share_price_changed",
+    ];
+    let mut payloads = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let stream = names
+            .iter()
+            .position(|n| v["stream"] == *n)
+            .expect("a known stream");
+        let field = v["field"].as_str().unwrap().to_owned();
+        let payload = serde_json::to_string(&v["payload"]).unwrap();
+        payloads.push(payload.clone());
+        env.publish_raw(stream, &[(&field, payload.as_bytes())])
+            .await;
+    }
+    let _writer = Writer::start(&env.writer_env("w1"));
+    env.wait_drained(DRAIN).await;
+    assert_eq!(dead_letters(&env.db).await, Vec::<String>::new());
+
+    let events: Vec<_> = payloads
+        .iter()
+        .flat_map(|p| {
+            let d = writer::decode::decode_json(p);
+            assert!(d.errors.is_empty(), "{:?}", d.errors);
+            d.events
+        })
+        .collect();
+    assert_eq!(events.len(), 22);
+    let expected = TestDb::new().await;
+    let mut ordered = events.clone();
+    ordered.sort_by_key(|e| e.chain.order());
+    expected.read_model().apply(&ordered).await.unwrap();
+    assert_same_core(&env.db, &expected).await;
+    assert_analytics(&env.db, &model_of(&events)).await;
+    // What the sample's values become: ids with 0x, checksummed addresses,
+    // atom data decoded, and the counter term computed as the contract
+    // does (the sample's counter vault is b82cb14a…).
+    let creator = writer::event::Address::parse("0x5dad7600c5d89fe3824ffa99ec1c3eb8bf3b0501")
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        env.db
+            .rows("SELECT term_id, data, creator_id FROM atom WHERE data = 'has tag'")
+            .await,
+        [format!(
+            "0x6de69cc0ae3efe4000279b1bf365065096c8715d8180bc2a98046ee07d3356fd|has tag|{creator}"
+        )]
+    );
+    let triple = "0x0e62bbfd5a9a71abb63447432cda12843d15c8dc53e21c60f699bd91953fe8c3";
+    assert_eq!(
+        env.db
+            .rows(&format!(
+                "SELECT t.type, t.triple_id, left(t.id, 10) FROM term t JOIN triple x ON t.id = x.counter_term_id WHERE x.term_id = '{triple}'"
+            ))
+            .await,
+        [format!("Triple|{triple}|0xb82cb14a")]
+    );
+}
+
+// ---- property: any interleaving, batching, concurrency, redelivery ----
+
+/// What a writer runs per batch, on `db`.
+fn ingest_for(db: &TestDb) -> Ingest {
+    Ingest {
+        read_model: ReadModel::new(db.pool.clone(), db.schema.as_str()),
+        max_deliveries: 1000,
+        retry: RetryConfig {
+            max_retries: 5,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(100),
+        },
+        circuit: Arc::new(Circuit::new(5)),
+    }
+}
+
+/// Processes `deliveries` (stream entries, some more than once) in batches
+/// of random size by `workers` concurrent tasks, like writers in a group
+/// whose batches commit in any order.
+async fn ingest_concurrently(db: &TestDb, deliveries: Vec<StreamEntry>, workers: usize, seed: u64) {
+    let ingest = Arc::new(ingest_for(db));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut batches: Vec<Vec<StreamEntry>> = Vec::new();
+    let mut rest = deliveries;
+    while !rest.is_empty() {
+        let n = rng.usize(1..=40).min(rest.len());
+        let tail = rest.split_off(n);
+        batches.push(std::mem::replace(&mut rest, tail));
+    }
+    let queue = Arc::new(std::sync::Mutex::new(batches));
+    let never = tokio_util::sync::CancellationToken::new();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (ingest, queue, never) = (ingest.clone(), queue.clone(), never.clone());
+            tokio::spawn(async move {
+                loop {
+                    let batch = queue.lock().unwrap().pop();
+                    let Some(batch) = batch else { break };
+                    let processed = ingest.process(&batch, &never).await.expect("processed");
+                    assert!(
+                        processed.dead_letters.is_empty(),
+                        "{:?}",
+                        processed.dead_letters
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The analytics worker's normal pass (no pruning) over every dirty mark.
+async fn drain_analytics(db: &TestDb) {
+    loop {
+        let r = refresh(
+            &db.pool,
+            &db.schema,
+            Claim::After {
+                after: "",
+                limit: 2_000,
+            },
+            &[],
+            false,
+        )
+        .await
+        .unwrap();
+        if r.triples == 0 {
+            return;
+        }
+    }
+}
+
+/// Stream entries for a workload published in `order`: ids increase per
+/// stream, as XADD gives them.
+fn as_stream_entries(order: &[&Entry]) -> Vec<StreamEntry> {
+    let streams: Vec<Arc<str>> = (0..5).map(|i| Arc::from(format!("s{i}"))).collect();
+    let mut next = [0u64; 5];
+    order
+        .iter()
+        .map(|e| {
+            next[e.stream] += 1;
+            StreamEntry {
+                stream: streams[e.stream].clone(),
+                id: format!("1700000000000-{}", next[e.stream]),
+                fields: vec![(e.field.to_owned(), e.payload.as_bytes().to_vec())],
+                deliveries: 1,
+            }
+        })
+        .collect()
+}
+
+fn check(seed: u64, reorgs: usize, depth: i64, workers: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut spec = Spec::rindexer(seed, 1_200, reorgs);
+        spec.max_reorg_depth = depth;
+        let workload = generate(&spec);
+        assert_eq!(workload.reorgs.len(), reorgs);
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0xabc);
+        let order = workload.interleaved(rng.u64(..));
+        let mut deliveries = as_stream_entries(&order);
+        // Redelivery (a restart, a reclaim): some entries, notices
+        // included, are processed again, anywhere in the sequence.
+        for _ in 0..deliveries.len() / 10 {
+            let copy = deliveries[rng.usize(..deliveries.len())].clone();
+            let at = rng.usize(..=deliveries.len());
+            deliveries.insert(at, copy);
+        }
+        // Batches complete in any order: shuffle them, keeping nothing of
+        // the streams' order but the entry ids.
+        rng.shuffle(&mut deliveries);
+        let actual = TestDb::new().await;
+        ingest_concurrently(&actual, deliveries, workers, rng.u64(..)).await;
+        drain_analytics(&actual).await;
+        assert_exact(&actual, &workload).await;
+    });
+}
+
+/// Cases per run: 8 in CI; `REORG_CASES=200` for a longer search.
+fn cases() -> u32 {
+    std::env::var("REORG_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Real-shape chains with 1–3 reorgs at random depths (flip-backs
+    /// included), delivered in any interleaving, batching and concurrency,
+    /// with redelivery: always exactly the final chain.
+    #[test]
+    fn any_delivery_of_a_reorganising_chain_ends_in_its_final_chain(
+        seed in 0u64..1_000_000,
+        reorgs in 1usize..=3,
+        depth in 1i64..=6,
+        workers in 1usize..=4,
+    ) {
+        check(seed, reorgs, depth, workers);
+    }
+}
