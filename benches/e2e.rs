@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo bench --bench e2e -- --events 100000                 # backlog: events/s, peak RSS
+//! cargo bench --bench e2e -- --events 100000 --shape varied --reorgs 0   # v0.1's workload
 //! cargo bench --bench e2e -- --mode steady --rate 1000 --seconds 60   # latency at a steady rate
 //! ```
 //!
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use sqlx::AssertSqlSafe;
-use testkit::workload::{Spec, generate};
+use testkit::workload::{Shape, Spec, generate};
 
 mod common;
 use common::*;
@@ -27,6 +28,14 @@ enum Mode {
     Backlog,
     /// Start the writer, then publish at `--rate` for `--seconds`.
     Steady,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ShapeArg {
+    /// Exactly what rindexer publishes (testkit's `Shape::Rindexer`).
+    Rindexer,
+    /// Every accepted encoding, varied (v0.1's benchmark workload).
+    Varied,
 }
 
 #[derive(Debug, Parser)]
@@ -40,6 +49,13 @@ struct Args {
     seed: u64,
     #[arg(long, default_value_t = 0.1)]
     duplicates: f64,
+    /// How entries are encoded.
+    #[arg(long, value_enum, default_value = "rindexer")]
+    shape: ShapeArg,
+    /// Chain reorganisations in the workload (notices on every stream, the
+    /// new fork re-including abandoned transactions).
+    #[arg(long, default_value_t = 3)]
+    reorgs: usize,
     /// Events per second (steady mode).
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
@@ -66,6 +82,11 @@ async fn main() {
     let (schema, reference_schema) = (tag.clone(), format!("{tag}_ref"));
     let mut spec = Spec::new(args.seed, args.events).with_stream_prefix(&format!("{tag}_"));
     spec.duplicate_ratio = args.duplicates;
+    spec.reorgs = args.reorgs;
+    spec.shape = match args.shape {
+        ShapeArg::Rindexer => Shape::Rindexer,
+        ShapeArg::Varied => Shape::Varied,
+    };
     let group = format!("{tag}_group");
 
     let redis = redis::Client::open(redis_url()).expect("redis url");
@@ -172,7 +193,15 @@ async fn main() {
     let unique = workload.unique_events;
     println!("\n== writer end to end ({:?}) ==", args.mode);
     println!("machine: {}", machine());
-    println!("events: {unique} unique, {published} published (with duplicates)");
+    println!(
+        "workload: {:?} shape, {} reorgs (notices on every stream), seed {}",
+        args.shape,
+        workload.reorgs.len(),
+        args.seed
+    );
+    println!(
+        "events: {unique} of the final chain, {published} published (with duplicates and abandoned forks)"
+    );
     println!(
         "drained + analytics converged in {:.2}s → {:.0} events/s (streams drained at {:.2}s)",
         elapsed.as_secs_f64(),
