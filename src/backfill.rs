@@ -36,7 +36,6 @@ pub fn parse_from_term(text: &str) -> Result<String, String> {
 pub struct Summary {
     pub terms: u64,
     pub batches: u64,
-    pub resumed_after: Option<String>,
 }
 
 /// Runs (or resumes) a backfill; `progress` receives one line per batch.
@@ -66,7 +65,6 @@ pub async fn run(
         .bind(from_term)
         .fetch_one(pool)
         .await?;
-    let resumed_after = last.clone();
     if let Some(l) = &last {
         progress(&format!(
             "resuming after {l} ({done} of {total} terms already done)"
@@ -109,11 +107,7 @@ pub async fn run(
     .bind(from_term)
     .execute(pool)
     .await?;
-    Ok(Summary {
-        terms,
-        batches,
-        resumed_after,
-    })
+    Ok(Summary { terms, batches })
 }
 
 /// Terms that events name but that have no `term` row (the table was

@@ -96,11 +96,7 @@ impl Circuit {
     pub fn record_failure(&self, unavailable: bool) -> bool {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if unavailable || failures > self.threshold {
-            let opened = !self.open.swap(true, Ordering::AcqRel);
-            if opened {
-                metrics::gauge!("writer_circuit_open").set(1.0);
-            }
-            return opened;
+            return !self.open.swap(true, Ordering::AcqRel);
         }
         false
     }
@@ -110,7 +106,6 @@ impl Circuit {
         self.failures.store(0, Ordering::Release);
         let closed = self.open.swap(false, Ordering::AcqRel);
         if closed {
-            metrics::gauge!("writer_circuit_open").set(0.0);
             self.closed.notify_waiters();
         }
         closed

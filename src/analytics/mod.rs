@@ -32,18 +32,11 @@ pub fn channel(capacity: usize) -> (AnalyticsSender, AnalyticsReceiver) {
 
 impl AnalyticsSender {
     /// Offers the triples of one committed batch to the worker, without
-    /// waiting. Returns false if the message was dropped (channel full or
-    /// worker gone); the dirty marks still carry it.
-    pub fn notify(&self, triples: Vec<String>) -> bool {
-        if triples.is_empty() {
-            return true;
-        }
-        match self.0.try_send(triples) {
-            Ok(()) => true,
-            Err(_) => {
-                metrics::counter!("writer_analytics_messages_dropped_total").increment(1);
-                false
-            }
+    /// waiting. A message the channel cannot take (full, or the worker gone)
+    /// is dropped and counted: the dirty marks still carry it (ADR 0002).
+    pub fn notify(&self, triples: Vec<String>) {
+        if !triples.is_empty() && self.0.try_send(triples).is_err() {
+            metrics::counter!("writer_analytics_messages_dropped_total").increment(1);
         }
     }
 }

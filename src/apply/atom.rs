@@ -52,8 +52,10 @@ upserted AS (
         last_event_block = EXCLUDED.last_event_block,
         last_event_log_index = EXCLUDED.last_event_log_index,
         updated_at = now()
-    WHERE (a.last_event_block, a.last_event_log_index)
-        IS DISTINCT FROM (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+    WHERE (a.wallet_id, a.creator_id, a.data, a.raw_data, a.last_event_block,
+           a.last_event_log_index)
+        IS DISTINCT FROM (EXCLUDED.wallet_id, EXCLUDED.creator_id, EXCLUDED.data,
+           EXCLUDED.raw_data, EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
 )
 DELETE FROM atom a USING ids
 WHERE a.term_id = ids.id AND NOT EXISTS (SELECT 1 FROM earliest e WHERE e.term_id = ids.id)

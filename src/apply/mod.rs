@@ -332,7 +332,12 @@ impl ReadModel {
 
         // 3. The cascade.
         atom::cascade(&mut tx, &kinds.atoms, &atoms.new).await?;
-        triple::cascade(&mut tx, &kinds.triples, &triples.new).await?;
+        // A second TripleCreated of a triple (only across forks) may move it
+        // to other pairs: rebuilt, not patched.
+        for i in triple::cascade(&mut tx, &kinds.triples, &triples.new).await? {
+            use events::Logged;
+            rebuild.add(kinds.triples[i].event.feed());
+        }
         let created_vaults = vault::cascade(&mut tx, &vault_events).await?;
         // Term rows change with atoms, triples, new vaults and share prices;
         // the analytics of triples whose vaults moved are dirty.

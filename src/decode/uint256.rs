@@ -144,10 +144,6 @@ impl Amount {
         // Only ASCII digits are ever written into `digits`.
         std::str::from_utf8(&self.digits[..self.len as usize]).expect("ascii digits")
     }
-
-    pub fn is_zero(&self) -> bool {
-        self.len == 1 && self.digits[0] == b'0'
-    }
 }
 
 impl fmt::Display for Amount {

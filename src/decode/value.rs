@@ -268,11 +268,6 @@ impl VaultType {
     pub fn code(self) -> i16 {
         self as i16
     }
-
-    /// Only triple vaults (pro or counter) feed the analytics tables.
-    pub fn is_triple(self) -> bool {
-        !matches!(self, VaultType::Atom)
-    }
 }
 
 /// `keccak256("COUNTER_SALT")`, computed once.
