@@ -237,7 +237,12 @@ pub async fn differences(pool: &PgPool, a: &str, b: &str) -> BTreeMap<&'static s
     let mut out = BTreeMap::new();
     for table in TABLES {
         let row = |s: &str| {
-            format!("SELECT to_jsonb(t) - 'created_at' - 'updated_at' FROM \"{s}\".{table} t")
+            // Where an event was delivered from differs between the writer
+            // and a direct application; everything else must not.
+            format!(
+                "SELECT to_jsonb(t) - 'created_at' - 'updated_at' - 'source_stream' \
+                 - 'source_entry_ms' - 'source_entry_seq' FROM \"{s}\".{table} t"
+            )
         };
         let sql = format!(
             "SELECT count(*) FROM (({} EXCEPT ALL {}) UNION ALL ({} EXCEPT ALL {})) d",

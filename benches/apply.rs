@@ -1,0 +1,138 @@
+//! The Postgres side of the writer alone: a generated workload's entries
+//! applied batch after batch through the same path the consumer uses
+//! (`Ingest::process`: notices, event rows, cascade), on one connection at a
+//! time, then the analytics drained as the worker does. No Redis and no
+//! concurrency, so each statement's time is its own cost: the harness for
+//! finding where Postgres spends its time per event.
+//!
+//! ```sh
+//! cargo bench --bench apply -- --events 100000
+//! cargo bench --bench apply -- --events 100000 --log-statements 2>statements.jsonl
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use testkit::workload::{Spec, generate};
+use writer::analytics::{Claim, refresh};
+use writer::apply::ReadModel;
+use writer::config::RetryConfig;
+use writer::ingest::Ingest;
+use writer::retry::Circuit;
+use writer::stream::StreamEntry;
+
+mod common;
+use common::*;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    #[arg(long, default_value_t = 3)]
+    reorgs: usize,
+    /// Entries per batch (the consumer's BATCH_SIZE × streams read at once).
+    #[arg(long, default_value_t = 2500)]
+    batch: usize,
+    /// Log every statement with its duration (JSON lines on stderr).
+    #[arg(long)]
+    log_statements: bool,
+    /// `cargo bench` passes this; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if args.log_statements {
+        writer::telemetry::init(writer::config::LogFormat::Json, "warn,sqlx::query=debug");
+    }
+    let schema = format!("bench_apply_{}", std::process::id());
+    let db = pool(&schema).await;
+    let workload = generate(&Spec::rindexer(args.seed, args.events, args.reorgs));
+    let streams: Vec<Arc<str>> = (0..5).map(|i| Arc::from(format!("s{i}"))).collect();
+    let mut next = [0u64; 5];
+    let entries: Vec<StreamEntry> = workload
+        .entries
+        .iter()
+        .map(|e| {
+            next[e.stream] += 1;
+            StreamEntry {
+                stream: streams[e.stream].clone(),
+                id: format!("1700000000000-{}", next[e.stream]),
+                fields: vec![(e.field.to_owned(), e.payload.clone().into_bytes())],
+                deliveries: 1,
+            }
+        })
+        .collect();
+    let published: usize = workload.entries.iter().map(|e| e.events).sum();
+    let ingest = Ingest {
+        read_model: ReadModel::new(db.clone(), schema.as_str()),
+        max_deliveries: 5,
+        retry: RetryConfig {
+            max_retries: 5,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_secs(1),
+        },
+        circuit: Arc::new(Circuit::new(5)),
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+
+    let started = Instant::now();
+    for batch in entries.chunks(args.batch) {
+        let processed = ingest.process(batch, &never).await.expect("applied");
+        assert!(processed.dead_letters.is_empty(), "{:?}", processed.dead_letters);
+    }
+    let applied = started.elapsed();
+    let analytics_started = Instant::now();
+    let mut triples = 0;
+    loop {
+        let r = refresh(
+            &db,
+            &schema,
+            Claim::After {
+                after: "",
+                limit: 2_000,
+            },
+            &[],
+            false,
+        )
+        .await
+        .expect("analytics");
+        if r.triples == 0 {
+            break;
+        }
+        triples += r.triples;
+    }
+    let analytics = analytics_started.elapsed();
+    println!("\n== apply, one batch at a time ==");
+    println!("machine: {}", machine());
+    println!(
+        "workload: rindexer shape, {} reorgs, seed {}; {} events of the final chain, {published} delivered in {} entries, batches of {} entries",
+        workload.reorgs.len(),
+        args.seed,
+        workload.unique_events,
+        entries.len(),
+        args.batch
+    );
+    println!(
+        "events, notices and cascade: {:.2}s → {:.0} events/s ({:.1} µs per delivered event)",
+        applied.as_secs_f64(),
+        published as f64 / applied.as_secs_f64(),
+        applied.as_secs_f64() * 1e6 / published as f64
+    );
+    println!(
+        "analytics ({triples} triples, batches of 2,000): {:.2}s ({:.1} µs per event)",
+        analytics.as_secs_f64(),
+        analytics.as_secs_f64() * 1e6 / published as f64
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&db)
+    .await
+    .expect("drop schema");
+}
