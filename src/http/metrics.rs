@@ -13,7 +13,10 @@
 //!   `analytics_messages_dropped_total`
 //! - `dead_letters_total`, `dead_letters_unresolved`
 //! - `retries_total{stage}`, `circuit_open`
-//! - `entries_acked_total`, `entries_reclaimed_total`, `reorgs_applied_total`
+//! - `entries_acked_total`, `entries_reclaimed_total`
+//! - `stream_entries_lost_total{stream}` (see `stream_watch`)
+//! - `reorgs_total`, `events_orphaned_total` (reorg notices applied, events
+//!   of abandoned forks removed)
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -60,13 +63,32 @@ pub fn install() -> PrometheusHandle {
                 })
                 .expect("static, non-empty buckets");
             match builder.install_recorder() {
-                Ok(handle) => handle,
+                Ok(handle) => {
+                    describe();
+                    handle
+                }
                 // Another recorder is installed (only in tests embedding the
                 // service): render from a private one.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             }
         })
         .clone()
+}
+
+/// HELP lines for the families alerts rely on.
+fn describe() {
+    metrics::describe_counter!(
+        "writer_stream_entries_lost_total",
+        "Entries removed from the stream (trimmed, deleted, evicted) before the consumer group read them; counted once per group"
+    );
+    metrics::describe_counter!(
+        "writer_reorgs_total",
+        "Chain reorganisation notices applied"
+    );
+    metrics::describe_counter!(
+        "writer_events_orphaned_total",
+        "Events removed because a reorganisation abandoned their block"
+    );
 }
 
 pub async fn render(State(_): State<Arc<Status>>) -> impl IntoResponse {

@@ -1,6 +1,7 @@
 //! Analytics, backfill and reorgs: the derived tables always converge to
 //! invariants 6–8, computed independently in `support::model` (issue 4).
 
+use crate::support::CleanEnv;
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -121,7 +122,7 @@ fn backfill(
     Command::new(env!("CARGO_BIN_EXE_writer"))
         .arg("backfill")
         .args(args)
-        .env_clear()
+        .clean_env()
         .envs(vars)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,6 +9,7 @@ mod apply_invariants;
 mod apply_property;
 mod check_config;
 mod consume;
+mod deploy;
 mod faults;
 mod malformed;
 mod migrate;

@@ -1,6 +1,7 @@
 //! Migrations: every table of SPEC §2 in the configured schema; re-running is
 //! a no-op; concurrent runs are serialised.
 
+use crate::support::CleanEnv;
 use crate::support::TestDb;
 
 const TABLES: &[&str] = &[
@@ -167,7 +168,7 @@ async fn a_changed_migration_is_refused() {
 fn writer_cli(db: &TestDb, schema: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
         .args(args)
-        .env_clear()
+        .clean_env()
         .env("DATABASE_URL", &db.url)
         .env("DATABASE_SCHEMA", schema)
         .env("REDIS_URL", crate::support::service::redis_url())

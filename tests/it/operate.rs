@@ -1,6 +1,7 @@
 //! Operating the writer: /health, /metrics, admin auth, graceful shutdown,
 //! schema isolation, secrets, logs, documentation (issue 5).
 
+use crate::support::CleanEnv;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -346,7 +347,7 @@ async fn passwords_never_leak() {
     }
     let check = Command::new(env!("CARGO_BIN_EXE_writer"))
         .arg("check-config")
-        .env_clear()
+        .clean_env()
         .envs(&vars)
         .output()
         .unwrap();
@@ -360,7 +361,7 @@ async fn passwords_never_leak() {
     );
     let failed = Command::new(env!("CARGO_BIN_EXE_writer"))
         .arg("check-config")
-        .env_clear()
+        .clean_env()
         .envs(&bad)
         .output()
         .unwrap();

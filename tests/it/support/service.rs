@@ -1,6 +1,7 @@
 //! Running the writer as a process against a private schema and private
 //! streams, publishing workloads, and waiting for it to drain.
 
+use super::CleanEnv;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -194,7 +195,7 @@ impl Writer {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_writer"))
             .arg("run")
-            .env_clear()
+            .clean_env()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env)
             .stdout(Stdio::null())
