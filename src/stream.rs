@@ -429,8 +429,11 @@ pub async fn group_info<C: ConnectionLike>(
 /// How [`settle_read_counter`] found the group's read counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
-    /// Right (or unknowable): nothing changed.
+    /// Right: nothing changed.
     Exact,
+    /// The group lies inside the stream, short of its last entry: Redis's
+    /// counters cannot tell whether entries between were removed.
+    Unknown,
     /// The group's position lies before the stream's first entry and
     /// entries between were removed (trimmed) unread: this many.
     TrimmedUnread(u64),
@@ -492,14 +495,15 @@ if length == 0 or before(delivered, first) then
   elseif delivered == '0-0' then
     lost = removed
   else
-    return {'exact', 0}
+    return {'unknown', 0}
   end
   if lost > 0 then
     redis.call('XGROUP', 'SETID', stream, group, delivered, 'ENTRIESREAD', removed)
     return {'trimmed', lost}
   end
+  return {'exact', 0}
 end
-return {'exact', 0}
+return {'unknown', 0}
 "#;
 
 /// Runs [`SETTLE_READ_COUNTER`] for `group` on `stream`: a write.
@@ -519,6 +523,7 @@ pub async fn settle_read_counter<C: ConnectionLike>(
     Ok(match kind.as_str() {
         "trimmed" if n > 0 => Settled::TrimmedUnread(n),
         "caught_up" if n > 0 => Settled::CaughtUpOff(n),
+        "unknown" => Settled::Unknown,
         _ => Settled::Exact,
     })
 }

@@ -235,7 +235,7 @@ impl StreamWatch {
             let seen = self.seen.entry(s.clone()).or_default();
             let mut found: Vec<(u64, &'static str)> = Vec::new();
             match settled {
-                Settled::Exact => {}
+                Settled::Exact | Settled::Unknown => {}
                 Settled::TrimmedUnread(n) => found.push((
                     n,
                     "removed from the stream (trimmed) while the group was behind",
@@ -284,7 +284,9 @@ impl StreamWatch {
                     seen.present = true;
                     seen.entries_added = now.entries_added;
                     seen.lag = now.info.lag.unwrap_or(0);
-                    seen.counter_checked_in = Some(run_id.clone());
+                    if settled != Settled::Unknown {
+                        seen.counter_checked_in = Some(run_id.clone());
+                    }
                 }
             }
             for (lost, cause) in found {

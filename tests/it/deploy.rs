@@ -81,10 +81,7 @@ fn alert_rules_pass_promtool_with_a_test_per_alert() {
         );
         let url = format!("runbook_url: \"docs/runbooks.md#{}\"", name.to_lowercase());
         assert!(rules.contains(&url), "{name} lacks `{url}` in alerts.yml");
-        assert!(
-            tests.contains(&url),
-            "no test of {name} expects it to fire"
-        );
+        assert!(tests.contains(&url), "no test of {name} expects it to fire");
         assert!(
             runbooks.contains(&name.to_lowercase()),
             "docs/runbooks.md has no section for {name}"
@@ -196,7 +193,9 @@ fn documentation_links_resolve_inside_the_repository() {
             };
             let shown = format!("{}: {target}", file.strip_prefix(&root).unwrap().display());
             match resolved.canonicalize() {
-                Ok(p) if !p.starts_with(&root) => broken.push(format!("{shown} (outside the repository)")),
+                Ok(p) if !p.starts_with(&root) => {
+                    broken.push(format!("{shown} (outside the repository)"))
+                }
                 Ok(p) => {
                     if !anchor.is_empty()
                         && p.is_file()

@@ -223,7 +223,7 @@ async fn admin_endpoints_need_the_token() {
     assert!(status["pool"]["max"].as_u64().is_some(), "{status}");
     assert!(!body.contains(token), "the token itself is never shown");
     // Health and metrics stay open.
-    assert_eq!(guarded.get("/health", None).await.unwrap().0, 200);
+    guarded.wait_health(200, Duration::from_secs(20)).await;
     assert_eq!(guarded.get("/metrics", None).await.unwrap().0, 200);
 }
 
