@@ -84,7 +84,11 @@ async fn main() {
     let started = Instant::now();
     for batch in entries.chunks(args.batch) {
         let processed = ingest.process(batch, &never).await.expect("applied");
-        assert!(processed.dead_letters.is_empty(), "{:?}", processed.dead_letters);
+        assert!(
+            processed.dead_letters.is_empty(),
+            "{:?}",
+            processed.dead_letters
+        );
     }
     let applied = started.elapsed();
     let analytics_started = Instant::now();

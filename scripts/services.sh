@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Makes sure local PostgreSQL (127.0.0.1:5432, trust auth, user postgres,
 # database test) and Redis (127.0.0.1:6379) are running, installing them
-# from Debian's packages when they are missing. Idempotent: on a machine
-# where both already run it only checks.
+# from Debian's packages when they are missing, and that `promtool` (the
+# tests check deploy/alerts.yml with it) is installed, from Debian's
+# `prometheus` package. Idempotent: on a machine where all of it is there it
+# only checks.
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -67,6 +69,11 @@ ensure_redis() {
   wait_for "Redis" sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
 }
 
+ensure_promtool() {
+  command -v promtool >/dev/null || apt_install --no-install-recommends prometheus
+}
+
 ensure_postgres
 ensure_redis
-log "PostgreSQL and Redis are up"
+ensure_promtool
+log "PostgreSQL and Redis are up; promtool is installed"

@@ -28,7 +28,13 @@ pub enum Command {
     /// Run the service: consume the streams, apply, serve /health and /metrics.
     Run,
     /// Apply pending schema migrations to DATABASE_SCHEMA and exit.
-    Migrate,
+    Migrate {
+        /// Only compare the schema with this writer (applied migrations and
+        /// their checksums, contract tables and columns), changing nothing:
+        /// exit 0 when it matches, 1 when it differs or migrations are pending.
+        #[arg(long)]
+        check: bool,
+    },
     /// Recompute cascade and analytics rows for every term ≥ TERM_ID.
     Backfill {
         /// Lowest term id to recompute (`0x00` for all).
@@ -117,7 +123,27 @@ pub async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Migrate => {
+        Command::Migrate { check: true } => {
+            let pool = crate::db::pool(&config.database)?;
+            let schema = &config.database.schema;
+            let report = crate::migrate::check(&pool, schema).await?;
+            pool.close().await;
+            for (version, name) in &report.pending {
+                println!("pending: migration {version} ({name}); `writer migrate` applies it");
+            }
+            for drift in &report.drift {
+                println!("drift: {drift}");
+            }
+            if !report.is_clean() {
+                anyhow::bail!(
+                    "schema {schema} does not match this writer: {} pending migrations, {} differences",
+                    report.pending.len(),
+                    report.drift.len()
+                );
+            }
+            println!("schema {schema} matches this writer");
+        }
+        Command::Migrate { check: false } => {
             let pool = crate::db::pool(&config.database)?;
             let applied = crate::migrate::run(&pool, &config.database.schema).await?;
             if applied.is_empty() {

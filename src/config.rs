@@ -159,6 +159,8 @@ pub struct Config {
     pub analytics: AnalyticsConfig,
     pub health: HealthConfig,
     pub shutdown_timeout: Duration,
+    /// How often a progress line is logged while anything happens.
+    pub progress_interval: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -196,6 +198,7 @@ struct Raw {
     health_max_stream_lag: Option<String>,
     health_max_analytics_backlog: Option<String>,
     shutdown_timeout_ms: Option<String>,
+    progress_log_interval_ms: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
 }
@@ -335,6 +338,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "SHUTDOWN_TIMEOUT_MS",
         "30000",
         "how long a graceful shutdown may take before the process exits",
+    ),
+    (
+        "PROGRESS_LOG_INTERVAL_MS",
+        "10000",
+        "how often an info line reports progress (events applied and rate, entries acknowledged, lag, analytics backlog, dead letters) while anything happens; nothing is logged while idle (100–3600000)",
     ),
     ("LOG_FORMAT", "text", "`text` or `json`"),
     (
@@ -684,6 +692,12 @@ impl Config {
             100,
             600_000,
         );
+        let progress_interval = c.millis(
+            "PROGRESS_LOG_INTERVAL_MS",
+            &raw.progress_log_interval_ms,
+            100,
+            3_600_000,
+        );
         let log_format = match raw.log_format.as_deref().map(str::trim) {
             None | Some("") | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -742,6 +756,7 @@ impl Config {
             analytics,
             health,
             shutdown_timeout,
+            progress_interval,
             log_format,
             log_level,
         })
@@ -818,6 +833,7 @@ impl Config {
                 self.health.max_analytics_backlog.to_string(),
             ),
             ("SHUTDOWN_TIMEOUT_MS", ms(self.shutdown_timeout)),
+            ("PROGRESS_LOG_INTERVAL_MS", ms(self.progress_interval)),
             (
                 "LOG_FORMAT",
                 match self.log_format {

@@ -109,6 +109,12 @@ impl Consumer {
         })
     }
 
+    /// The connection for non-blocking commands, shared with the stream
+    /// watch (`stream_watch`).
+    pub fn commands(&self) -> ConnectionManager {
+        self.shared.commands.clone()
+    }
+
     /// Consumes until `cancel`, then waits for in-flight batches to commit
     /// and ACK (or for `abort`, after which un-ACKed entries stay pending
     /// and are redelivered to the next run).
@@ -119,8 +125,7 @@ impl Consumer {
         }
         let reader = tokio::spawn(shared.clone().read_loop(cancel.clone()));
         let claimer = tokio::spawn(shared.clone().claim_loop(cancel.clone()));
-        let monitor = tokio::spawn(shared.clone().monitor_loop(cancel.clone()));
-        let _ = tokio::join!(reader, claimer, monitor);
+        let _ = tokio::join!(reader, claimer);
         shared.tracker.close();
         tokio::select! {
             _ = shared.tracker.wait() => {
@@ -510,44 +515,6 @@ impl Shared {
                 return Ok(());
             }
             cursor = next;
-        }
-    }
-
-    /// Refreshes per-stream lag and pending counts for /health and /metrics.
-    async fn monitor_loop(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = cancel.cancelled() => return,
-            }
-            let mut conn = self.commands.clone();
-            let mut infos = Vec::with_capacity(self.streams.len());
-            for s in &self.streams {
-                match stream::group_info(&mut conn, s, &self.config.group).await {
-                    Ok(info) => {
-                        let info = info.unwrap_or_default();
-                        metrics::gauge!("writer_stream_lag", "stream" => s.to_string())
-                            .set(info.lag.unwrap_or(0) as f64);
-                        metrics::gauge!("writer_stream_pending", "stream" => s.to_string())
-                            .set(info.pending as f64);
-                        infos.push((s.to_string(), info));
-                    }
-                    Err(e) => {
-                        self.redis_failed(&e, "XINFO");
-                        break;
-                    }
-                }
-            }
-            if infos.len() == self.streams.len() {
-                self.state.redis_healthy.store(true, Ordering::Relaxed);
-                *self
-                    .state
-                    .streams
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner()) = infos;
-            }
         }
     }
 }

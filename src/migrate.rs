@@ -5,6 +5,14 @@
 //! lock serialises concurrent `writer migrate` runs (several replicas
 //! starting at once). A migration whose file changed after it was applied is
 //! an error, not a silent skip.
+//!
+//! Every start also checks for drift: the ledger must hold only migrations
+//! this binary has, with their checksums (a database migrated by a newer
+//! writer is refused, not half-understood), and every contract table and
+//! column of [`CONTRACT`] must exist (a column dropped by hand is refused
+//! by name, before an insert fails on it). [`check`] reports all of it
+//! without changing anything (`writer migrate --check`). ADR 0007 says why
+//! this ledger is kept instead of sqlx's `Migrator`.
 
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, PgPool};
@@ -52,6 +60,175 @@ pub enum MigrateError {
         "the database has migration {0}, which this writer does not know; it is older than the schema"
     )]
     Unknown(i64),
+    #[error(
+        "the schema does not hold the contract (SPEC §2) this writer writes: {}; restore it (from a backup, or by re-creating the column as its migration does) before starting the writer",
+        .0.join("; ")
+    )]
+    Contract(Vec<String>),
+}
+
+/// The tables and columns other software reads (SPEC §2: "table and column
+/// names are a contract"), plus the operational tables the spec names.
+#[rustfmt::skip]
+pub const CONTRACT: &[(&str, &[&str])] = &[
+    ("atom_created_events", &[
+        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
+        "transaction_index", "block_timestamp", "created_at", "creator", "term_id", "atom_data",
+        "raw_data", "atom_wallet",
+    ]),
+    ("triple_created_events", &[
+        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
+        "transaction_index", "block_timestamp", "created_at", "creator", "term_id", "subject_id",
+        "predicate_id", "object_id", "counter_term_id",
+    ]),
+    ("deposited_events", &[
+        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
+        "transaction_index", "block_timestamp", "created_at", "sender", "receiver", "term_id",
+        "curve_id", "assets", "assets_after_fees", "shares", "total_shares", "vault_type",
+    ]),
+    ("redeemed_events", &[
+        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
+        "transaction_index", "block_timestamp", "created_at", "sender", "receiver", "term_id",
+        "curve_id", "shares", "total_shares", "assets", "fees", "vault_type",
+    ]),
+    ("share_price_changed_events", &[
+        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
+        "transaction_index", "block_timestamp", "created_at", "term_id", "curve_id", "share_price",
+        "total_assets", "total_shares", "vault_type",
+    ]),
+    ("generic_events", &[
+        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
+        "transaction_index", "block_timestamp", "created_at", "event_name", "event_data",
+    ]),
+    ("atom", &[
+        "term_id", "wallet_id", "creator_id", "data", "raw_data", "type", "emoji", "label",
+        "image", "value_id", "resolving_status", "last_event_block", "last_event_log_index",
+        "created_at", "updated_at",
+    ]),
+    ("triple", &[
+        "term_id", "creator_id", "subject_id", "predicate_id", "object_id", "counter_term_id",
+        "last_event_block", "last_event_log_index", "created_at", "updated_at",
+    ]),
+    ("position", &[
+        "account_id", "term_id", "curve_id", "shares", "total_deposit_assets_after_total_fees",
+        "total_redeem_assets_for_receiver", "created_at", "updated_at",
+    ]),
+    ("vault", &[
+        "term_id", "curve_id", "total_shares", "current_share_price", "total_assets", "market_cap",
+        "position_count", "vault_type", "created_at", "updated_at",
+    ]),
+    ("term", &[
+        "id", "type", "atom_id", "triple_id", "total_assets", "total_market_cap", "created_at",
+        "updated_at",
+    ]),
+    ("triple_vault", &[
+        "term_id", "counter_term_id", "curve_id", "total_shares", "total_assets", "position_count",
+        "market_cap", "updated_at",
+    ]),
+    ("triple_term", &[
+        "term_id", "counter_term_id", "total_assets", "total_market_cap", "total_position_count",
+        "updated_at",
+    ]),
+    ("predicate_object", &[
+        "predicate_id", "object_id", "triple_count", "total_position_count", "total_market_cap",
+        "updated_at",
+    ]),
+    ("subject_predicate", &[
+        "subject_id", "predicate_id", "triple_count", "total_position_count", "total_market_cap",
+        "updated_at",
+    ]),
+    ("dead_letter", &[]),
+    ("reorg_notices", &[]),
+];
+
+/// Contract tables and columns missing from `schema`, one phrase each
+/// (`table position has no column shares`).
+async fn missing_contract(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let present: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = $1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    let has = |t: &str, c: Option<&str>| {
+        present
+            .iter()
+            .any(|(table, column)| table == t && c.is_none_or(|c| column == c))
+    };
+    let mut missing = Vec::new();
+    for (table, columns) in CONTRACT {
+        if !has(table, None) {
+            missing.push(format!("table {table} is missing"));
+            continue;
+        }
+        for column in *columns {
+            if !has(table, Some(column)) {
+                missing.push(format!("table {table} has no column {column}"));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// What [`check`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Migrations of this binary not applied yet (`writer migrate` applies them).
+    pub pending: Vec<(i64, &'static str)>,
+    /// Differences this binary cannot fix: a changed or unknown migration,
+    /// a missing contract table or column.
+    pub drift: Vec<String>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.pending.is_empty() && self.drift.is_empty()
+    }
+}
+
+/// Compares `schema` with this binary without changing anything.
+pub async fn check(pool: &PgPool, schema: &str) -> Result<Report, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let ledger: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass(format('%I.schema_migrations', $1::text))::text")
+            .bind(schema)
+            .fetch_one(&mut *conn)
+            .await?;
+    let existing: Vec<(i64, String)> = match ledger {
+        Some(_) => {
+            sqlx::query_as("SELECT version, checksum FROM schema_migrations ORDER BY version")
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        None => Vec::new(),
+    };
+    let mut report = Report::default();
+    for (version, sum) in &existing {
+        match MIGRATIONS.iter().find(|(v, _, _)| v == version) {
+            Some((_, name, sql)) if checksum(sql) != *sum => report.drift.push(format!(
+                "migration {version} ({name}) was applied with different contents"
+            )),
+            Some(_) => {}
+            None => report.drift.push(format!(
+                "migration {version} is applied but unknown to this writer (a newer writer migrated this schema)"
+            )),
+        }
+    }
+    for (version, name, _) in MIGRATIONS {
+        if !existing.iter().any(|(v, _)| v == version) {
+            report.pending.push((*version, name));
+        }
+    }
+    // The contract is what the applied migrations must have created.
+    if report.pending.is_empty() {
+        report
+            .drift
+            .extend(missing_contract(&mut conn, schema).await?);
+    }
+    Ok(report)
 }
 
 fn checksum(sql: &str) -> String {
@@ -73,7 +250,14 @@ pub async fn run(pool: &PgPool, schema: &str) -> Result<Vec<i64>, MigrateError> 
         .bind(lock_key)
         .execute(&mut *conn)
         .await?;
-    let result = apply_pending(&mut conn, schema).await;
+    let mut result = apply_pending(&mut conn, schema).await;
+    if result.is_ok() {
+        match missing_contract(&mut conn, schema).await {
+            Ok(missing) if missing.is_empty() => {}
+            Ok(missing) => result = Err(MigrateError::Contract(missing)),
+            Err(e) => result = Err(e.into()),
+        }
+    }
     let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(lock_key)
         .execute(&mut *conn)

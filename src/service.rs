@@ -9,6 +9,7 @@
 //! redelivered.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ use crate::config::Config;
 use crate::consumer::{Consumer, ConsumerState};
 use crate::ingest::Ingest;
 use crate::retry::{Backoff, Circuit};
+use crate::stream_watch::{Losses, StreamWatch};
 
 /// How the service ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,11 @@ pub struct Status {
     pub analytics: Arc<WorkerState>,
     /// Backlog and dead-letter counts, refreshed every two seconds.
     pub backlog: crate::http::BacklogCache,
+    /// Set once migrations ran, the schema matched and the consumer groups
+    /// were joined: until then /health answers 503 `starting`.
+    pub ready: AtomicBool,
+    /// Entries found lost from the streams (`stream_watch`).
+    pub losses: Arc<Losses>,
 }
 
 /// Applies migrations, retrying while Postgres is unreachable.
@@ -73,6 +80,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         consumer: Arc::new(ConsumerState::default()),
         analytics: Arc::new(WorkerState::default()),
         backlog: Default::default(),
+        ready: AtomicBool::new(false),
+        losses: Arc::default(),
         pool: pool.clone(),
         config,
     });
@@ -137,7 +146,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         status.consumer.clone(),
         abort.clone(),
     )?;
-    consumer.run(shutdown.clone()).await;
+    let mut watch = StreamWatch::new(
+        &config.redis.streams,
+        &config.redis.group,
+        consumer.commands(),
+        status.consumer.clone(),
+        status.losses.clone(),
+        pool.clone(),
+        config.retry.clone(),
+    );
+    // Losses from while no writer ran are found before reading starts.
+    if watch.start(&shutdown).await {
+        status.ready.store(true, Ordering::Relaxed);
+        tracing::info!("ready: schema current, consumer groups joined");
+        let progress = tokio::spawn(crate::progress::run(status.clone(), shutdown.clone()));
+        let watching = tokio::spawn(watch.run(shutdown.clone()));
+        consumer.run(shutdown.clone()).await;
+        let _ = tokio::join!(progress, watching);
+    }
 
     // Reading has stopped and in-flight batches are done (or abandoned).
     worker_cancel.cancel();

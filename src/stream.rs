@@ -298,13 +298,28 @@ pub async fn ack<C: ConnectionLike>(
     pipe.query_async::<()>(conn).await
 }
 
-/// A group's backlog on one stream.
+/// A group's backlog on one stream, as /health shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GroupInfo {
-    /// Entries not yet delivered to the group (None when Redis cannot tell).
+    /// Entries still in the stream and not yet delivered to the group (None
+    /// when Redis cannot tell).
     pub lag: Option<u64>,
     /// Entries delivered but not acknowledged.
     pub pending: u64,
+    /// Entries this process found removed from the stream before the group
+    /// read them (see `stream_watch`), since it started.
+    pub lost: u64,
+}
+
+/// What `XINFO STREAM` and `XINFO GROUPS` say about one stream and one
+/// group: read only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupState {
+    /// The stream's `entries-added`: every entry ever added to it. It never
+    /// decreases for one stream, so a smaller value means a new stream.
+    pub entries_added: u64,
+    /// The backlog, with `lost` left at 0.
+    pub info: GroupInfo,
 }
 
 /// An entry id as `(milliseconds, sequence)`, comparable.
@@ -328,55 +343,42 @@ fn pairs(v: Value) -> Vec<(String, Value)> {
     }
 }
 
-/// Resets a group's `entries-read` counter to the stream's `entries-added`,
-/// atomically and only if the group has been delivered the stream's last
-/// entry (so nothing undelivered is skipped). See [`group_info`].
-const REPAIR_LAG: &str = r#"
-local stream, group = KEYS[1], ARGV[1]
-local info = redis.call('XINFO', 'STREAM', stream)
-local last, added
-for i = 1, #info, 2 do
-  if info[i] == 'last-generated-id' then last = info[i + 1] end
-  if info[i] == 'entries-added' then added = info[i + 1] end
-end
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-  local name, delivered
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] end
-    if g[i] == 'last-delivered-id' then delivered = g[i + 1] end
-  end
-  if name == group and delivered == last then
-    redis.call('XGROUP', 'SETID', stream, group, last, 'ENTRIESREAD', added)
-    return 1
-  end
-end
-return 0
-"#;
-
-/// `XINFO GROUPS` for `group` on `stream`; None if the group is absent.
+/// `XINFO STREAM` and `XINFO GROUPS` for `group` on `stream`; None if the
+/// stream or the group does not exist. Changes nothing.
 ///
-/// Redis's own `lag` can go wrong after it reloads a rewritten append-only
-/// file: the group's `entries-read` returns to its value at the rewrite
-/// while `last-delivered-id` is right (Redis 7.0; a group fully caught up
-/// kept reporting 100,000 entries of lag, and under load /health flapped to
-/// degraded). When the group is caught up (its last delivered id is the
-/// stream's last id) its lag is 0 whatever the counter says, and the
-/// counter is repaired in Redis so later figures are right too.
-pub async fn group_info<C: ConnectionLike>(
+/// The lag is what can still be delivered: 0 once the group has been
+/// delivered the stream's last entry, the stream's length when the group's
+/// position lies before its first entry (trimmed past), otherwise Redis's
+/// own figure. Redis's figure alone can be wrong: after it reloads a
+/// rewritten append-only file a group's `entries-read` goes back to its
+/// value at the rewrite (Redis 7.0; a caught-up group kept reporting
+/// 100,000 entries of lag), and after entries were trimmed ahead of the
+/// group it keeps counting them. [`settle_read_counter`] corrects it.
+pub async fn group_state<C: ConnectionLike>(
     conn: &mut C,
     stream: &str,
     group: &str,
-) -> RedisResult<Option<GroupInfo>> {
-    let stream_info: Value = redis::cmd("XINFO")
+) -> RedisResult<Option<GroupState>> {
+    let stream_info: RedisResult<Value> = redis::cmd("XINFO")
         .arg("STREAM")
         .arg(stream)
         .query_async(conn)
-        .await?;
-    let last_generated = pairs(stream_info)
-        .into_iter()
-        .find(|(k, _)| k == "last-generated-id")
-        .and_then(|(_, v)| text(&v))
+        .await;
+    let stream_info = match stream_info {
+        Ok(v) => pairs(v),
+        Err(e) if e.to_string().contains("no such key") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let field = |key: &str| stream_info.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let last_generated = field("last-generated-id")
+        .and_then(text)
         .and_then(|id| parse_id(&id));
+    let first = match field("first-entry") {
+        Some(Value::Array(entry)) => entry.first().and_then(text).and_then(|id| parse_id(&id)),
+        _ => None,
+    };
+    let length = field("length").and_then(int).unwrap_or(0).max(0) as u64;
+    let entries_added = field("entries-added").and_then(int).unwrap_or(0).max(0) as u64;
     let reply: Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -395,25 +397,167 @@ pub async fn group_info<C: ConnectionLike>(
             .and_then(text)
             .and_then(|id| parse_id(&id));
         let caught_up = matches!((delivered, last_generated), (Some(d), Some(g)) if d >= g);
-        let reported = get("lag").and_then(int).map(|l| l.max(0) as u64);
-        if caught_up && reported != Some(0) {
-            let repaired: RedisResult<i64> = redis::cmd("EVAL")
-                .arg(REPAIR_LAG)
-                .arg(1)
-                .arg(stream)
-                .arg(group)
-                .query_async(conn)
-                .await;
-            if let Err(e) = repaired {
-                tracing::warn!(stream, error = %e, "could not repair the group's lag counter");
-            }
-        }
-        return Ok(Some(GroupInfo {
-            lag: if caught_up { Some(0) } else { reported },
-            pending: get("pending").and_then(int).unwrap_or(0).max(0) as u64,
+        let behind_head = length == 0 || matches!((delivered, first), (Some(d), Some(f)) if d < f);
+        let lag = if caught_up {
+            Some(0)
+        } else if behind_head {
+            Some(length)
+        } else {
+            get("lag").and_then(int).map(|l| l.max(0) as u64)
+        };
+        return Ok(Some(GroupState {
+            entries_added,
+            info: GroupInfo {
+                lag,
+                pending: get("pending").and_then(int).unwrap_or(0).max(0) as u64,
+                lost: 0,
+            },
         }));
     }
     Ok(None)
+}
+
+/// [`group_state`]'s backlog alone; None if the stream or group is absent.
+pub async fn group_info<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> RedisResult<Option<GroupInfo>> {
+    Ok(group_state(conn, stream, group).await?.map(|s| s.info))
+}
+
+/// How [`settle_read_counter`] found the group's read counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Right: nothing changed.
+    Exact,
+    /// The group lies inside the stream, short of its last entry: Redis's
+    /// counters cannot tell whether entries between were removed.
+    Unknown,
+    /// The group's position lies before the stream's first entry and
+    /// entries between were removed (trimmed) unread: this many.
+    TrimmedUnread(u64),
+    /// The group has been delivered the last entry, yet Redis counted this
+    /// many more entries added than read: entries trimmed after the group
+    /// last read and before it read on, or a counter gone stale when Redis
+    /// reloaded its append-only file. Only the caller's history can tell.
+    CaughtUpOff(u64),
+}
+
+/// Corrects a group's `entries-read` counter, atomically, and returns by how
+/// much it was off; see [`Settled`]. Several writer processes share a
+/// group: only the one whose script made the correction gets a non-zero
+/// figure, so a loss is counted once, however many processes watch, and
+/// not again after a restart.
+///
+/// Redis 7.0 does not count trimmed entries against a group: trimming
+/// leaves `entries-read` alone, and reading on past a trimmed gap adds one
+/// per entry read, so `entries-added − entries-read` keeps counting the
+/// gap. (Trimming does not move `max-deleted-entry-id` either: only XDEL
+/// does.)
+const SETTLE_READ_COUNTER: &str = r#"
+local stream, group = KEYS[1], ARGV[1]
+if redis.call('EXISTS', stream) == 0 then return {'exact', 0} end
+local function id(s)
+  local ms, seq = string.match(s, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function before(a, b)
+  local am, as = id(a)
+  local bm, bs = id(b)
+  return am < bm or (am == bm and as < bs)
+end
+local s = {}
+local info = redis.call('XINFO', 'STREAM', stream)
+for i = 1, #info, 2 do s[info[i]] = info[i + 1] end
+local g
+for _, row in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local t = {}
+  for i = 1, #row, 2 do t[row[i]] = row[i + 1] end
+  if t['name'] == group then g = t end
+end
+if not g then return {'exact', 0} end
+local added, length = s['entries-added'], s['length']
+local delivered, read = g['last-delivered-id'], g['entries-read']
+if not before(delivered, s['last-generated-id']) then
+  if read and added > read then
+    redis.call('XGROUP', 'SETID', stream, group, delivered, 'ENTRIESREAD', added)
+    return {'caught_up', added - read}
+  end
+  return {'exact', 0}
+end
+local first = s['first-entry'] and s['first-entry'][1]
+if length == 0 or before(delivered, first) then
+  local removed = added - length
+  local lost
+  if read then
+    lost = removed - read
+  elseif delivered == '0-0' then
+    lost = removed
+  else
+    return {'unknown', 0}
+  end
+  if lost > 0 then
+    redis.call('XGROUP', 'SETID', stream, group, delivered, 'ENTRIESREAD', removed)
+    return {'trimmed', lost}
+  end
+  return {'exact', 0}
+end
+return {'unknown', 0}
+"#;
+
+/// Runs [`SETTLE_READ_COUNTER`] for `group` on `stream`: a write.
+pub async fn settle_read_counter<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> RedisResult<Settled> {
+    let (kind, n): (String, i64) = redis::cmd("EVAL")
+        .arg(SETTLE_READ_COUNTER)
+        .arg(1)
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await?;
+    let n = n.max(0) as u64;
+    Ok(match kind.as_str() {
+        "trimmed" if n > 0 => Settled::TrimmedUnread(n),
+        "caught_up" if n > 0 => Settled::CaughtUpOff(n),
+        "unknown" => Settled::Unknown,
+        _ => Settled::Exact,
+    })
+}
+
+/// Marks, once per incarnation of a stream's group, that the loss of the
+/// stream it replaced has been accounted for: `XGROUP CREATECONSUMER` of a
+/// consumer that never reads. True for the one caller that created it.
+pub async fn claim_recreation<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> RedisResult<bool> {
+    let created: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(stream)
+        .arg(group)
+        .arg(RECREATION_MARK)
+        .query_async(conn)
+        .await?;
+    Ok(created == 1)
+}
+
+/// The consumer name [`claim_recreation`] creates; it never reads.
+pub const RECREATION_MARK: &str = "writer-recreation-accounted";
+
+/// The Redis server's `run_id`, new at every restart.
+pub async fn server_run_id<C: ConnectionLike>(conn: &mut C) -> RedisResult<String> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .unwrap_or("")
+        .trim()
+        .to_owned())
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
-//! `GET /health`: 200 when healthy or degraded, 503 when unhealthy.
+//! `GET /health`: 200 when healthy or degraded, 503 when starting or
+//! unhealthy.
 //!
+//! - starting: migrations have not run yet, or the consumer has not joined
+//!   its groups (503, so no traffic and no "unhealthy" page during a
+//!   normal start-up; a start that never finishes says why in `reasons`);
 //! - unhealthy: Postgres does not answer, or Redis commands fail;
 //! - degraded (still 200, for an operator to see early): circuit breaker
 //!   open, analytics worker failing, a stream's lag or the analytics backlog
-//!   above its threshold, or dead letters in the last five minutes.
+//!   above its threshold, dead letters in the last five minutes, or stream
+//!   entries lost (removed before the group read them) in the last hour.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -179,7 +184,17 @@ pub async fn check(status: &Status) -> Health {
     {
         degraded.push(format!("{recent} dead letters in the last 5 minutes"));
     }
-    let status_text = if !unhealthy.is_empty() {
+    degraded.extend(status.losses.recent_reasons());
+    let starting = !status.ready.load(Ordering::Relaxed);
+    if starting {
+        unhealthy.insert(
+            0,
+            "starting: waiting for migrations and the consumer groups".to_owned(),
+        );
+    }
+    let status_text = if starting {
+        "starting"
+    } else if !unhealthy.is_empty() {
         "unhealthy"
     } else if !degraded.is_empty() {
         "degraded"
@@ -189,7 +204,7 @@ pub async fn check(status: &Status) -> Health {
     unhealthy.extend(degraded);
     let c = &status.consumer;
     Health {
-        healthy: status_text != "unhealthy",
+        healthy: status_text == "healthy" || status_text == "degraded",
         status: status_text,
         postgres_sync_healthy: postgres,
         redis_consumer_healthy: redis,

@@ -14,8 +14,10 @@
 //! - `dead_letters_total`, `dead_letters_unresolved`
 //! - `retries_total{stage}`, `circuit_open`
 //! - `entries_acked_total`, `entries_reclaimed_total`
+//! - `stream_entries_lost_total{stream}` (see `stream_watch`)
 //! - `reorgs_total` (notice copies applied), `events_orphaned_total` (events of
-//!   an abandoned fork: removed by a notice, or not stored when delivered late)
+//!   an abandoned fork: removed by a notice, not stored when delivered late, or
+//!   replaced by the new chain's delivery)
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -62,13 +64,32 @@ pub fn install() -> PrometheusHandle {
                 })
                 .expect("static, non-empty buckets");
             match builder.install_recorder() {
-                Ok(handle) => handle,
+                Ok(handle) => {
+                    describe();
+                    handle
+                }
                 // Another recorder is installed (only in tests embedding the
                 // service): render from a private one.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             }
         })
         .clone()
+}
+
+/// HELP lines for the families alerts rely on.
+fn describe() {
+    metrics::describe_counter!(
+        "writer_stream_entries_lost_total",
+        "Entries removed from the stream (trimmed, deleted, evicted) before the consumer group read them; counted once per group"
+    );
+    metrics::describe_counter!(
+        "writer_reorgs_total",
+        "Chain reorganisation notices applied"
+    );
+    metrics::describe_counter!(
+        "writer_events_orphaned_total",
+        "Events removed because a reorganisation abandoned their block"
+    );
 }
 
 pub async fn render(State(_): State<Arc<Status>>) -> impl IntoResponse {

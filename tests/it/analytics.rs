@@ -1,6 +1,7 @@
 //! Analytics and backfill: the derived tables always converge to
 //! invariants 6–8, computed independently in `testkit::model` (issue 4).
 
+use crate::support::CleanEnv;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,7 +86,7 @@ fn backfill(
     Command::new(env!("CARGO_BIN_EXE_writer"))
         .arg("backfill")
         .args(args)
-        .env_clear()
+        .clean_env()
         .envs(vars)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

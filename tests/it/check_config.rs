@@ -1,10 +1,11 @@
 //! `writer check-config`: all problems at once, passwords never printed.
 
+use crate::support::CleanEnv;
 use std::process::Command;
 
 fn writer() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_writer"));
-    cmd.env_clear()
+    cmd.clean_env()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
     cmd
 }

@@ -1,6 +1,7 @@
 //! `writer run` end to end: real Redis streams, real Postgres, the writer as
 //! a process (SPEC §3 "Consume", "ACK"; issue 3).
 
+use crate::support::CleanEnv;
 use std::time::Duration;
 
 use testkit::workload::generate;
@@ -308,14 +309,14 @@ async fn over_delivered_entries_are_dead_lettered_and_replayable() {
 
     let list = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
         .args(["dead-letters", "list"])
-        .env_clear()
+        .clean_env()
         .envs(&vars)
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&list.stdout).contains(&id));
     let replay = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
         .args(["dead-letters", "replay"])
-        .env_clear()
+        .clean_env()
         .envs(&vars)
         .output()
         .unwrap();

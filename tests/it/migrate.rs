@@ -1,6 +1,7 @@
 //! Migrations: every table of SPEC §2 in the configured schema; re-running is
 //! a no-op; concurrent runs are serialised.
 
+use crate::support::CleanEnv;
 use crate::support::TestDb;
 
 const TABLES: &[&str] = &[
@@ -161,4 +162,114 @@ async fn a_changed_migration_is_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("migration 2"), "{err}");
+}
+
+/// `writer <args>` on `db`'s schema: (exit code, stdout, stderr).
+fn writer_cli(db: &TestDb, schema: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
+        .args(args)
+        .clean_env()
+        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_SCHEMA", schema)
+        .env("REDIS_URL", crate::support::service::redis_url())
+        .env("REDIS_STREAMS", format!("{schema}_never_written"))
+        .env("HTTP_HOST", "127.0.0.1")
+        .env("HTTP_PORT", "0")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A freshly migrated schema holds every contract table and column.
+#[tokio::test]
+async fn a_migrated_schema_holds_the_contract() {
+    let db = TestDb::new().await;
+    let report = writer::migrate::check(&db.pool, &db.schema).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let (code, out, _) = writer_cli(&db, &db.schema, &["migrate", "--check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("matches this writer"), "{out}");
+}
+
+/// A dropped contract column: `migrate --check` exits 1 naming it, and
+/// `writer run` refuses to start, naming it.
+#[tokio::test]
+async fn a_dropped_contract_column_refuses_start() {
+    let db = TestDb::new().await;
+    sqlx::query("ALTER TABLE position DROP COLUMN total_redeem_assets_for_receiver")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, out, _) = writer_cli(&db, &db.schema, &["migrate", "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("drift: table position has no column total_redeem_assets_for_receiver"),
+        "{out}"
+    );
+    let started = std::time::Instant::now();
+    let (code, _, err) = writer_cli(&db, &db.schema, &["run"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(
+        err.contains("table position has no column total_redeem_assets_for_receiver"),
+        "{err}"
+    );
+}
+
+/// `migrate --check` changes nothing and exits 1 for pending migrations, a
+/// migration newer than the binary, and a changed one.
+#[tokio::test]
+async fn migrate_check_reports_without_changing_anything() {
+    let db = TestDb::new().await;
+    // A schema never migrated: everything pending; still not created.
+    let fresh = format!("{}_fresh", db.schema);
+    let (code, out, _) = writer_cli(&db, &fresh, &["migrate", "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("pending: migration 1 (event_log)"), "{out}");
+    let created = db
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = '{fresh}'"
+        ))
+        .await;
+    assert_eq!(created, 0, "--check created the schema");
+
+    // A migration newer than this binary: reported, and `run` refuses.
+    sqlx::query(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'future', 'x')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, out, _) = writer_cli(&db, &db.schema, &["migrate", "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("drift: migration 9999 is applied but unknown"),
+        "{out}"
+    );
+    let (code, _, err) = writer_cli(&db, &db.schema, &["run"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("migration 9999"), "{err}");
+    let ledger = db
+        .scalar_i64("SELECT count(*) FROM schema_migrations")
+        .await;
+    assert_eq!(ledger, writer::migrate::MIGRATIONS.len() as i64 + 1);
+
+    sqlx::query("DELETE FROM schema_migrations WHERE version = 9999")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE schema_migrations SET checksum = 'x' WHERE version = 3")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, out, _) = writer_cli(&db, &db.schema, &["migrate", "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("drift: migration 3 (analytics) was applied with different contents"),
+        "{out}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Operating the writer: /health, /metrics, admin auth, graceful shutdown,
 //! schema isolation, secrets, logs, documentation (issue 5).
 
+use crate::support::CleanEnv;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -222,7 +223,7 @@ async fn admin_endpoints_need_the_token() {
     assert!(status["pool"]["max"].as_u64().is_some(), "{status}");
     assert!(!body.contains(token), "the token itself is never shown");
     // Health and metrics stay open.
-    assert_eq!(guarded.get("/health", None).await.unwrap().0, 200);
+    guarded.wait_health(200, Duration::from_secs(20)).await;
     assert_eq!(guarded.get("/metrics", None).await.unwrap().0, 200);
 }
 
@@ -346,7 +347,7 @@ async fn passwords_never_leak() {
     }
     let check = Command::new(env!("CARGO_BIN_EXE_writer"))
         .arg("check-config")
-        .env_clear()
+        .clean_env()
         .envs(&vars)
         .output()
         .unwrap();
@@ -360,7 +361,7 @@ async fn passwords_never_leak() {
     );
     let failed = Command::new(env!("CARGO_BIN_EXE_writer"))
         .arg("check-config")
-        .env_clear()
+        .clean_env()
         .envs(&bad)
         .output()
         .unwrap();

@@ -1,6 +1,7 @@
 //! Running the writer as a process against a private schema and private
 //! streams, publishing workloads, and waiting for it to drain.
 
+use super::CleanEnv;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -210,7 +211,7 @@ impl Writer {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_writer"))
             .arg("run")
-            .env_clear()
+            .clean_env()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env)
             .stdout(Stdio::null())
@@ -288,7 +289,22 @@ impl Writer {
 }
 
 impl Drop for Writer {
+    /// SIGTERM first, SIGKILL after three seconds: a clean exit also writes
+    /// the coverage profile of an instrumented binary.
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
