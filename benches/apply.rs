@@ -133,6 +133,18 @@ async fn main() {
         analytics.as_secs_f64(),
         analytics.as_secs_f64() * 1e6 / published as f64
     );
+    let stats: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+         WHERE schemaname = $1 AND n_tup_upd + n_tup_ins > 0 ORDER BY n_tup_upd DESC",
+    )
+    .bind(&schema)
+    .fetch_all(&db)
+    .await
+    .expect("table statistics");
+    println!("rows inserted / updated (of which HOT) per table:");
+    for (table, ins, upd, hot) in stats {
+        println!("  {table:28} {ins:>9} {upd:>9} ({hot})");
+    }
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA \"{schema}\" CASCADE"
     )))

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
-use crate::apply::{atom, lock_reorg, lock_terms, term, triple, vault};
+use crate::apply::{atom, lock_reorg, lock_terms, position, term, triple, vault};
 
 /// Validates and normalises a `--from-term` bound: 1–64 hex digits, with or
 /// without `0x` (as ids are accepted everywhere else), left-padded to 64 so
@@ -174,8 +174,11 @@ async fn rebuild_cascade(pool: &PgPool, schema: &str, ids: &[&str]) -> Result<()
     .bind(ids)
     .fetch_all(&mut *tx)
     .await?;
-    vault::recompute(&mut tx, &positions, &vaults).await?;
-    term::refresh(&mut tx, ids, &[]).await?;
+    position::recompute(&mut tx, &positions).await?;
+    vault::recompute(&mut tx, &vaults).await?;
+    // The triples among them get their analytics rebuilt next, by the
+    // backfill itself: no dirty marks needed.
+    term::recompute(&mut tx, ids).await?;
     tx.commit().await
 }
 

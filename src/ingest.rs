@@ -16,6 +16,7 @@ use crate::config::RetryConfig;
 use crate::db::{Failure, classify};
 use crate::dead_letter::{self, NewDeadLetter};
 use crate::decode::{self, DecodedEntry};
+use crate::event::ReorgNotice;
 use crate::retry::{Backoff, Circuit};
 use crate::stream::StreamEntry;
 
@@ -159,26 +160,8 @@ impl Ingest {
         let started = Instant::now();
         let mut out = Processed::default();
         let mut rejections: Vec<(usize, String)> = Vec::new();
-        for (i, d) in decoded.iter().enumerate() {
-            for notice in &d.decoded.reorgs {
-                match crate::reorg::apply(&self.read_model, notice, d.source).await {
-                    Ok(r) => {
-                        if r.applied {
-                            metrics::counter!("writer_reorgs_total").increment(1);
-                            metrics::counter!("writer_events_orphaned_total")
-                                .increment(r.removed_events);
-                        }
-                        out.reorgs += usize::from(r.applied);
-                        out.removed_by_reorgs += r.removed_events;
-                        out.applied.dirty_triples.extend(r.dirty_triples);
-                    }
-                    Err(e) if classify(&e) == Failure::Permanent => {
-                        rejections.push((i, format!("reorg notice could not be applied: {e}")));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        self.apply_notices(decoded, &mut out, &mut rejections)
+            .await?;
         let mut events = Vec::new();
         let mut owners = Vec::new();
         for (i, d) in decoded.iter().enumerate() {
@@ -224,6 +207,60 @@ impl Ingest {
         }
         out.dead_letters = letters.into_iter().map(|l| l.error).collect();
         Ok(out)
+    }
+
+    /// Applies the batch's reorg notices: all copies in one transaction, or,
+    /// if that is refused, each on its own so a bad copy is rejected alone.
+    async fn apply_notices(
+        &self,
+        decoded: &[Decoded<'_>],
+        out: &mut Processed,
+        rejections: &mut Vec<(usize, String)>,
+    ) -> Result<(), sqlx::Error> {
+        let copies: Vec<(usize, &ReorgNotice<'_>, Source<'_>)> = decoded
+            .iter()
+            .enumerate()
+            .flat_map(|(i, d)| d.decoded.reorgs.iter().map(move |n| (i, n, d.source)))
+            .collect();
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<(&ReorgNotice<'_>, Source<'_>)> =
+            copies.iter().map(|(_, n, s)| (*n, *s)).collect();
+        let outcomes = match crate::reorg::apply(&self.read_model, &all).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) if classify(&e) == Failure::Permanent && copies.len() > 1 => {
+                let mut each = Vec::with_capacity(copies.len());
+                for copy in &all {
+                    each.push(
+                        crate::reorg::apply(&self.read_model, std::slice::from_ref(copy))
+                            .await
+                            .map(|mut o| o.remove(0)),
+                    );
+                }
+                each
+            }
+            Err(e) => vec![Err(e)],
+        };
+        for ((i, _, _), outcome) in copies.iter().zip(outcomes) {
+            match outcome {
+                Ok(r) => {
+                    if r.applied {
+                        metrics::counter!("writer_reorgs_total").increment(1);
+                        metrics::counter!("writer_events_orphaned_total")
+                            .increment(r.removed_events);
+                    }
+                    out.reorgs += usize::from(r.applied);
+                    out.removed_by_reorgs += r.removed_events;
+                    out.applied.dirty_triples.extend(r.dirty_triples);
+                }
+                Err(e) if classify(&e) == Failure::Permanent => {
+                    rejections.push((*i, format!("reorg notice could not be applied: {e}")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Applies the batch's events in an isolating pass; events refused on

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "stream_positions",
         include_str!("../migrations/0005_stream_positions.sql"),
     ),
+    (
+        6,
+        "hot_updates",
+        include_str!("../migrations/0006_hot_updates.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -36,22 +36,86 @@ pub struct ReorgOutcome {
     pub dirty_triples: Vec<String>,
 }
 
-/// Applies one copy of a notice, delivered by `source`, in its own
-/// transaction.
+/// Applies copies of notices, each delivered by its source, in one
+/// transaction (one wait for the exclusive lock, however many streams the
+/// batch read copies from). Returns what each copy did, in order.
 pub async fn apply(
     rm: &ReadModel,
-    notice: &ReorgNotice<'_>,
-    source: Source<'_>,
-) -> Result<ReorgOutcome, sqlx::Error> {
-    let stream = rm.stream_ids(&[source.stream]).await?[0];
+    copies: &[(&ReorgNotice<'_>, Source<'_>)],
+) -> Result<Vec<ReorgOutcome>, sqlx::Error> {
+    if copies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<&str> = copies.iter().map(|(_, s)| s.stream).collect();
+    let streams = rm.stream_ids(&names).await?;
     let mut tx = rm.pool().begin().await?;
     lock_reorg(&mut tx, rm.schema(), true).await?;
+    let mut outcomes = Vec::with_capacity(copies.len());
+    let mut rebuild = Rebuild::default();
+    let mut applied = Vec::new();
+    for ((notice, source), stream) in copies.iter().zip(streams) {
+        let Some(reorg_id) = record(&mut tx, notice, *source, stream).await? else {
+            outcomes.push(ReorgOutcome::default());
+            continue;
+        };
+        let removed = events::remove_orphans(
+            &mut tx,
+            stream,
+            &notice.network,
+            notice.fork_block,
+            source.entry,
+        )
+        .await?;
+        let removed_events = removed.len() as u64;
+        for feed in removed {
+            rebuild.add(feed);
+        }
+        sqlx::query("UPDATE reorg_notices SET removed_events = $2 WHERE id = $1")
+            .bind(reorg_id)
+            .bind(removed_events as i64)
+            .execute(&mut *tx)
+            .await?;
+        applied.push(outcomes.len());
+        outcomes.push(ReorgOutcome {
+            applied: true,
+            removed_events,
+            dirty_triples: Vec::new(),
+        });
+    }
+    // Everything the copies removed, rebuilt once.
+    let dirty_triples = rebuild.run(&mut tx, rm.schema()).await?;
+    tx.commit().await?;
+    if let Some(&first) = applied.first() {
+        outcomes[first].dirty_triples = dirty_triples;
+    }
+    for &i in &applied {
+        let (notice, source) = copies[i];
+        tracing::info!(
+            network = %notice.network,
+            fork_block = notice.fork_block,
+            depth = notice.depth,
+            stream = source.stream,
+            entry = %format_args!("{}-{}", source.entry.ms, source.entry.seq),
+            removed_events = outcomes[i].removed_events,
+            "applied reorg notice: events this stream delivered before it at or above the fork block removed"
+        );
+    }
+    Ok(outcomes)
+}
+
+/// Records a copy; None if it was recorded before (a redelivery).
+async fn record(
+    conn: &mut sqlx::PgConnection,
+    notice: &ReorgNotice<'_>,
+    source: Source<'_>,
+    stream: i32,
+) -> Result<Option<i64>, sqlx::Error> {
     let hashes: Vec<&str> = notice
         .affected_tx_hashes
         .iter()
         .map(|h| h.as_str())
         .collect();
-    let reorg_id: Option<i64> = sqlx::query_scalar(
+    sqlx::query_scalar(
         "INSERT INTO reorg_notices (stream_id, entry_ms, entry_seq, message_id, network,
              fork_block, depth, affected_tx_hashes, notice)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
@@ -66,45 +130,6 @@ pub async fn apply(
     .bind(notice.depth)
     .bind(&hashes)
     .bind(notice.raw)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(reorg_id) = reorg_id else {
-        tx.commit().await?;
-        return Ok(ReorgOutcome::default());
-    };
-
-    let removed = events::remove_orphans(
-        &mut tx,
-        stream,
-        &notice.network,
-        notice.fork_block,
-        source.entry,
-    )
-    .await?;
-    let removed_events = removed.len() as u64;
-    let mut rebuild = Rebuild::default();
-    for feed in removed {
-        rebuild.add(feed);
-    }
-    let dirty_triples = rebuild.run(&mut tx, rm.schema()).await?;
-    sqlx::query("UPDATE reorg_notices SET removed_events = $2 WHERE id = $1")
-        .bind(reorg_id)
-        .bind(removed_events as i64)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    tracing::info!(
-        network = %notice.network,
-        fork_block = notice.fork_block,
-        depth = notice.depth,
-        stream = source.stream,
-        entry = %format_args!("{}-{}", source.entry.ms, source.entry.seq),
-        removed_events,
-        "applied reorg notice: events this stream delivered before it at or above the fork block removed"
-    );
-    Ok(ReorgOutcome {
-        applied: true,
-        removed_events,
-        dirty_triples,
-    })
+    .fetch_optional(conn)
+    .await
 }

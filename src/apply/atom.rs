@@ -70,14 +70,6 @@ pub async fn recompute(conn: &mut PgConnection, ids: &[&str]) -> Result<(), sqlx
     Ok(())
 }
 
-/// The terms of the events at `new`.
-pub(crate) fn terms<'a>(
-    items: &'a [Item<'_, AtomCreated>],
-    new: &'a [usize],
-) -> impl Iterator<Item = &'a str> {
-    new.iter().map(|&i| items[i].event.term_id.as_str())
-}
-
 /// Creates the atom rows of the new events (`new`: indexes into `items`).
 pub(crate) async fn cascade(
     conn: &mut PgConnection,

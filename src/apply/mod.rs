@@ -21,6 +21,7 @@
 
 pub mod atom;
 pub(crate) mod events;
+pub mod position;
 pub(crate) mod rebuild;
 pub mod source;
 pub mod term;
@@ -308,29 +309,39 @@ impl ReadModel {
         }
 
         // 2. Only new events cascade; lock the terms they touch, and those
-        //    of rebuilt rows. Created atoms and triples (with their counter
-        //    terms) change term rows; every new vault event moves its
-        //    term's vaults.
-        let created: Vec<&str> = atom::terms(&kinds.atoms, &atoms.new)
-            .chain(triple::terms(&kinds.triples, &triples.new))
-            .collect();
-        let vault_events = vault::NewEvents {
-            deposits: pick(&kinds.deposits, &deposits.new),
-            redeems: pick(&kinds.redeems, &redeems.new),
-            prices: pick(&kinds.prices, &prices.new),
+        //    of rebuilt rows: created atoms and triples (with their counter
+        //    terms), and the term of every new vault event.
+        let deposits = pick(&kinds.deposits, &deposits.new);
+        let redeems = pick(&kinds.redeems, &redeems.new);
+        let prices = pick(&kinds.prices, &prices.new);
+        let created = term::Created {
+            atoms: atoms
+                .new
+                .iter()
+                .map(|&i| kinds.atoms[i].event.term_id.as_str())
+                .collect(),
+            triples: triples
+                .new
+                .iter()
+                .map(|&i| {
+                    let t = kinds.triples[i].event;
+                    (t.term_id.as_str(), t.counter_term_id.as_str())
+                })
+                .collect(),
         };
-        let mut moved: Vec<&str> = vault_events.terms().collect();
-        moved.sort_unstable();
-        moved.dedup();
         let touched: Vec<&str> = created
+            .atoms
             .iter()
-            .chain(&moved)
             .copied()
+            .chain(created.triples.iter().flat_map(|(t, c)| [*t, *c]))
+            .chain(deposits.iter().map(|i| i.event.term_id.as_str()))
+            .chain(redeems.iter().map(|i| i.event.term_id.as_str()))
+            .chain(prices.iter().map(|i| i.event.term_id.as_str()))
             .chain(rebuild.terms())
             .collect();
         lock_terms(&mut tx, &self.schema, &touched).await?;
 
-        // 3. The cascade.
+        // 3. The cascade, one statement per table.
         atom::cascade(&mut tx, &kinds.atoms, &atoms.new).await?;
         // A second TripleCreated of a triple (only across forks) may move it
         // to other pairs: rebuilt, not patched.
@@ -338,15 +349,17 @@ impl ReadModel {
             use events::Logged;
             rebuild.add(kinds.triples[i].event.feed());
         }
-        let created_vaults = vault::cascade(&mut tx, &vault_events).await?;
-        // Term rows change with atoms, triples, new vaults and share prices;
-        // the analytics of triples whose vaults moved are dirty.
-        let mut refresh = created;
-        refresh.extend(vault_events.price_terms());
-        refresh.extend(created_vaults.iter().map(String::as_str));
-        refresh.sort_unstable();
-        refresh.dedup();
-        let mut dirty_triples = term::refresh(&mut tx, &refresh, &moved).await?;
+        let counts = position::cascade(&mut tx, &deposits, &redeems).await?;
+        let moves = vault::cascade(&mut tx, &deposits, &redeems, &prices, &counts).await?;
+        term::cascade(&mut tx, &created, &moves).await?;
+        // The analytics of created triples and of triples whose vaults moved
+        // are dirty.
+        let mut dirty: Vec<&str> = created.triples.iter().map(|(t, _)| *t).collect();
+        dirty.extend(moves.iter().filter_map(|m| m.3.as_deref()));
+        dirty.sort_unstable();
+        dirty.dedup();
+        crate::analytics::mark(&mut tx, &dirty).await?;
+        let mut dirty_triples: Vec<String> = dirty.iter().map(|t| (*t).to_owned()).collect();
         dirty_triples.extend(rebuild.run(&mut tx, &self.schema).await?);
         let commit = Instant::now();
         tx.commit().await?;

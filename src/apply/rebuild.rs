@@ -14,8 +14,9 @@ use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
 
 use super::events::EventTable;
-use super::vault::{PositionKey, VaultKey};
-use super::{atom, term, triple, vault};
+use super::position::PositionKey;
+use super::vault::VaultKey;
+use super::{atom, position, term, triple, vault};
 
 /// What one stored event feeds: its term (atom, triple or vault term), a
 /// triple's counter term, a position's account, a vault's curve.
@@ -164,8 +165,11 @@ impl Rebuild {
         let terms: Vec<&str> = self.terms.iter().map(String::as_str).collect();
         atom::recompute(&mut *conn, &atoms).await?;
         let removed_triples = triple::recompute(&mut *conn, &triples).await?;
-        vault::recompute(&mut *conn, &self.positions, &self.vaults).await?;
-        let dirty = term::refresh(&mut *conn, &terms, &terms).await?;
+        position::recompute(&mut *conn, &self.positions).await?;
+        vault::recompute(&mut *conn, &self.vaults).await?;
+        let dirty = term::recompute(&mut *conn, &terms).await?;
+        let marked: Vec<&str> = dirty.iter().map(String::as_str).collect();
+        crate::analytics::mark(&mut *conn, &marked).await?;
         // The worker's normal pass only adds and updates analytics rows
         // (vaults and triples disappear only here), so the rows of every
         // affected triple are rebuilt here with pruning. Removed triples are

@@ -1,18 +1,50 @@
-//! `term` rows recomputed from the rows that define them, and the analytics
-//! dirty marks of the triples a batch changed.
+//! The `term` table (invariant 4): a row for every atom, triple, counter
+//! term and vault term; its type, atom_id and triple_id from what created
+//! it; its totals the sums of its vaults'.
 //!
-//! A term's type, atom_id and triple_id follow from the `atom` and `triple`
-//! tables; its totals are sums over its vaults. Recomputing these (instead of
-//! patching them event by event) makes the statement idempotent and
-//! independent of arrival order, and lets reorg handling and backfill reuse
-//! it unchanged. A batch passes only the terms whose row can have changed
-//! (created atoms and triples, vaults created, share prices) and, for dirty
-//! marks, the terms whose vaults moved. Callers hold the term locks of every
-//! id they pass (or the exclusive reorg lock).
+//! A batch patches term rows: created atoms and triples set the type (a
+//! late creation turns `Unknown` into `Atom` or `Triple`), and the totals
+//! move by exactly what the batch moved the term's vaults by (the vault
+//! cascade measures it, under the same term locks). Reorgs and backfill
+//! recompute rows from the `atom`, `triple` and `vault` tables instead
+//! ([`recompute`]), which also removes terms nothing defines any more.
+//! Callers hold the term locks of every id they pass (or the exclusive
+//! reorg lock).
 
 use sqlx::PgConnection;
 
-const REFRESH: &str = r#"
+use super::vault::TermMove;
+
+/// Term rows from a batch: `$1` id, `$2` what created it in this batch
+/// (0 nothing, 1 an atom, 2 a triple: its pro or counter term), `$3` the
+/// triple, `$4..$5` change of the vault totals. New rows of vault terms
+/// whose creation has not arrived are `Unknown`; rows that would not change
+/// are not written.
+const CASCADE: &str = r#"
+INSERT INTO term AS t (id, type, atom_id, triple_id, total_assets, total_market_cap)
+SELECT id,
+    CASE created WHEN 1 THEN 'Atom' WHEN 2 THEN 'Triple' ELSE 'Unknown' END,
+    CASE created WHEN 1 THEN id END,
+    CASE created WHEN 2 THEN triple_id END,
+    assets_delta, market_cap_delta
+FROM unnest($1::text[], $2::int2[], $3::text[], $4::text[]::numeric[], $5::text[]::numeric[])
+    AS i(id, created, triple_id, assets_delta, market_cap_delta)
+ORDER BY id
+ON CONFLICT (id) DO UPDATE SET
+    type = CASE WHEN EXCLUDED.type = 'Unknown' THEN t.type ELSE EXCLUDED.type END,
+    atom_id = coalesce(EXCLUDED.atom_id, t.atom_id),
+    triple_id = coalesce(EXCLUDED.triple_id, t.triple_id),
+    total_assets = t.total_assets + EXCLUDED.total_assets,
+    total_market_cap = t.total_market_cap + EXCLUDED.total_market_cap,
+    updated_at = now()
+WHERE EXCLUDED.total_assets <> 0 OR EXCLUDED.total_market_cap <> 0
+   OR (EXCLUDED.type <> 'Unknown' AND EXCLUDED.type IS DISTINCT FROM t.type)
+"#;
+
+/// Recomputes the term rows of `$1` from `atom`, `triple` and `vault`,
+/// deleting those nothing defines any more (only a reorg can do that);
+/// returns the triples among them (pro or counter).
+const RECOMPUTE: &str = r#"
 WITH ids AS (
     SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)
 ),
@@ -54,44 +86,75 @@ upserted AS (
                           EXCLUDED.total_assets, EXCLUDED.total_market_cap)
 ),
 removed AS (
-    -- Only after a reorg can a term lose everything that defined it.
     DELETE FROM term t USING computed c
     WHERE t.id = c.id AND c.atom_id IS NULL AND c.triple_id IS NULL AND c.vaults = 0
-),
-marked AS (
-    SELECT triple_id AS id FROM computed WHERE triple_id IS NOT NULL
-    UNION SELECT t.term_id FROM triple t WHERE t.term_id = ANY($2::text[])
-    UNION SELECT t.term_id FROM triple t WHERE t.counter_term_id = ANY($2::text[])
-),
-dirty AS (
-    -- A new version on every mark tells the worker the triple changed again
-    -- (ADR 0002). Sorted, so concurrent batches lock dirty rows in one order.
-    INSERT INTO analytics_dirty AS d (term_id)
-    SELECT id FROM marked
-    ORDER BY id
-    ON CONFLICT (term_id) DO UPDATE
-        SET version = nextval('analytics_dirty_version'), marked_at = now()
-    RETURNING d.term_id
 )
-SELECT term_id FROM dirty
+SELECT DISTINCT triple_id FROM computed WHERE triple_id IS NOT NULL
 "#;
 
-/// Recomputes the term rows of `ids` and marks dirty, for the analytics
-/// worker, the triples among them plus the triples one of whose terms (pro
-/// or counter) is in `moved_terms` (terms whose vaults changed). Which
-/// triple a vault belongs to follows from the ids, as invariant 6 defines
-/// it, never from an event's `vaultType`. Returns the triples marked.
-pub async fn refresh(
+/// What a batch created: atoms (their terms), triples (term and counter).
+#[derive(Debug, Default)]
+pub(crate) struct Created<'b> {
+    pub atoms: Vec<&'b str>,
+    pub triples: Vec<(&'b str, &'b str)>,
+}
+
+/// Patches the term rows of what a batch created and of the terms whose
+/// vaults it moved (`moves`, from the vault cascade).
+pub(crate) async fn cascade(
     conn: &mut PgConnection,
-    ids: &[&str],
-    moved_terms: &[&str],
-) -> Result<Vec<String>, sqlx::Error> {
-    if ids.is_empty() && moved_terms.is_empty() {
+    created: &Created<'_>,
+    moves: &[TermMove],
+) -> Result<(), sqlx::Error> {
+    // id, created (0/1/2), triple, Δ assets, Δ market cap
+    let mut rows: Vec<(&str, i16, Option<&str>, &str, &str)> = Vec::new();
+    rows.extend(created.atoms.iter().map(|a| (*a, 1, None, "0", "0")));
+    for (pro, counter) in &created.triples {
+        rows.push((pro, 2, Some(*pro), "0", "0"));
+        rows.push((counter, 2, Some(*pro), "0", "0"));
+    }
+    rows.extend(
+        moves
+            .iter()
+            .map(|(term, assets, cap, _)| (term.as_str(), 0, None, assets.as_str(), cap.as_str())),
+    );
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // One row per term: a creation and a vault move of one term combine.
+    rows.sort_unstable_by_key(|r| (r.0, std::cmp::Reverse(r.1)));
+    let mut merged: Vec<(&str, i16, Option<&str>, &str, &str)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match merged.last_mut() {
+            Some(last) if last.0 == row.0 => {
+                if row.1 == 0 {
+                    // A term has at most one vault move (grouped per term).
+                    last.3 = row.3;
+                    last.4 = row.4;
+                }
+            }
+            _ => merged.push(row),
+        }
+    }
+    sqlx::query(CASCADE)
+        .bind(merged.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(merged.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(merged.iter().map(|r| r.2).collect::<Vec<_>>())
+        .bind(merged.iter().map(|r| r.3).collect::<Vec<_>>())
+        .bind(merged.iter().map(|r| r.4).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Recomputes the term rows of `ids` (see [`RECOMPUTE`]); returns the
+/// triples among them, whose analytics the caller marks dirty.
+pub async fn recompute(conn: &mut PgConnection, ids: &[&str]) -> Result<Vec<String>, sqlx::Error> {
+    if ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar(REFRESH)
+    sqlx::query_scalar(RECOMPUTE)
         .bind(ids)
-        .bind(moved_terms)
         .fetch_all(conn)
         .await
 }

@@ -91,17 +91,6 @@ pub async fn recompute(
     sqlx::query_as(RECOMPUTE).bind(ids).fetch_all(conn).await
 }
 
-/// The terms of the events at `new`: each triple and its counter term.
-pub(crate) fn terms<'a>(
-    items: &'a [Item<'_, TripleCreated>],
-    new: &'a [usize],
-) -> impl Iterator<Item = &'a str> {
-    new.iter().flat_map(|&i| {
-        let t = items[i].event;
-        [t.term_id.as_str(), t.counter_term_id.as_str()]
-    })
-}
-
 /// Creates the triple rows of the new events (`new`: indexes into `items`);
 /// returns the indexes of those whose triple already existed (to rebuild).
 pub(crate) async fn cascade(

@@ -261,10 +261,10 @@ async fn a_flip_back_and_a_redelivered_notice() {
         stream: &stream,
         entry: EntryId::parse(&id).unwrap(),
     };
-    let again = writer::reorg::apply(&rm, &decoded.reorgs[0], source)
+    let again = writer::reorg::apply(&rm, &[(&decoded.reorgs[0], source)])
         .await
         .unwrap();
-    assert!(!again.applied);
+    assert!(!again[0].applied);
     assert_eq!(env.db.dump_core().await, before);
 }
 

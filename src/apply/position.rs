@@ -1,0 +1,197 @@
+//! The `position` table (key: receiver, term, curve): changed by new
+//! Deposited and Redeemed events, rebuilt from the event log when events
+//! leave it (invariant 2).
+//!
+//! - `shares` = totalShares of the newest Deposited/Redeemed, guarded by the
+//!   chain position recorded next to it, so arrival order does not matter;
+//! - the two totals are sums over the new events, exact because only events
+//!   inserted for the first time cascade.
+//!
+//! The cascade reports, per vault, how many positions crossed zero (old and
+//! new shares are both visible in its statement): the vault's
+//! `position_count` moves by that much.
+
+use sqlx::PgConnection;
+
+use super::events::Item;
+use crate::event::{ChainPosition, Deposited, Redeemed};
+
+/// A position: account, term, curve (canonical decimal).
+pub type PositionKey = (String, String, String);
+
+/// Positions from new events: `$1..$8` = account, term, curve, deposited,
+/// redeemed, totalShares, block, log (one row per event). Returns, per
+/// vault, the change of its count of positions with shares (non-zero only).
+const CASCADE: &str = r#"
+WITH moves AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::numeric[], $4::text[]::numeric[],
+        $5::text[]::numeric[], $6::text[]::numeric[], $7::int8[], $8::int8[])
+        AS m(account_id, term_id, curve_id, deposited, redeemed, total_shares, block_number,
+             log_index)
+),
+batch AS (
+    SELECT DISTINCT ON (account_id, term_id, curve_id)
+        account_id, term_id, curve_id, total_shares, block_number, log_index,
+        sum(deposited) OVER w AS deposited, sum(redeemed) OVER w AS redeemed
+    FROM moves
+    WINDOW w AS (PARTITION BY account_id, term_id, curve_id)
+    ORDER BY account_id, term_id, curve_id, block_number DESC, log_index DESC
+),
+old AS (
+    SELECT p.account_id, p.term_id, p.curve_id, p.shares
+    FROM position p JOIN batch USING (account_id, term_id, curve_id)
+),
+upserted AS (
+    INSERT INTO position AS p (account_id, term_id, curve_id, shares,
+        total_deposit_assets_after_total_fees, total_redeem_assets_for_receiver,
+        last_event_block, last_event_log_index)
+    SELECT account_id, term_id, curve_id, total_shares, deposited, redeemed,
+        block_number, log_index
+    FROM batch
+    ON CONFLICT (account_id, term_id, curve_id) DO UPDATE SET
+        (shares, last_event_block, last_event_log_index) =
+            (SELECT CASE WHEN newer THEN EXCLUDED.shares ELSE p.shares END,
+                    CASE WHEN newer THEN EXCLUDED.last_event_block ELSE p.last_event_block END,
+                    CASE WHEN newer THEN EXCLUDED.last_event_log_index ELSE p.last_event_log_index END
+             FROM (SELECT (EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
+                        > (p.last_event_block, p.last_event_log_index) AS newer) n),
+        total_deposit_assets_after_total_fees = p.total_deposit_assets_after_total_fees
+            + EXCLUDED.total_deposit_assets_after_total_fees,
+        total_redeem_assets_for_receiver = p.total_redeem_assets_for_receiver
+            + EXCLUDED.total_redeem_assets_for_receiver,
+        updated_at = now()
+    RETURNING account_id, term_id, curve_id, shares
+)
+SELECT u.term_id, u.curve_id::text,
+    sum((u.shares > 0)::int - coalesce((o.shares > 0)::int, 0))::int8 AS delta
+FROM upserted u LEFT JOIN old o USING (account_id, term_id, curve_id)
+GROUP BY u.term_id, u.curve_id
+HAVING sum((u.shares > 0)::int - coalesce((o.shares > 0)::int, 0)) <> 0
+"#;
+
+/// Rebuilds the given positions from the events that remain (after a reorg
+/// removed some, or for a backfill): newest totalShares, sums of assets.
+/// Positions left without events are deleted. `$1..$3` = account, term, curve.
+const RECOMPUTE: &str = r#"
+WITH keys AS (
+    SELECT DISTINCT account_id, term_id, curve_id
+    FROM unnest($1::text[], $2::text[], $3::text[]::numeric[]) AS k(account_id, term_id, curve_id)
+),
+moves AS (
+    SELECT d.receiver AS account_id, d.term_id, d.curve_id, d.assets_after_fees AS deposited,
+        0::numeric AS redeemed, d.total_shares, d.block_number, d.log_index
+    FROM deposited_events d
+    JOIN keys k ON d.term_id = k.term_id AND d.curve_id = k.curve_id AND d.receiver = k.account_id
+    UNION ALL
+    SELECT r.receiver, r.term_id, r.curve_id, 0, r.assets, r.total_shares, r.block_number,
+        r.log_index
+    FROM redeemed_events r
+    JOIN keys k ON r.term_id = k.term_id AND r.curve_id = k.curve_id AND r.receiver = k.account_id
+),
+computed AS (
+    SELECT DISTINCT ON (account_id, term_id, curve_id)
+        account_id, term_id, curve_id, total_shares, block_number, log_index,
+        sum(deposited) OVER w AS deposited, sum(redeemed) OVER w AS redeemed
+    FROM moves
+    WINDOW w AS (PARTITION BY account_id, term_id, curve_id)
+    ORDER BY account_id, term_id, curve_id, block_number DESC, log_index DESC
+),
+upserted AS (
+    INSERT INTO position AS p (account_id, term_id, curve_id, shares,
+        total_deposit_assets_after_total_fees, total_redeem_assets_for_receiver,
+        last_event_block, last_event_log_index)
+    SELECT account_id, term_id, curve_id, total_shares, deposited, redeemed, block_number,
+        log_index
+    FROM computed
+    ON CONFLICT (account_id, term_id, curve_id) DO UPDATE SET
+        shares = EXCLUDED.shares,
+        total_deposit_assets_after_total_fees = EXCLUDED.total_deposit_assets_after_total_fees,
+        total_redeem_assets_for_receiver = EXCLUDED.total_redeem_assets_for_receiver,
+        last_event_block = EXCLUDED.last_event_block,
+        last_event_log_index = EXCLUDED.last_event_log_index,
+        updated_at = now()
+    WHERE (p.shares, p.total_deposit_assets_after_total_fees, p.total_redeem_assets_for_receiver,
+           p.last_event_block, p.last_event_log_index)
+        IS DISTINCT FROM (EXCLUDED.shares, EXCLUDED.total_deposit_assets_after_total_fees,
+           EXCLUDED.total_redeem_assets_for_receiver, EXCLUDED.last_event_block,
+           EXCLUDED.last_event_log_index)
+)
+DELETE FROM position p USING keys k
+WHERE p.account_id = k.account_id AND p.term_id = k.term_id AND p.curve_id = k.curve_id
+  AND NOT EXISTS (SELECT 1 FROM computed c WHERE c.account_id = k.account_id
+                  AND c.term_id = k.term_id AND c.curve_id = k.curve_id)
+"#;
+
+/// A change of a vault's count of positions with shares: term, curve
+/// (canonical decimal), change.
+pub(crate) type CountDelta = (String, String, i64);
+
+/// Updates the positions of new deposits and redeems; returns how each
+/// vault's count of positions with shares changed.
+pub(crate) async fn cascade(
+    conn: &mut PgConnection,
+    deposits: &[Item<'_, Deposited>],
+    redeems: &[Item<'_, Redeemed>],
+) -> Result<Vec<CountDelta>, sqlx::Error> {
+    if deposits.is_empty() && redeems.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One move per event: account, term, curve, deposited, redeemed,
+    // totalShares, and where it sits on the chain.
+    type Move<'m> = ([&'m str; 6], &'m ChainPosition<'m>);
+    let deposits = deposits.iter().map(|i| -> Move<'_> {
+        let e = i.event;
+        let moved = [
+            e.receiver.as_str(),
+            e.term_id.as_str(),
+            e.curve_id.as_str(),
+            e.assets_after_fees.as_str(),
+            "0",
+            e.total_shares.as_str(),
+        ];
+        (moved, i.chain)
+    });
+    let redeems = redeems.iter().map(|i| -> Move<'_> {
+        let e = i.event;
+        let moved = [
+            e.receiver.as_str(),
+            e.term_id.as_str(),
+            e.curve_id.as_str(),
+            "0",
+            e.assets.as_str(),
+            e.total_shares.as_str(),
+        ];
+        (moved, i.chain)
+    });
+    let moves: Vec<Move<'_>> = deposits.chain(redeems).collect();
+    let column = |n: usize| -> Vec<&str> { moves.iter().map(|m| m.0[n]).collect() };
+    sqlx::query_as(CASCADE)
+        .bind(column(0))
+        .bind(column(1))
+        .bind(column(2))
+        .bind(column(3))
+        .bind(column(4))
+        .bind(column(5))
+        .bind(moves.iter().map(|m| m.1.block_number).collect::<Vec<i64>>())
+        .bind(moves.iter().map(|m| m.1.log_index).collect::<Vec<i64>>())
+        .fetch_all(conn)
+        .await
+}
+
+/// Rebuilds positions from their events (see [`RECOMPUTE`]). Callers hold
+/// the term locks of every term named (or the exclusive reorg lock).
+pub async fn recompute(conn: &mut PgConnection, keys: &[PositionKey]) -> Result<(), sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let accounts: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let terms: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let curves: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+    sqlx::query(RECOMPUTE)
+        .bind(&accounts)
+        .bind(&terms)
+        .bind(&curves)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
