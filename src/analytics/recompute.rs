@@ -1,12 +1,14 @@
 //! Set-based recomputation of the analytics rows of a set of triples.
 //!
-//! Given triple ids, two statements rebuild exactly the affected rows:
-//! `triple_vault` and `triple_term` of those triples (one statement: the
-//! per-curve rows and their per-triple sums come from the same CTE), then
-//! `predicate_object` and `subject_predicate` of every pair those triples
-//! belong to (one statement). With `prune` (reorgs, backfill), rows whose
-//! triple, vault or pair no longer exists are deleted too. No per-term
-//! query loops.
+//! Given triple ids, `triple_vault` and `triple_term` of those triples are
+//! recomputed from their vaults (the per-curve rows and their per-triple
+//! sums come from the same CTE). The pairs they belong to
+//! (`predicate_object`, `subject_predicate`) then move by exactly what the
+//! triples' rows moved, in the same statement — the worker's path, whose
+//! cost follows the triples changed, not the size of hot pairs. With
+//! `prune` (reorgs, backfill) the pairs are recomputed in full instead, and
+//! rows whose triple, vault or pair no longer exists are deleted. No
+//! per-term query loops.
 //!
 //! Concurrent recomputations (several workers, backfill, a reorg) are
 //! serialised with advisory locks on the pairs of the triples involved
@@ -21,7 +23,13 @@ use sqlx::PgConnection;
 use crate::apply::triple::RemovedTriple;
 use crate::lock::{self, Domain, LockSet};
 
-const TRIPLE_ROWS: &str = r#"
+/// `triple_vault` and `triple_term` of the triples `$1`, recomputed from
+/// their vaults (cheap: a triple has few vaults). Continued by [`FULL`] or
+/// [`INCREMENTAL`]; `old` is `triple_term` as it was, `term_rows` what
+/// changed.
+macro_rules! triple_rows {
+    () => {
+        r#"
 WITH t AS (
     SELECT term_id, counter_term_id FROM triple WHERE term_id = ANY($1::text[])
 ),
@@ -65,6 +73,10 @@ per_triple AS (
     FROM t LEFT JOIN per_curve c USING (term_id, counter_term_id)
     GROUP BY t.term_id, t.counter_term_id
 ),
+old AS (
+    SELECT tt.term_id, tt.total_market_cap, tt.total_position_count
+    FROM triple_term tt JOIN t USING (term_id, counter_term_id)
+),
 term_rows AS (
     INSERT INTO triple_term AS tt (term_id, counter_term_id, total_assets, total_market_cap,
         total_position_count)
@@ -79,10 +91,69 @@ term_rows AS (
     WHERE (tt.total_assets, tt.total_market_cap, tt.total_position_count)
         IS DISTINCT FROM (EXCLUDED.total_assets, EXCLUDED.total_market_cap,
                           EXCLUDED.total_position_count)
+    RETURNING tt.term_id, tt.total_market_cap, tt.total_position_count
+)
+"#
+    };
+}
+
+/// Triple rows, then nothing more: the pairs are recomputed in full after.
+const FULL: &str = concat!(triple_rows!(), "SELECT count(*) FROM term_rows");
+
+/// Triple rows, then the pair rows moved by exactly what the triples'
+/// `triple_term` rows moved (a triple's first row adds it to its pairs'
+/// `triple_count`): proportional to the triples changed, not to the size of
+/// their pairs. Exact because every change of `triple_term` moves its pairs
+/// in the same transaction, under the pair locks (or recomputes them in
+/// full, [`FULL_PAIRS`]).
+const INCREMENTAL: &str = concat!(
+    triple_rows!(),
+    r#",
+deltas AS (
+    SELECT t.subject_id, t.predicate_id, t.object_id,
+        CASE WHEN o.term_id IS NULL THEN 1 ELSE 0 END::int8 AS added,
+        r.total_position_count - coalesce(o.total_position_count, 0) AS positions,
+        r.total_market_cap - coalesce(o.total_market_cap, 0) AS market_cap
+    FROM term_rows r
+    JOIN triple t ON t.term_id = r.term_id
+    LEFT JOIN old o ON o.term_id = r.term_id
+),
+po_rows AS (
+    INSERT INTO predicate_object AS x (predicate_id, object_id, triple_count,
+        total_position_count, total_market_cap)
+    SELECT predicate_id, object_id, sum(added)::int8, sum(positions)::int8, sum(market_cap)
+    FROM deltas
+    GROUP BY predicate_id, object_id
+    ORDER BY predicate_id, object_id
+    ON CONFLICT (predicate_id, object_id) DO UPDATE SET
+        triple_count = x.triple_count + EXCLUDED.triple_count,
+        total_position_count = x.total_position_count + EXCLUDED.total_position_count,
+        total_market_cap = x.total_market_cap + EXCLUDED.total_market_cap,
+        updated_at = now()
+    WHERE (EXCLUDED.triple_count, EXCLUDED.total_position_count, EXCLUDED.total_market_cap)
+        <> (0, 0, 0)
+    RETURNING 1
+),
+sp_rows AS (
+    INSERT INTO subject_predicate AS x (subject_id, predicate_id, triple_count,
+        total_position_count, total_market_cap)
+    SELECT subject_id, predicate_id, sum(added)::int8, sum(positions)::int8, sum(market_cap)
+    FROM deltas
+    GROUP BY subject_id, predicate_id
+    ORDER BY subject_id, predicate_id
+    ON CONFLICT (subject_id, predicate_id) DO UPDATE SET
+        triple_count = x.triple_count + EXCLUDED.triple_count,
+        total_position_count = x.total_position_count + EXCLUDED.total_position_count,
+        total_market_cap = x.total_market_cap + EXCLUDED.total_market_cap,
+        updated_at = now()
+    WHERE (EXCLUDED.triple_count, EXCLUDED.total_position_count, EXCLUDED.total_market_cap)
+        <> (0, 0, 0)
     RETURNING 1
 )
-SELECT count(*) FROM term_rows
-"#;
+SELECT (SELECT count(*) FROM term_rows), (SELECT count(*) FROM po_rows),
+    (SELECT count(*) FROM sp_rows)
+"#
+);
 
 /// Rows of `$1`'s triples that no longer have a source: a triple removed by
 /// a reorg, or a vault that no longer exists. Only reorgs and backfill need
@@ -101,7 +172,10 @@ WHERE tt.term_id = ANY($1::text[])
   AND NOT EXISTS (SELECT 1 FROM triple t WHERE t.term_id = tt.term_id)
 "#;
 
-const PAIR_ROWS: &str = r#"
+/// The pair rows of `$1..$4` recomputed in full from the triples that
+/// have their `triple_term` row (a triple counts in its pairs from its first
+/// analytics pass on, as in [`INCREMENTAL`]).
+const FULL_PAIRS: &str = r#"
 WITH po_pairs AS (
     SELECT DISTINCT p, o FROM unnest($1::text[], $2::text[]) AS u(p, o)
 ),
@@ -114,7 +188,7 @@ po AS (
         coalesce(sum(tt.total_market_cap), 0) AS total_market_cap
     FROM po_pairs pr
     JOIN triple t ON t.predicate_id = pr.p AND t.object_id = pr.o
-    LEFT JOIN triple_term tt ON tt.term_id = t.term_id AND tt.counter_term_id = t.counter_term_id
+    JOIN triple_term tt ON tt.term_id = t.term_id AND tt.counter_term_id = t.counter_term_id
     GROUP BY pr.p, pr.o
 ),
 sp AS (
@@ -123,7 +197,7 @@ sp AS (
         coalesce(sum(tt.total_market_cap), 0) AS total_market_cap
     FROM sp_pairs pr
     JOIN triple t ON t.subject_id = pr.s AND t.predicate_id = pr.p
-    LEFT JOIN triple_term tt ON tt.term_id = t.term_id AND tt.counter_term_id = t.counter_term_id
+    JOIN triple_term tt ON tt.term_id = t.term_id AND tt.counter_term_id = t.counter_term_id
     GROUP BY pr.s, pr.p
 ),
 po_rows AS (
@@ -159,18 +233,21 @@ sp_rows AS (
 SELECT (SELECT count(*) FROM po_rows), (SELECT count(*) FROM sp_rows)
 "#;
 
-/// Pair rows no triple has any more (after a reorg removed triples).
+/// Pair rows no counted triple has any more (after a reorg removed or
+/// moved triples).
 const PRUNE_PAIR_ROWS: &str = r#"
 WITH po_gone AS (
     DELETE FROM predicate_object x
     USING unnest($1::text[], $2::text[]) AS pr(p, o)
     WHERE x.predicate_id = pr.p AND x.object_id = pr.o
-      AND NOT EXISTS (SELECT 1 FROM triple t WHERE t.predicate_id = pr.p AND t.object_id = pr.o)
+      AND NOT EXISTS (SELECT 1 FROM triple t JOIN triple_term tt USING (term_id, counter_term_id)
+                      WHERE t.predicate_id = pr.p AND t.object_id = pr.o)
 )
 DELETE FROM subject_predicate x
 USING unnest($3::text[], $4::text[]) AS pr(s, p)
 WHERE x.subject_id = pr.s AND x.predicate_id = pr.p
-  AND NOT EXISTS (SELECT 1 FROM triple t WHERE t.subject_id = pr.s AND t.predicate_id = pr.p)
+  AND NOT EXISTS (SELECT 1 FROM triple t JOIN triple_term tt USING (term_id, counter_term_id)
+                  WHERE t.subject_id = pr.s AND t.predicate_id = pr.p)
 "#;
 
 /// Recomputes the analytics rows of `triple_ids` (pro term ids), and of the
@@ -223,34 +300,34 @@ pub async fn recompute(
     );
     locks.take(&mut *conn).await?;
 
-    sqlx::query(TRIPLE_ROWS)
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
-    if prune {
-        sqlx::query(PRUNE_TRIPLE_ROWS)
+    if !prune {
+        sqlx::query(INCREMENTAL)
             .bind(&ids)
             .execute(&mut *conn)
             .await?;
+        return Ok(());
     }
+    sqlx::query(FULL).bind(&ids).execute(&mut *conn).await?;
+    sqlx::query(PRUNE_TRIPLE_ROWS)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
     let subjects: Vec<&str> = spo.iter().map(|t| t.0).collect();
     let predicates: Vec<&str> = spo.iter().map(|t| t.1).collect();
     let objects: Vec<&str> = spo.iter().map(|t| t.2).collect();
-    sqlx::query(PAIR_ROWS)
+    sqlx::query(FULL_PAIRS)
         .bind(&predicates)
         .bind(&objects)
         .bind(&subjects)
         .bind(&predicates)
         .execute(&mut *conn)
         .await?;
-    if prune {
-        sqlx::query(PRUNE_PAIR_ROWS)
-            .bind(&predicates)
-            .bind(&objects)
-            .bind(&subjects)
-            .bind(&predicates)
-            .execute(&mut *conn)
-            .await?;
-    }
+    sqlx::query(PRUNE_PAIR_ROWS)
+        .bind(&predicates)
+        .bind(&objects)
+        .bind(&subjects)
+        .bind(&predicates)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
