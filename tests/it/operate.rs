@@ -426,19 +426,6 @@ async fn json_logs() {
     }
 }
 
-/// The README's configuration table documents every setting the writer reads.
-#[test]
-fn readme_documents_every_setting() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    for (name, _, _) in writer::config::SETTINGS {
-        assert!(
-            readme.contains(&format!("| `{name}` |")),
-            "README.md does not document {name}"
-        );
-    }
-}
-
 /// Every metric the alert rules and the Grafana dashboard query is one the
 /// writer emits: a renamed metric must not leave a silent panel or an alert
 /// that can never fire.
