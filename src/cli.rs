@@ -66,10 +66,16 @@ pub enum DeadLetterAction {
     },
 }
 
-/// Prints `check-config` output.
+/// Prints `check-config` output: the settings, then the TLS each
+/// connection gets from them (as `#` comments, so the output still reads as
+/// an environment file).
 pub fn print_config(config: &Config) {
     for (name, value) in config.redacted() {
         println!("{name}={value}");
+    }
+    println!();
+    for (server, tls) in config.connections() {
+        println!("# {server} TLS: {tls}");
     }
 }
 
@@ -105,7 +111,45 @@ fn on_signals(token: CancellationToken) {
 }
 
 /// Runs a command that needs the database (everything but check-config).
-pub async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
+/// A failure comes back as one message for the operator ([`report`]).
+pub async fn execute(command: Command, config: Config) -> Result<(), String> {
+    let settings = config.clone();
+    run(command, config)
+        .await
+        .map_err(|e| report(&e, &settings))
+}
+
+/// An error as the operator should read it: when the settings are at fault
+/// (a certificate, a password), what to change — said once, naming the
+/// setting; otherwise the chain of causes, each said once (a cause whose
+/// text its wrapper already includes is not repeated).
+pub fn report(error: &anyhow::Error, config: &Config) -> String {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<sqlx::Error>()
+            && let Some(problem) = crate::db::misconfiguration(e, &config.database)
+        {
+            return problem;
+        }
+        if let Some(e) = cause.downcast_ref::<redis::RedisError>()
+            && let Some(problem) = crate::redis_client::misconfiguration(e, &config.redis)
+        {
+            return problem;
+        }
+    }
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&said);
+        }
+    }
+    text
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig => print_config(&config),
         Command::Run => {

@@ -23,15 +23,28 @@
 //!
 //! # Adding a setting
 //!
-//! Add one row to [`SETTINGS`] (and the [`Config`] field it fills, if new).
-//! Then run `UPDATE_README=1 cargo test --lib readme_table` to regenerate the
-//! README table. Tests check that every default passes its own bounds and
-//! that no secret is ever echoed in an error.
+//! Add one row to [`SETTINGS`] (and the [`Config`] field it fills, if new):
+//!
+//! ```text
+//! Setting::new(
+//!     "BATCH_SIZE",
+//!     Kind::count(1..=10_000, |c, n| c.redis.batch_size = fits(n)),
+//!     "entries read per XREADGROUP and applied per transaction",
+//! )
+//! .default("500"),
+//! ```
+//!
+//! `.secret()` (or `.url(describe)`) for a value that is never shown,
+//! `.or_file("NAME_FILE", …)` to accept it from a file too (container
+//! secrets). Then `UPDATE_README=1 cargo test --lib readme_table`
+//! regenerates the README table. Tests check that every default passes its
+//! own bounds and that no secret is ever echoed in an error.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -96,7 +109,11 @@ pub fn describe_redis_url(url: &str) -> String {
             } else {
                 "@"
             };
-            format!("redis://{user}{secret}{}/{}", info.addr(), settings.db())
+            let scheme = match info.addr() {
+                redis::ConnectionAddr::TcpTls { .. } => "rediss",
+                _ => "redis",
+            };
+            format!("{scheme}://{user}{secret}{}/{}", info.addr(), settings.db())
         }
         Err(_) => "(invalid)".to_owned(),
     }
@@ -119,17 +136,29 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Default)]
 pub struct DatabaseConfig {
+    /// DATABASE_URL, or the content of DATABASE_URL_FILE when the writer
+    /// started ([`DatabaseConfig::current_url`] reads the file again).
     pub url: Secret,
+    /// DATABASE_URL_FILE: the URL is read from here again whenever it may
+    /// have changed (a rotated password).
+    pub url_file: Option<PathBuf>,
     pub schema: String,
     pub pool_size: u32,
     pub acquire_timeout: Duration,
     /// Zero disables the server-side statement timeout.
     pub statement_timeout: Duration,
+    /// Statements slower than this are logged with their duration; zero
+    /// logs none.
+    pub slow_statement: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RedisConfig {
+    /// REDIS_URL, or the content of REDIS_URL_FILE when the writer started
+    /// ([`RedisConfig::current_url`] reads the file again).
     pub url: Secret,
+    pub url_file: Option<PathBuf>,
+    pub tls: RedisTls,
     pub streams: Vec<String>,
     pub group: String,
     pub consumer: String,
@@ -140,6 +169,45 @@ pub struct RedisConfig {
     pub claim_idle: Duration,
     pub claim_interval: Duration,
     pub max_deliveries: u32,
+}
+
+/// Certificate files for `rediss://` connections, read again whenever a
+/// connection is made (so rotated files are picked up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// REDIS_CA_CERT: the CA(s) the server's certificate must be signed by;
+    /// unset, the system's root CAs.
+    pub ca_cert: Option<PathBuf>,
+    /// REDIS_CLIENT_CERT and REDIS_CLIENT_KEY, for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl RedisTls {
+    pub fn is_set(&self) -> bool {
+        self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
+}
+
+impl RedisConfig {
+    /// The URL to connect with now: the content of REDIS_URL_FILE, read
+    /// again, or REDIS_URL.
+    pub fn current_url(&self) -> Result<Secret, String> {
+        match &self.url_file {
+            Some(path) => read_secret_file(path),
+            None => Ok(self.url.clone()),
+        }
+    }
+}
+
+/// A secret kept in a file (the container-secret convention): its content
+/// without surrounding whitespace (the final newline editors add).
+pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Err(format!("{} is empty", path.display())),
+        Ok(text) => Ok(Secret::new(text.trim())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -217,8 +285,19 @@ pub struct Setting {
     /// What applies when the variable is unset or empty.
     pub default: DefaultValue,
     pub secrecy: Secrecy,
+    /// The value may instead be the content of the file `NAME_FILE` names
+    /// (the container-secret convention).
+    pub file: Option<SecretFile>,
     /// The README's description (bounds are appended from `kind`).
     pub doc: &'static str,
+}
+
+/// The `NAME_FILE` variant of a setting; `set` records the path, so that
+/// connections can read the file again (a rotated password).
+#[derive(Clone, Copy)]
+pub struct SecretFile {
+    pub name: &'static str,
+    pub set: fn(&mut Config, PathBuf),
 }
 
 /// How a setting's text becomes part of [`Config`].
@@ -296,6 +375,7 @@ impl Setting {
             kind,
             default: DefaultValue::Off,
             secrecy: Secrecy::Plain,
+            file: None,
             doc,
         }
     }
@@ -331,6 +411,13 @@ impl Setting {
     const fn url(self, describe: fn(&str) -> String) -> Setting {
         Setting {
             secrecy: Secrecy::Url(describe),
+            ..self
+        }
+    }
+
+    const fn or_file(self, name: &'static str, set: fn(&mut Config, PathBuf)) -> Setting {
+        Setting {
+            file: Some(SecretFile { name, set }),
             ..self
         }
     }
@@ -410,14 +497,16 @@ pub const SETTINGS: &[Setting] = &[
                 {
                     return Err("is not a valid postgres:// URL (the value is not shown: a malformed URL cannot be redacted reliably)".to_owned());
                 }
+                crate::db::PgTls::from_url(url)?;
                 c.database.url = Secret::new(url);
                 Ok(())
             },
         },
-        "PostgreSQL URL, `postgres://user:password@host:port/db`",
+        "PostgreSQL URL, `postgres://user:password@host:port/db`; TLS as in libpq: `?sslmode=verify-full&sslrootcert=/ca.pem` (see Connecting to managed services)",
     )
     .required()
-    .url(describe_database_url),
+    .url(describe_database_url)
+    .or_file("DATABASE_URL_FILE", |c, path| c.database.url_file = Some(path)),
     Setting::new(
         "DATABASE_SCHEMA",
         Kind::Text {
@@ -451,25 +540,58 @@ pub const SETTINGS: &[Setting] = &[
     )
     .default("30000"),
     Setting::new(
+        "DATABASE_SLOW_STATEMENT_MS",
+        Kind::millis(0..=3_600_000, |c, d| c.database.slow_statement = d),
+        "statements slower than this are logged (warn, target `sqlx::query`) with their duration; 0 logs none",
+    )
+    .default("1000"),
+    Setting::new(
         "REDIS_URL",
         Kind::Text {
             apply: |c, url| {
-                if url.starts_with("rediss://") {
-                    return Err(
-                        "TLS (rediss://) is not supported by this build; use redis://".to_owned(),
-                    );
-                }
-                if !url.starts_with("redis://") || redis::Client::open(url).is_err() {
-                    return Err("is not a valid redis:// URL (the value is not shown: a malformed URL cannot be redacted reliably)".to_owned());
-                }
+                crate::redis_client::check_url(url)?;
                 c.redis.url = Secret::new(url);
                 Ok(())
             },
         },
-        "Redis URL, `redis://[:password@]host:port[/db]`",
+        "Redis URL, `redis://[[user]:password@]host:port[/db]`; `rediss://` for TLS",
     )
     .required()
-    .url(describe_redis_url),
+    .url(describe_redis_url)
+    .or_file("REDIS_URL_FILE", |c, path| c.redis.url_file = Some(path)),
+    Setting::new(
+        "REDIS_CA_CERT",
+        Kind::Text {
+            apply: |c, path| {
+                crate::tls::read_certificates(Path::new(path))?;
+                c.redis.tls.ca_cert = Some(path.into());
+                Ok(())
+            },
+        },
+        "PEM file of the CA(s) that signed the Redis server's certificate (`rediss://`); unset: the system's root CAs",
+    ),
+    Setting::new(
+        "REDIS_CLIENT_CERT",
+        Kind::Text {
+            apply: |c, path| {
+                crate::tls::read_certificates(Path::new(path))?;
+                c.redis.tls.client_cert = Some(path.into());
+                Ok(())
+            },
+        },
+        "PEM file of the client certificate (chain) for mutual TLS with Redis; with REDIS_CLIENT_KEY",
+    ),
+    Setting::new(
+        "REDIS_CLIENT_KEY",
+        Kind::Text {
+            apply: |c, path| {
+                crate::tls::read_private_key(Path::new(path))?;
+                c.redis.tls.client_key = Some(path.into());
+                Ok(())
+            },
+        },
+        "PEM file of REDIS_CLIENT_CERT's private key",
+    ),
     Setting::new(
         "REDIS_STREAMS",
         Kind::Text {
@@ -730,6 +852,12 @@ pub fn readme_table() -> String {
             DefaultValue::Value(v) => format!("`{v}`"),
         };
         table.push_str(&format!("| `{}` | {default} | {} |\n", s.name, s.meaning()));
+        if let Some(SecretFile { name: file, .. }) = s.file {
+            table.push_str(&format!(
+                "| `{file}` | (unset) | a file holding {name}, read again when a connection is re-established (a rotated password needs no restart); set {name} or {file}, not both |\n",
+                name = s.name
+            ));
+        }
     }
     for (i, note) in notes.iter().enumerate() {
         table.push_str(&format!("\nNote {}: {note}.\n", i + 1));
@@ -785,7 +913,10 @@ impl Config {
     where
         I: IntoIterator<Item = (String, Result<String, ()>)>,
     {
-        let known: HashSet<&str> = SETTINGS.iter().map(|s| s.name).collect();
+        let known: HashSet<&str> = SETTINGS
+            .iter()
+            .flat_map(|s| std::iter::once(s.name).chain(s.file.map(|f| f.name)))
+            .collect();
         let mut problems = Vec::new();
         let mut utf8 = Vec::new();
         for (name, value) in vars {
@@ -802,21 +933,47 @@ impl Config {
 
         let mut config = Config::default();
         for setting in SETTINGS {
-            let shown = match (given.get(setting.name), setting.default) {
-                (Some(text), _) => setting.read(&mut config, text),
-                (None, DefaultValue::Value(text)) => setting.read(&mut config, text),
-                (None, DefaultValue::Computed { value, .. }) => setting.read(&mut config, &value()),
-                (None, DefaultValue::Off) => Ok("(unset)".to_owned()),
-                (None, DefaultValue::Required) => Err(format!("is required: {}", setting.doc)),
+            let name = setting.name;
+            let file = setting.file.map(|f| (f.name, f.set, given.get(f.name)));
+            let shown = match (given.get(name), file) {
+                (Some(_), Some((file, _, Some(_)))) => {
+                    Err(format!("{file}: set {name} or {file}, not both"))
+                }
+                (None, Some((file, set, Some(path)))) => {
+                    set(&mut config, PathBuf::from(path));
+                    read_secret_file(Path::new(path))
+                        .and_then(|text| {
+                            setting
+                                .read(&mut config, text.expose())
+                                .map_err(|problem| format!("in {path}: {problem}"))
+                        })
+                        .map_err(|problem| format!("{file}: {problem}"))
+                }
+                (Some(text), _) => setting
+                    .read(&mut config, text)
+                    .map_err(|problem| format!("{name}: {problem}")),
+                (None, _) => match setting.default {
+                    DefaultValue::Value(text) => setting.read(&mut config, text),
+                    DefaultValue::Computed { value, .. } => setting.read(&mut config, &value()),
+                    DefaultValue::Off => Ok("(unset)".to_owned()),
+                    DefaultValue::Required => Err(match file {
+                        Some((file, ..)) => format!("is required (or {file}): {}", setting.doc),
+                        None => format!("is required: {}", setting.doc),
+                    }),
+                }
+                .map_err(|problem| format!("{name}: {problem}")),
             };
             match shown {
-                Ok(shown) => config.effective.push((setting.name, shown)),
+                Ok(shown) => config.effective.push((name, shown)),
                 Err(problem) => {
-                    problems.push(format!("{}: {problem}", setting.name));
-                    config
-                        .effective
-                        .push((setting.name, "(invalid)".to_owned()));
+                    problems.push(problem);
+                    config.effective.push((name, "(invalid)".to_owned()));
                 }
+            }
+            if let Some((file, _, path)) = file {
+                config
+                    .effective
+                    .push((file, path.unwrap_or("(unset)").to_owned()));
             }
         }
         config.cross_checks(&given, &mut problems);
@@ -839,6 +996,19 @@ impl Config {
                 self.show("DATABASE_POOL_SIZE", needed.to_string());
             }
         }
+        if given.has("REDIS_CLIENT_CERT") != given.has("REDIS_CLIENT_KEY") {
+            problems.push(
+                "REDIS_CLIENT_CERT, REDIS_CLIENT_KEY: a client certificate needs both".to_owned(),
+            );
+        }
+        let tls_files = ["REDIS_CA_CERT", "REDIS_CLIENT_CERT", "REDIS_CLIENT_KEY"];
+        let url = self.redis.url.expose();
+        if tls_files.iter().any(|f| given.has(f))
+            && !url.is_empty()
+            && !crate::redis_client::is_tls_url(url)
+        {
+            problems.push("REDIS_CA_CERT, REDIS_CLIENT_CERT, REDIS_CLIENT_KEY: set, but REDIS_URL is not rediss://, so the connection would not use TLS".to_owned());
+        }
         if self.retry.max_delay < self.retry.base_delay {
             problems.push(format!(
                 "RETRY_MAX_DELAY_MS: {} is below RETRY_BASE_DELAY_MS ({})",
@@ -853,6 +1023,21 @@ impl Config {
         if let Some((_, shown)) = self.effective.iter_mut().find(|(n, _)| *n == name) {
             *shown = value;
         }
+    }
+
+    /// The TLS each connection uses, as `(server, description)`: what
+    /// `check-config` shows below the settings.
+    pub fn connections(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "postgres",
+                crate::db::describe_tls(self.database.url.expose()),
+            ),
+            (
+                "redis",
+                crate::redis_client::describe_tls(self.redis.url.expose(), &self.redis.tls),
+            ),
+        ]
     }
 
     /// The effective settings as `(NAME, value)`, in [`SETTINGS`] order,
@@ -896,10 +1081,14 @@ mod tests {
         assert_eq!(c.log_level, "info");
         assert!(c.admin_token.is_none());
         let shown = c.redacted();
-        assert_eq!(
-            shown.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            SETTINGS.iter().map(|s| s.name).collect::<Vec<_>>()
-        );
+        let declared: Vec<&str> = SETTINGS
+            .iter()
+            .flat_map(|s| std::iter::once(s.name).chain(s.file.map(|f| f.name)))
+            .collect();
+        assert_eq!(shown.iter().map(|(n, _)| *n).collect::<Vec<_>>(), declared);
+        assert!(shown.contains(&("DATABASE_URL_FILE", "(unset)".to_owned())));
+        assert_eq!(c.database.slow_statement, Duration::from_secs(1));
+        assert_eq!(c.redis.tls, RedisTls::default());
         assert!(shown.contains(&("ADMIN_TOKEN", "(unset)".to_owned())));
     }
 
@@ -918,6 +1107,10 @@ mod tests {
                 s.name
             );
             assert!(!s.doc.is_empty(), "{} has no documentation", s.name);
+            if let Some(file) = s.file {
+                assert_eq!(file.name, format!("{}_FILE", s.name));
+                assert!(s.is_secret(), "{}: only secrets come from files", s.name);
+            }
             if let DefaultValue::Value(text) = s.default {
                 let mut c = Config::default();
                 assert!(s.read(&mut c, text).is_ok(), "{}: bad default", s.name);
@@ -1045,6 +1238,85 @@ mod tests {
         let c = Config::from_vars(v).unwrap();
         assert_eq!(c.redis.batch_size, 500);
         assert_eq!(c.workers, 3);
+    }
+
+    /// A scratch directory for one test.
+    fn scratch(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("writer-config-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn urls_from_files() {
+        let dir = scratch("files");
+        let file = dir.join("database-url");
+        std::fs::write(&file, "postgres://u:file-secret-1@db:5432/x\n").unwrap();
+        let mut v = vars(&MINIMAL[1..]);
+        v.extend(vars(&[("DATABASE_URL_FILE", file.to_str().unwrap())]));
+        let c = Config::from_vars(v).unwrap();
+        assert_eq!(
+            c.database.url.expose(),
+            "postgres://u:file-secret-1@db:5432/x"
+        );
+        assert_eq!(c.database.url_file.as_deref(), Some(file.as_path()));
+        let shown = c.redacted();
+        assert!(shown.contains(&("DATABASE_URL", "postgres://u:***@db:5432/x".to_owned())));
+        assert!(shown.contains(&("DATABASE_URL_FILE", file.display().to_string())));
+
+        // Both, a missing file, a file with a bad URL: each named, no
+        // secret shown.
+        std::fs::write(dir.join("bad"), "postgres://u:file-secret-2@db x").unwrap();
+        let e = Config::from_vars(vars(&[
+            ("DATABASE_URL", "postgres://u:env-secret@db/x"),
+            ("DATABASE_URL_FILE", file.to_str().unwrap()),
+            ("REDIS_URL_FILE", dir.join("missing").to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.0[0]
+                .starts_with("DATABASE_URL_FILE: set DATABASE_URL or DATABASE_URL_FILE, not both"),
+            "{e}"
+        );
+        assert!(e.0[1].starts_with("REDIS_URL_FILE: cannot read "), "{e}");
+        let e = Config::from_vars(vars(&[
+            ("DATABASE_URL_FILE", dir.join("bad").to_str().unwrap()),
+            ("REDIS_URL", "redis://h"),
+        ]))
+        .unwrap_err();
+        assert!(e.0[0].starts_with("DATABASE_URL_FILE: in "), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = Config::from_vars(vars(&[("REDIS_URL", "redis://h")])).unwrap_err();
+        assert!(
+            e.0[0].starts_with("DATABASE_URL: is required (or DATABASE_URL_FILE)"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn redis_tls_files() {
+        let dir = scratch("redis-tls");
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "nothing").unwrap();
+        let mut v = vars(&MINIMAL);
+        v.extend(vars(&[
+            ("REDIS_CA_CERT", dir.join("missing.pem").to_str().unwrap()),
+            ("REDIS_CLIENT_KEY", not_pem.to_str().unwrap()),
+        ]));
+        let e = Config::from_vars(v).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("REDIS_CA_CERT: cannot read "), "{text}");
+        assert!(
+            text.contains("REDIS_CLIENT_KEY: ") && text.contains("holds no PEM private key"),
+            "{text}"
+        );
+        assert!(
+            text.contains("REDIS_CLIENT_CERT, REDIS_CLIENT_KEY: a client certificate needs both"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -13,3 +13,4 @@ mod faults;
 mod malformed;
 mod migrate;
 mod operate;
+mod tls;

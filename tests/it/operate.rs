@@ -288,7 +288,7 @@ async fn passwords_never_leak() {
     let env = Env::new(36, 500).await;
     let workload = generate(&env.spec);
     let redis_url = format!("redis://:{redis_secret}@127.0.0.1:{}", redis.port);
-    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let client = writer::redis_client::open(&redis_url, &Default::default()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let () = env
         .spec

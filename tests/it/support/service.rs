@@ -7,6 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use writer::config::RedisTls;
 use writer::workload::{Spec, Workload};
 
 use super::db::{TestDb, database_url, unique_name};
@@ -33,9 +34,20 @@ impl Env {
 
     /// An environment on other servers (private ones that a test breaks).
     pub async fn new_at(seed: u64, events: usize, database: &str, redis_url: &str) -> Env {
+        Env::new_with_tls(seed, events, database, redis_url, &RedisTls::default()).await
+    }
+
+    /// An environment on a Redis reached with `tls` (a `rediss://` URL).
+    pub async fn new_with_tls(
+        seed: u64,
+        events: usize,
+        database: &str,
+        redis_url: &str,
+        tls: &RedisTls,
+    ) -> Env {
         let prefix = format!("{}_", unique_name("s"));
         let spec = Spec::new(seed, events).with_stream_prefix(&prefix);
-        let client = redis::Client::open(redis_url).unwrap();
+        let client = writer::redis_client::open(redis_url, tls).unwrap();
         let redis = client.get_multiplexed_async_connection().await.unwrap();
         Env {
             db: TestDb::new_at(database).await,
@@ -169,7 +181,8 @@ impl Drop for Env {
     fn drop(&mut self) {
         let streams = self.spec.streams.clone();
         let _ = std::thread::spawn(move || {
-            if let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection())
+            if let Ok(mut conn) = writer::redis_client::open(&redis_url(), &RedisTls::default())
+                .and_then(|c| c.get_connection())
             {
                 let _: redis::RedisResult<()> =
                     redis::cmd("DEL").arg(&streams[..]).query(&mut conn);
