@@ -293,3 +293,41 @@ async fn replay_dead_letters(
     println!("replay: {ok} applied, {failed} still failing");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_vars([
+            (
+                "DATABASE_URL".to_owned(),
+                Ok("postgres://u:pw-1@db:5432/x?sslmode=require".to_owned()),
+            ),
+            ("REDIS_URL".to_owned(), Ok("redis://h:6379".to_owned())),
+        ])
+        .unwrap()
+    }
+
+    /// A cause that its wrappers repeat in their own messages is said once
+    /// (it used to be printed three times in one line).
+    #[test]
+    fn each_cause_is_said_once() {
+        let cause = sqlx::Error::Tls("the server hung up".into());
+        let error = anyhow::Error::from(crate::migrate::MigrateError::Database(cause));
+        let text = report(&error, &config());
+        assert_eq!(text.matches("the server hung up").count(), 1, "{text}");
+    }
+
+    /// A refusal caused by the settings is explained instead, naming them.
+    #[test]
+    fn refusals_name_the_setting() {
+        let cause = sqlx::Error::Tls("server does not support TLS".into());
+        let error = anyhow::Error::from(crate::migrate::MigrateError::Database(cause));
+        let text = report(&error, &config());
+        assert_eq!(
+            text,
+            "Postgres at db:5432 does not accept TLS connections, but sslmode=require in DATABASE_URL requires TLS: enable ssl on the server, or use sslmode=prefer"
+        );
+    }
+}
