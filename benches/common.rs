@@ -36,6 +36,7 @@ pub async fn pool_at(database: &str, schema: &str) -> PgPool {
         pool_size: 4,
         acquire_timeout: Duration::from_secs(30),
         statement_timeout: Duration::ZERO,
+        ..DatabaseConfig::default()
     };
     let pool = writer::db::pool(&config).expect("pool");
     writer::migrate::run(&pool, schema).await.expect("migrate");

@@ -89,7 +89,7 @@ async fn main() {
     };
     let group = format!("{tag}_group");
 
-    let redis = redis::Client::open(redis_url()).expect("redis url");
+    let redis = writer::redis_client::open(&redis_url(), &Default::default()).expect("redis url");
     let mut conn = redis
         .get_multiplexed_async_connection()
         .await

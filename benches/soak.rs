@@ -68,7 +68,7 @@ fn streams() -> Spec {
 }
 
 async fn redis_conn(url: &str) -> Option<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(url).ok()?;
+    let client = writer::redis_client::open(url, &Default::default()).ok()?;
     tokio::time::timeout(
         Duration::from_secs(2),
         client.get_multiplexed_async_connection(),

@@ -72,10 +72,16 @@ pub enum DeadLetterAction {
     },
 }
 
-/// Prints `check-config` output.
+/// Prints `check-config` output: the settings, then the TLS each
+/// connection gets from them (as `#` comments, so the output still reads as
+/// an environment file).
 pub fn print_config(config: &Config) {
     for (name, value) in config.redacted() {
         println!("{name}={value}");
+    }
+    println!();
+    for (server, tls) in config.connections() {
+        println!("# {server} TLS: {tls}");
     }
 }
 
@@ -111,7 +117,45 @@ fn on_signals(token: CancellationToken) {
 }
 
 /// Runs a command that needs the database (everything but check-config).
-pub async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
+/// A failure comes back as one message for the operator ([`report`]).
+pub async fn execute(command: Command, config: Config) -> Result<(), String> {
+    let settings = config.clone();
+    run(command, config)
+        .await
+        .map_err(|e| report(&e, &settings))
+}
+
+/// An error as the operator should read it: when the settings are at fault
+/// (a certificate, a password), what to change — said once, naming the
+/// setting; otherwise the chain of causes, each said once (a cause whose
+/// text its wrapper already includes is not repeated).
+pub fn report(error: &anyhow::Error, config: &Config) -> String {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<sqlx::Error>()
+            && let Some(problem) = crate::db::misconfiguration(e, &config.database)
+        {
+            return problem;
+        }
+        if let Some(e) = cause.downcast_ref::<redis::RedisError>()
+            && let Some(problem) = crate::redis_client::misconfiguration(e, &config.redis)
+        {
+            return problem;
+        }
+    }
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&said);
+        }
+    }
+    text
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig => print_config(&config),
         Command::Run => {
@@ -274,4 +318,42 @@ async fn replay_dead_letters(
     }
     println!("replay: {ok} applied, {failed} still failing");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_vars([
+            (
+                "DATABASE_URL".to_owned(),
+                Ok("postgres://u:pw-1@db:5432/x?sslmode=require".to_owned()),
+            ),
+            ("REDIS_URL".to_owned(), Ok("redis://h:6379".to_owned())),
+        ])
+        .unwrap()
+    }
+
+    /// A cause that its wrappers repeat in their own messages is said once
+    /// (it used to be printed three times in one line).
+    #[test]
+    fn each_cause_is_said_once() {
+        let cause = sqlx::Error::Tls("the server hung up".into());
+        let error = anyhow::Error::from(crate::migrate::MigrateError::Database(cause));
+        let text = report(&error, &config());
+        assert_eq!(text.matches("the server hung up").count(), 1, "{text}");
+    }
+
+    /// A refusal caused by the settings is explained instead, naming them.
+    #[test]
+    fn refusals_name_the_setting() {
+        let cause = sqlx::Error::Tls("server does not support TLS".into());
+        let error = anyhow::Error::from(crate::migrate::MigrateError::Database(cause));
+        let text = report(&error, &config());
+        assert_eq!(
+            text,
+            "Postgres at db:5432 does not accept TLS connections, but sslmode=require in DATABASE_URL requires TLS: enable ssl on the server, or use sslmode=prefer"
+        );
+    }
 }

@@ -1,26 +1,60 @@
-//! Settings from the environment, validated all at once.
+//! Settings from the environment: each declared once, all validated at once.
 //!
-//! `envy` reads every variable as an optional string; validation then parses
-//! and bounds each one, collecting *every* problem so that an operator fixes
-//! a broken deployment in one round instead of one variable per restart.
-//! Secrets (passwords inside URLs, the admin token) are wrapped in [`Secret`];
-//! URLs are only ever shown rebuilt from their parsed parts, without the
-//! password ([`describe_database_url`], [`describe_redis_url`]).
+//! # One declaration per setting
+//!
+//! [`SETTINGS`] has one row per environment variable: its name, its [`Kind`]
+//! (type, bounds, and the [`Config`] field the value goes to), its default,
+//! whether it is secret, and the sentence that documents it. Everything
+//! else is derived from those rows:
+//!
+//! - **parsing**: `envy` reads the environment (SPEC §4) as strings, and
+//!   [`Config::from_vars`] checks each row's value by its kind. The values
+//!   stay strings at the `envy` step on purpose: serde stops at the first
+//!   field it cannot parse, and an operator should see *every* problem in
+//!   one run, not one per restart.
+//! - **validation**: bounds come from the kind; the few rules that relate
+//!   two settings are in [`Config::cross_checks`]. Every row is read even
+//!   after another failed, so all problems are reported together, each
+//!   naming its variable.
+//! - **redaction** and `writer check-config`: [`Config::redacted`] lists each
+//!   row's effective value; secrets show as `***`, URLs without password.
+//! - **the README's configuration table**: [`readme_table`]; the test
+//!   `readme_table_is_current` fails when README.md differs from it.
+//!
+//! # Adding a setting
+//!
+//! Add one row to [`SETTINGS`] (and the [`Config`] field it fills, if new):
+//!
+//! ```text
+//! Setting::new(
+//!     "BATCH_SIZE",
+//!     Kind::count(1..=10_000, |c, n| c.redis.batch_size = fits(n)),
+//!     "entries read per XREADGROUP and applied per transaction",
+//! )
+//! .default("500"),
+//! ```
+//!
+//! `.secret()` (or `.url(describe)`) for a value that is never shown,
+//! `.or_file("NAME_FILE", …)` to accept it from a file too (container
+//! secrets). Then `UPDATE_README=1 cargo test --lib readme_table`
+//! regenerates the README table. Tests check that every default passes its
+//! own bounds and that no secret is ever echoed in an error.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
 
 /// The streams rindexer writes for the MultiVault contract on testnet.
 pub const DEFAULT_STREAMS: &str = "intuition_testnet_atom_created,intuition_testnet_triple_created,intuition_testnet_deposited,intuition_testnet_redeemed,intuition_testnet_share_price_changed";
 
 /// A value that must never be printed. `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
@@ -75,7 +109,11 @@ pub fn describe_redis_url(url: &str) -> String {
             } else {
                 "@"
             };
-            format!("redis://{user}{secret}{}/{}", info.addr(), settings.db())
+            let scheme = match info.addr() {
+                redis::ConnectionAddr::TcpTls { .. } => "rediss",
+                _ => "redis",
+            };
+            format!("{scheme}://{user}{secret}{}/{}", info.addr(), settings.db())
         }
         Err(_) => "(invalid)".to_owned(),
     }
@@ -89,25 +127,38 @@ fn has_password(url: &str) -> bool {
         || url.contains("password=")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
+    #[default]
     Text,
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DatabaseConfig {
+    /// DATABASE_URL, or the content of DATABASE_URL_FILE when the writer
+    /// started ([`DatabaseConfig::current_url`] reads the file again).
     pub url: Secret,
+    /// DATABASE_URL_FILE: the URL is read from here again whenever it may
+    /// have changed (a rotated password).
+    pub url_file: Option<PathBuf>,
     pub schema: String,
     pub pool_size: u32,
     pub acquire_timeout: Duration,
     /// Zero disables the server-side statement timeout.
     pub statement_timeout: Duration,
+    /// Statements slower than this are logged with their duration; zero
+    /// logs none.
+    pub slow_statement: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RedisConfig {
+    /// REDIS_URL, or the content of REDIS_URL_FILE when the writer started
+    /// ([`RedisConfig::current_url`] reads the file again).
     pub url: Secret,
+    pub url_file: Option<PathBuf>,
+    pub tls: RedisTls,
     pub streams: Vec<String>,
     pub group: String,
     pub consumer: String,
@@ -120,7 +171,46 @@ pub struct RedisConfig {
     pub max_deliveries: u32,
 }
 
-#[derive(Debug, Clone)]
+/// Certificate files for `rediss://` connections, read again whenever a
+/// connection is made (so rotated files are picked up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// REDIS_CA_CERT: the CA(s) the server's certificate must be signed by;
+    /// unset, the system's root CAs.
+    pub ca_cert: Option<PathBuf>,
+    /// REDIS_CLIENT_CERT and REDIS_CLIENT_KEY, for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl RedisTls {
+    pub fn is_set(&self) -> bool {
+        self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
+}
+
+impl RedisConfig {
+    /// The URL to connect with now: the content of REDIS_URL_FILE, read
+    /// again, or REDIS_URL.
+    pub fn current_url(&self) -> Result<Secret, String> {
+        match &self.url_file {
+            Some(path) => read_secret_file(path),
+            None => Ok(self.url.clone()),
+        }
+    }
+}
+
+/// A secret kept in a file (the container-secret convention): its content
+/// without surrounding whitespace (the final newline editors add).
+pub fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Err(format!("{} is empty", path.display())),
+        Ok(text) => Ok(Secret::new(text.trim())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct RetryConfig {
     /// Consecutive failed attempts (of any batch) before the circuit opens
     /// and a failing batch is retried in smaller transactions.
@@ -129,7 +219,7 @@ pub struct RetryConfig {
     pub max_delay: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AnalyticsConfig {
     pub batch_size: usize,
     pub channel_capacity: usize,
@@ -140,7 +230,7 @@ pub struct AnalyticsConfig {
     pub sweep_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HealthConfig {
     /// Stream lag (entries not yet delivered) above which /health is degraded.
     pub max_stream_lag: u64,
@@ -163,272 +253,577 @@ pub struct Config {
     pub progress_interval: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Every setting's effective value as shown to operators (secrets
+    /// redacted), in [`SETTINGS`] order; see [`Config::redacted`].
+    effective: Vec<(&'static str, String)>,
 }
 
-/// Every variable the writer reads, as the environment gives it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Raw {
-    database_url: Option<String>,
-    database_schema: Option<String>,
-    database_pool_size: Option<String>,
-    database_acquire_timeout_ms: Option<String>,
-    database_statement_timeout_ms: Option<String>,
-    redis_url: Option<String>,
-    redis_streams: Option<String>,
-    consumer_group: Option<String>,
-    consumer_name: Option<String>,
-    batch_size: Option<String>,
-    batch_timeout_ms: Option<String>,
-    workers: Option<String>,
-    http_host: Option<String>,
-    http_port: Option<String>,
-    admin_token: Option<String>,
-    max_retries: Option<String>,
-    retry_base_delay_ms: Option<String>,
-    retry_max_delay_ms: Option<String>,
-    max_deliveries: Option<String>,
-    claim_idle_ms: Option<String>,
-    claim_interval_ms: Option<String>,
-    analytics_batch_size: Option<String>,
-    analytics_channel_capacity: Option<String>,
-    max_messages_per_second: Option<String>,
-    min_batch_interval_ms: Option<String>,
-    analytics_sweep_interval_ms: Option<String>,
-    health_max_stream_lag: Option<String>,
-    health_max_analytics_backlog: Option<String>,
-    shutdown_timeout_ms: Option<String>,
-    progress_log_interval_ms: Option<String>,
-    log_format: Option<String>,
-    log_level: Option<String>,
+impl Default for Config {
+    /// The empty configuration the rows of [`SETTINGS`] fill in.
+    fn default() -> Config {
+        Config {
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            workers: 0,
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin_token: None,
+            retry: RetryConfig::default(),
+            analytics: AnalyticsConfig::default(),
+            health: HealthConfig::default(),
+            shutdown_timeout: Duration::ZERO,
+            progress_interval: Duration::ZERO,
+            log_format: LogFormat::default(),
+            log_level: String::new(),
+            effective: Vec::new(),
+        }
+    }
 }
 
-/// Documentation of every setting: name, default, meaning. The README's
-/// configuration table is checked against this list by a test.
-pub const SETTINGS: &[(&str, &str, &str)] = &[
-    (
+/// One environment variable: everything the writer knows about it.
+#[derive(Clone, Copy)]
+pub struct Setting {
+    pub name: &'static str,
+    /// How the value is parsed and bounded, and where it goes.
+    pub kind: Kind,
+    /// What applies when the variable is unset or empty.
+    pub default: DefaultValue,
+    pub secrecy: Secrecy,
+    /// The value may instead be the content of the file `NAME_FILE` names
+    /// (the container-secret convention).
+    pub file: Option<SecretFile>,
+    /// The README's description (bounds are appended from `kind`).
+    pub doc: &'static str,
+}
+
+/// The `NAME_FILE` variant of a setting; `set` records the path, so that
+/// connections can read the file again (a rotated password).
+#[derive(Clone, Copy)]
+pub struct SecretFile {
+    pub name: &'static str,
+    pub set: fn(&mut Config, PathBuf),
+}
+
+/// How a setting's text becomes part of [`Config`].
+#[derive(Clone, Copy)]
+pub enum Kind {
+    /// A whole number in `min..=max`, given to `set`.
+    Count {
+        min: u64,
+        max: u64,
+        set: fn(&mut Config, u64),
+    },
+    /// A duration in whole milliseconds, `min..=max`, given to `set`.
+    Millis {
+        min: u64,
+        max: u64,
+        set: fn(&mut Config, Duration),
+    },
+    /// Anything else: `apply` parses the (trimmed) text and stores it, or
+    /// says what is wrong — without repeating the value if it is secret.
+    Text {
+        apply: fn(&mut Config, &str) -> Result<(), String>,
+    },
+}
+
+impl Kind {
+    const fn count(bounds: RangeInclusive<u64>, set: fn(&mut Config, u64)) -> Kind {
+        Kind::Count {
+            min: *bounds.start(),
+            max: *bounds.end(),
+            set,
+        }
+    }
+
+    const fn millis(bounds: RangeInclusive<u64>, set: fn(&mut Config, Duration)) -> Kind {
+        Kind::Millis {
+            min: *bounds.start(),
+            max: *bounds.end(),
+            set,
+        }
+    }
+}
+
+/// What a setting is when the variable is unset or empty.
+#[derive(Clone, Copy)]
+pub enum DefaultValue {
+    /// It must be given.
+    Required,
+    /// This text, parsed like a given value (a test checks that it passes).
+    Value(&'static str),
+    /// Computed at start; `shown` is what the README says.
+    Computed {
+        shown: &'static str,
+        value: fn() -> String,
+    },
+    /// Nothing: the feature it configures is off.
+    Off,
+}
+
+/// How a setting's value may be shown.
+#[derive(Clone, Copy)]
+pub enum Secrecy {
+    /// As given.
+    Plain,
+    /// Never: `***` when set.
+    Secret,
+    /// A URL that may carry a password: shown rebuilt from its parts
+    /// without it.
+    Url(fn(&str) -> String),
+}
+
+impl Setting {
+    const fn new(name: &'static str, kind: Kind, doc: &'static str) -> Setting {
+        Setting {
+            name,
+            kind,
+            default: DefaultValue::Off,
+            secrecy: Secrecy::Plain,
+            file: None,
+            doc,
+        }
+    }
+
+    const fn default(self, value: &'static str) -> Setting {
+        Setting {
+            default: DefaultValue::Value(value),
+            ..self
+        }
+    }
+
+    const fn required(self) -> Setting {
+        Setting {
+            default: DefaultValue::Required,
+            ..self
+        }
+    }
+
+    const fn computed(self, shown: &'static str, value: fn() -> String) -> Setting {
+        Setting {
+            default: DefaultValue::Computed { shown, value },
+            ..self
+        }
+    }
+
+    const fn secret(self) -> Setting {
+        Setting {
+            secrecy: Secrecy::Secret,
+            ..self
+        }
+    }
+
+    const fn url(self, describe: fn(&str) -> String) -> Setting {
+        Setting {
+            secrecy: Secrecy::Url(describe),
+            ..self
+        }
+    }
+
+    const fn or_file(self, name: &'static str, set: fn(&mut Config, PathBuf)) -> Setting {
+        Setting {
+            file: Some(SecretFile { name, set }),
+            ..self
+        }
+    }
+
+    pub fn is_secret(&self) -> bool {
+        !matches!(self.secrecy, Secrecy::Plain)
+    }
+
+    /// Parses `text` into `config`; returns the value as it may be shown.
+    fn read(&self, config: &mut Config, text: &str) -> Result<String, String> {
+        let shown = match self.kind {
+            Kind::Count { min, max, set } => {
+                let n = bounded(text, min, max)?;
+                set(config, n);
+                n.to_string()
+            }
+            Kind::Millis { min, max, set } => {
+                let n = bounded(text, min, max)?;
+                set(config, Duration::from_millis(n));
+                n.to_string()
+            }
+            Kind::Text { apply } => {
+                apply(config, text)?;
+                text.to_owned()
+            }
+        };
+        Ok(match self.secrecy {
+            Secrecy::Plain => shown,
+            Secrecy::Secret => "***".to_owned(),
+            Secrecy::Url(describe) => describe(text),
+        })
+    }
+
+    /// The README's "meaning" column: the doc, then the bounds.
+    pub fn meaning(&self) -> String {
+        match self.kind {
+            Kind::Count { min, max, .. } => format!("{} ({})", self.doc, range(min, max, "")),
+            Kind::Millis { min, max, .. } => format!("{} ({})", self.doc, range(min, max, " ms")),
+            Kind::Text { .. } => self.doc.to_owned(),
+        }
+    }
+}
+
+/// Bounds as the README shows them.
+fn range(min: u64, max: u64, unit: &str) -> String {
+    if max == u64::MAX {
+        format!("at least {min}{unit}")
+    } else {
+        format!("{min}–{max}{unit}")
+    }
+}
+
+/// A whole number in `min..=max`.
+fn bounded(text: &str, min: u64, max: u64) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("{text} is out of range {min}..={max}")),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+/// `usize`/`u32` fields get numbers whose bounds fit them: the conversion
+/// cannot fail for a value that passed its row's bounds.
+fn fits<T: TryFrom<u64>>(n: u64) -> T {
+    T::try_from(n).unwrap_or_else(|_| panic!("{n}: a row's bounds exceed its field's type"))
+}
+
+/// Every setting the writer reads. The one place a setting is declared
+/// (see the module documentation).
+pub const SETTINGS: &[Setting] = &[
+    Setting::new(
         "DATABASE_URL",
-        "(required)",
-        "PostgreSQL URL, `postgres://user:password@host:port/db`",
-    ),
-    (
+        Kind::Text {
+            apply: |c, url| {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+                    || PgConnectOptions::from_str(url).is_err()
+                {
+                    return Err("is not a valid postgres:// URL (the value is not shown: a malformed URL cannot be redacted reliably)".to_owned());
+                }
+                crate::db::PgTls::from_url(url)?;
+                c.database.url = Secret::new(url);
+                Ok(())
+            },
+        },
+        "PostgreSQL URL, `postgres://user:password@host:port/db`; TLS as in libpq: `?sslmode=verify-full&sslrootcert=/ca.pem` (see Connecting to managed services)",
+    )
+    .required()
+    .url(describe_database_url)
+    .or_file("DATABASE_URL_FILE", |c, path| c.database.url_file = Some(path)),
+    Setting::new(
         "DATABASE_SCHEMA",
-        "public",
+        Kind::Text {
+            apply: |c, schema| {
+                if !is_valid_schema(schema) {
+                    return Err(format!("`{schema}` must be a lowercase identifier ([a-z_][a-z0-9_]*, at most 63 characters, not starting with pg_)"));
+                }
+                c.database.schema = schema.to_owned();
+                Ok(())
+            },
+        },
         "schema holding every table; one database can hold several networks",
-    ),
-    (
+    )
+    .default("public"),
+    Setting::new(
         "DATABASE_POOL_SIZE",
-        "10",
-        "Postgres connections (2–256); at least WORKERS + 2",
-    ),
-    (
+        Kind::count(2..=256, |c, n| c.database.pool_size = fits(n)),
+        "Postgres connections, at least WORKERS + 2; raised to that when unset",
+    )
+    .default("10"),
+    Setting::new(
         "DATABASE_ACQUIRE_TIMEOUT_MS",
-        "5000",
+        Kind::millis(100..=120_000, |c, d| c.database.acquire_timeout = d),
         "wait for a pooled connection before the attempt counts as failed",
-    ),
-    (
+    )
+    .default("5000"),
+    Setting::new(
         "DATABASE_STATEMENT_TIMEOUT_MS",
-        "30000",
+        Kind::millis(0..=3_600_000, |c, d| c.database.statement_timeout = d),
         "server-side statement timeout; 0 disables it",
-    ),
-    (
+    )
+    .default("30000"),
+    Setting::new(
+        "DATABASE_SLOW_STATEMENT_MS",
+        Kind::millis(0..=3_600_000, |c, d| c.database.slow_statement = d),
+        "statements slower than this are logged (warn, target `sqlx::query`) with their duration; 0 logs none",
+    )
+    .default("1000"),
+    Setting::new(
         "REDIS_URL",
-        "(required)",
-        "Redis URL, `redis://[:password@]host:port[/db]`",
+        Kind::Text {
+            apply: |c, url| {
+                crate::redis_client::check_url(url)?;
+                c.redis.url = Secret::new(url);
+                Ok(())
+            },
+        },
+        "Redis URL, `redis://[[user]:password@]host:port[/db]`; `rediss://` for TLS",
+    )
+    .required()
+    .url(describe_redis_url)
+    .or_file("REDIS_URL_FILE", |c, path| c.redis.url_file = Some(path)),
+    Setting::new(
+        "REDIS_CA_CERT",
+        Kind::Text {
+            apply: |c, path| {
+                crate::tls::read_certificates(Path::new(path))?;
+                c.redis.tls.ca_cert = Some(path.into());
+                Ok(())
+            },
+        },
+        "PEM file of the CA(s) that signed the Redis server's certificate (`rediss://`); unset: the system's root CAs",
     ),
-    (
+    Setting::new(
+        "REDIS_CLIENT_CERT",
+        Kind::Text {
+            apply: |c, path| {
+                crate::tls::read_certificates(Path::new(path))?;
+                c.redis.tls.client_cert = Some(path.into());
+                Ok(())
+            },
+        },
+        "PEM file of the client certificate (chain) for mutual TLS with Redis; with REDIS_CLIENT_KEY",
+    ),
+    Setting::new(
+        "REDIS_CLIENT_KEY",
+        Kind::Text {
+            apply: |c, path| {
+                crate::tls::read_private_key(Path::new(path))?;
+                c.redis.tls.client_key = Some(path.into());
+                Ok(())
+            },
+        },
+        "PEM file of REDIS_CLIENT_CERT's private key",
+    ),
+    Setting::new(
         "REDIS_STREAMS",
-        DEFAULT_STREAMS,
+        Kind::Text {
+            apply: |c, text| {
+                let streams: Vec<String> = text.split(',').map(|s| s.trim().to_owned()).collect();
+                if streams
+                    .iter()
+                    .any(|s| s.is_empty() || s.chars().any(char::is_whitespace))
+                {
+                    return Err("stream names must be non-empty and contain no spaces".to_owned());
+                }
+                if streams.iter().collect::<HashSet<_>>().len() != streams.len() {
+                    return Err("lists a stream twice".to_owned());
+                }
+                c.redis.streams = streams;
+                Ok(())
+            },
+        },
         "comma-separated streams to consume",
-    ),
-    (
+    )
+    .default(DEFAULT_STREAMS),
+    Setting::new(
         "CONSUMER_GROUP",
-        "writer",
+        Kind::Text {
+            apply: |c, name| {
+                c.redis.group = redis_name(name)?;
+                Ok(())
+            },
+        },
         "Redis consumer group shared by all writer processes",
-    ),
-    (
+    )
+    .default("writer"),
+    Setting::new(
         "CONSUMER_NAME",
-        "(host name)",
+        Kind::Text {
+            apply: |c, name| {
+                c.redis.consumer = redis_name(name)?;
+                Ok(())
+            },
+        },
         "this process's consumer name; unique per process, stable across restarts",
-    ),
-    (
+    )
+    .computed("(host name)", default_consumer_name),
+    Setting::new(
         "BATCH_SIZE",
-        "500",
-        "entries read per XREADGROUP and applied per transaction (1–10000)",
-    ),
-    (
+        Kind::count(1..=10_000, |c, n| c.redis.batch_size = fits(n)),
+        "entries read per XREADGROUP and applied per transaction",
+    )
+    .default("500"),
+    Setting::new(
         "BATCH_TIMEOUT_MS",
-        "100",
-        "XREADGROUP BLOCK time: how long a read waits for entries (1–10000)",
-    ),
-    ("WORKERS", "2", "concurrent apply tasks (1–64)"),
-    ("HTTP_HOST", "0.0.0.0", "address the HTTP server binds"),
-    (
+        Kind::millis(1..=10_000, |c, d| c.redis.block = d),
+        "XREADGROUP BLOCK time: how long a read waits for entries",
+    )
+    .default("100"),
+    Setting::new(
+        "WORKERS",
+        Kind::count(1..=64, |c, n| c.workers = fits(n)),
+        "concurrent apply tasks",
+    )
+    .default("2"),
+    Setting::new(
+        "HTTP_HOST",
+        Kind::Text {
+            apply: |c, host| {
+                let ip: IpAddr = host
+                    .parse()
+                    .map_err(|_| format!("`{host}` is not an IP address"))?;
+                c.http_addr.set_ip(ip);
+                Ok(())
+            },
+        },
+        "address the HTTP server binds",
+    )
+    .default("0.0.0.0"),
+    Setting::new(
         "HTTP_PORT",
-        "8080",
+        Kind::count(0..=65_535, |c, n| c.http_addr.set_port(fits(n))),
         "HTTP port for /health and /metrics; 0 picks a free port",
-    ),
-    (
+    )
+    .default("8080"),
+    Setting::new(
         "ADMIN_TOKEN",
-        "(unset)",
+        Kind::Text {
+            apply: |c, token| {
+                if token.len() < 16 || token.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                    return Err(
+                        "must be at least 16 characters without spaces (value not shown)".to_owned(),
+                    );
+                }
+                c.admin_token = Some(Secret::new(token));
+                Ok(())
+            },
+        },
         "bearer token for admin endpoints (16+ characters); unset disables them",
-    ),
-    (
+    )
+    .secret(),
+    Setting::new(
         "MAX_RETRIES",
-        "5",
-        "consecutive failed attempts (any batch) before the circuit breaker opens and a failing batch is retried in smaller transactions (0–100)",
-    ),
-    (
+        Kind::count(0..=100, |c, n| c.retry.max_retries = fits(n)),
+        "consecutive failed attempts (any batch) before the circuit breaker opens and a failing batch is retried in smaller transactions",
+    )
+    .default("5"),
+    Setting::new(
         "RETRY_BASE_DELAY_MS",
-        "100",
+        Kind::millis(1..=60_000, |c, d| c.retry.base_delay = d),
         "first backoff delay; doubles per attempt, with full jitter",
-    ),
-    ("RETRY_MAX_DELAY_MS", "10000", "backoff ceiling"),
-    (
+    )
+    .default("100"),
+    Setting::new(
+        "RETRY_MAX_DELAY_MS",
+        Kind::millis(1..=600_000, |c, d| c.retry.max_delay = d),
+        "backoff ceiling; at least RETRY_BASE_DELAY_MS",
+    )
+    .default("10000"),
+    Setting::new(
         "MAX_DELIVERIES",
-        "5",
-        "deliveries of one entry before it is dead-lettered (1–1000)",
-    ),
-    (
+        Kind::count(1..=1000, |c, n| c.redis.max_deliveries = fits(n)),
+        "deliveries of one entry before it is dead-lettered",
+    )
+    .default("5"),
+    Setting::new(
         "CLAIM_IDLE_MS",
-        "60000",
+        Kind::millis(100..=86_400_000, |c, d| c.redis.claim_idle = d),
         "idle time after which another consumer's pending entry is reclaimed",
-    ),
-    (
+    )
+    .default("60000"),
+    Setting::new(
         "CLAIM_INTERVAL_MS",
-        "5000",
+        Kind::millis(100..=3_600_000, |c, d| c.redis.claim_interval = d),
         "how often pending entries of dead consumers are looked for",
-    ),
-    (
+    )
+    .default("5000"),
+    Setting::new(
         "ANALYTICS_BATCH_SIZE",
-        "2000",
-        "triples recomputed per analytics transaction, at most (1–100000); larger batches recompute hot pairs less often",
-    ),
-    (
+        Kind::count(1..=100_000, |c, n| c.analytics.batch_size = fits(n)),
+        "triples recomputed per analytics transaction, at most; larger batches recompute hot pairs less often",
+    )
+    .default("2000"),
+    Setting::new(
         "ANALYTICS_CHANNEL_CAPACITY",
-        "1024",
+        Kind::count(1..=1_000_000, |c, n| c.analytics.channel_capacity = fits(n)),
         "committed batches queued for the analytics worker before messages are dropped (dirty marks keep them)",
-    ),
-    (
+    )
+    .default("1024"),
+    Setting::new(
         "MAX_MESSAGES_PER_SECOND",
-        "100000",
+        Kind::count(1..=100_000_000, |c, n| c.analytics.max_terms_per_second = fits(n)),
         "triples the analytics worker recomputes per second, at most (the older writer's analytics message rate)",
-    ),
-    (
+    )
+    .default("100000"),
+    Setting::new(
         "MIN_BATCH_INTERVAL_MS",
-        "250",
-        "minimum time between analytics batches (0–60000): how often hot pairs are recomputed under load, and so how stale analytics may get",
-    ),
-    (
+        Kind::millis(0..=60_000, |c, d| c.analytics.min_batch_interval = d),
+        "minimum time between analytics batches: how often hot pairs are recomputed under load, and so how stale analytics may get",
+    )
+    .default("250"),
+    Setting::new(
         "ANALYTICS_SWEEP_INTERVAL_MS",
-        "1000",
+        Kind::millis(10..=3_600_000, |c, d| c.analytics.sweep_interval = d),
         "how often the analytics worker scans for dirty terms",
-    ),
-    (
+    )
+    .default("1000"),
+    Setting::new(
         "HEALTH_MAX_STREAM_LAG",
-        "10000",
+        Kind::count(1..=u64::MAX, |c, n| c.health.max_stream_lag = n),
         "undelivered entries above which /health reports degraded",
-    ),
-    (
+    )
+    .default("10000"),
+    Setting::new(
         "HEALTH_MAX_ANALYTICS_BACKLOG",
-        "10000",
+        Kind::count(1..=u64::MAX, |c, n| c.health.max_analytics_backlog = n),
         "dirty terms above which /health reports degraded",
-    ),
-    (
+    )
+    .default("10000"),
+    Setting::new(
         "SHUTDOWN_TIMEOUT_MS",
-        "30000",
+        Kind::millis(100..=600_000, |c, d| c.shutdown_timeout = d),
         "how long a graceful shutdown may take before the process exits",
-    ),
-    (
+    )
+    .default("30000"),
+    Setting::new(
         "PROGRESS_LOG_INTERVAL_MS",
-        "10000",
-        "how often an info line reports progress (events applied and rate, entries acknowledged, lag, analytics backlog, dead letters) while anything happens; nothing is logged while idle (100–3600000)",
-    ),
-    ("LOG_FORMAT", "text", "`text` or `json`"),
-    (
+        Kind::millis(100..=3_600_000, |c, d| c.progress_interval = d),
+        "how often an info line reports progress (events applied and rate, entries acknowledged, lag, analytics backlog, dead letters) while anything happens; nothing is logged while idle",
+    )
+    .default("10000"),
+    Setting::new(
+        "LOG_FORMAT",
+        Kind::Text {
+            apply: |c, format| {
+                c.log_format = match format {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => return Err(format!("`{other}` is not `text` or `json`")),
+                };
+                Ok(())
+            },
+        },
+        "`text` or `json`",
+    )
+    .default("text"),
+    Setting::new(
         "LOG_LEVEL",
-        "info",
+        Kind::Text {
+            apply: |c, level| {
+                if level
+                    .parse::<tracing_subscriber::filter::Targets>()
+                    .is_err()
+                {
+                    return Err(format!(
+                        "`{level}` is not a filter such as `info` or `info,writer=debug`"
+                    ));
+                }
+                c.log_level = level.to_owned();
+                Ok(())
+            },
+        },
         "tracing filter, e.g. `info` or `info,writer=debug`",
-    ),
+    )
+    .default("info"),
 ];
 
-/// The documented default of a numeric setting: [`SETTINGS`] is the one
-/// place defaults are written down, so the README table cannot drift from
-/// what the code does.
-fn default_of<T: FromStr>(var: &str) -> T {
-    SETTINGS
-        .iter()
-        .find(|(name, _, _)| *name == var)
-        .and_then(|(_, default, _)| default.parse().ok())
-        .unwrap_or_else(|| panic!("{var} needs a numeric default in SETTINGS"))
-}
-
-/// All configuration problems, one line each.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<String>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
-        for problem in &self.0 {
-            writeln!(f, "  - {problem}")?;
-        }
-        Ok(())
+/// A consumer group or consumer name.
+fn redis_name(name: &str) -> Result<String, String> {
+    if name.len() > 200 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must be 1–200 characters without spaces or control characters".to_owned());
     }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// Collects problems while settings are parsed.
-struct Check {
-    problems: Vec<String>,
-}
-
-impl Check {
-    fn fail(&mut self, var: &str, problem: impl fmt::Display) {
-        self.problems.push(format!("{var}: {problem}"));
-    }
-
-    /// A whole number in `min..=max`; its documented default (in
-    /// [`SETTINGS`]) when unset or empty.
-    fn number<T>(&mut self, var: &str, value: &Option<String>, min: T, max: T) -> T
-    where
-        T: FromStr + PartialOrd + fmt::Display + Copy,
-    {
-        let default = default_of::<T>(var);
-        let Some(text) = value.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
-            return default;
-        };
-        match text.parse::<T>() {
-            Ok(v) if v >= min && v <= max => v,
-            Ok(_) => {
-                self.fail(var, format!("{text} is out of range {min}..={max}"));
-                default
-            }
-            Err(_) => {
-                self.fail(var, format!("`{text}` is not a whole number"));
-                default
-            }
-        }
-    }
-
-    fn millis(&mut self, var: &str, value: &Option<String>, min: u64, max: u64) -> Duration {
-        Duration::from_millis(self.number(var, value, min, max))
-    }
-
-    fn name(&mut self, var: &str, value: &Option<String>, default: &str) -> String {
-        let v = value.as_deref().map(str::trim).unwrap_or("");
-        if v.is_empty() {
-            return default.to_owned();
-        }
-        if v.len() > 200 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            self.fail(
-                var,
-                "must be 1–200 characters without spaces or control characters",
-            );
-        }
-        v.to_owned()
-    }
+    Ok(name.to_owned())
 }
 
 fn default_consumer_name() -> String {
@@ -449,6 +844,67 @@ pub fn is_valid_schema(schema: &str) -> bool {
         && !schema.starts_with("pg_")
 }
 
+/// The README's configuration table, generated from [`SETTINGS`]. Defaults
+/// too long for a table cell become numbered notes under it.
+pub fn readme_table() -> String {
+    let mut table = String::from("| variable | default | meaning |\n|---|---|---|\n");
+    let mut notes = Vec::new();
+    for s in SETTINGS {
+        let default = match s.default {
+            DefaultValue::Required => "(required)".to_owned(),
+            DefaultValue::Off => "(unset)".to_owned(),
+            DefaultValue::Computed { shown, .. } => shown.to_owned(),
+            DefaultValue::Value(v) if v.len() > 40 => {
+                notes.push(format!("`{v}`"));
+                format!("see note {}", notes.len())
+            }
+            DefaultValue::Value(v) => format!("`{v}`"),
+        };
+        table.push_str(&format!("| `{}` | {default} | {} |\n", s.name, s.meaning()));
+        if let Some(SecretFile { name: file, .. }) = s.file {
+            table.push_str(&format!(
+                "| `{file}` | (unset) | a file holding {name}, read again when a connection is re-established (a rotated password needs no restart); set {name} or {file}, not both |\n",
+                name = s.name
+            ));
+        }
+    }
+    for (i, note) in notes.iter().enumerate() {
+        table.push_str(&format!("\nNote {}: {note}.\n", i + 1));
+    }
+    table
+}
+
+/// All configuration problems, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The variables as given: names as declared, values trimmed, empty ones
+/// dropped (an empty variable means "use the default").
+struct Given(BTreeMap<String, String>);
+
+impl Given {
+    fn get(&self, name: &str) -> Option<&str> {
+        // envy hands names over lowercased.
+        self.0.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
 impl Config {
     /// Reads and validates the process environment.
     pub fn from_env() -> Result<Config, ConfigErrors> {
@@ -466,384 +922,137 @@ impl Config {
     where
         I: IntoIterator<Item = (String, Result<String, ()>)>,
     {
-        let known: HashSet<&str> = SETTINGS.iter().map(|(n, _, _)| *n).collect();
-        let mut check = Check {
-            problems: Vec::new(),
-        };
+        let known: HashSet<&str> = SETTINGS
+            .iter()
+            .flat_map(|s| std::iter::once(s.name).chain(s.file.map(|f| f.name)))
+            .collect();
+        let mut problems = Vec::new();
         let mut utf8 = Vec::new();
         for (name, value) in vars {
+            if !known.contains(name.as_str()) {
+                continue;
+            }
             match value {
-                Ok(v) => utf8.push((name, v)),
-                Err(()) if known.contains(name.as_str()) => check.fail(&name, "is not valid UTF-8"),
-                Err(()) => {}
+                Ok(v) if v.trim().is_empty() => {}
+                Ok(v) => utf8.push((name, v.trim().to_owned())),
+                Err(()) => problems.push(format!("{name}: is not valid UTF-8")),
             }
         }
-        let raw: Raw =
-            envy::from_iter(utf8.into_iter().filter(|(k, _)| known.contains(k.as_str())))
-                .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
-        Config::validate(raw, check)
+        let given = Given(envy::from_iter(utf8).map_err(|e| ConfigErrors(vec![e.to_string()]))?);
+
+        let mut config = Config::default();
+        for setting in SETTINGS {
+            let name = setting.name;
+            let file = setting.file.map(|f| (f.name, f.set, given.get(f.name)));
+            let shown = match (given.get(name), file) {
+                (Some(_), Some((file, _, Some(_)))) => {
+                    Err(format!("{file}: set {name} or {file}, not both"))
+                }
+                (None, Some((file, set, Some(path)))) => {
+                    set(&mut config, PathBuf::from(path));
+                    read_secret_file(Path::new(path))
+                        .and_then(|text| {
+                            setting
+                                .read(&mut config, text.expose())
+                                .map_err(|problem| format!("in {path}: {problem}"))
+                        })
+                        .map_err(|problem| format!("{file}: {problem}"))
+                }
+                (Some(text), _) => setting
+                    .read(&mut config, text)
+                    .map_err(|problem| format!("{name}: {problem}")),
+                (None, _) => match setting.default {
+                    DefaultValue::Value(text) => setting.read(&mut config, text),
+                    DefaultValue::Computed { value, .. } => setting.read(&mut config, &value()),
+                    DefaultValue::Off => Ok("(unset)".to_owned()),
+                    DefaultValue::Required => Err(match file {
+                        Some((file, ..)) => format!("is required (or {file}): {}", setting.doc),
+                        None => format!("is required: {}", setting.doc),
+                    }),
+                }
+                .map_err(|problem| format!("{name}: {problem}")),
+            };
+            match shown {
+                Ok(shown) => config.effective.push((name, shown)),
+                Err(problem) => {
+                    problems.push(problem);
+                    config.effective.push((name, "(invalid)".to_owned()));
+                }
+            }
+            if let Some((file, _, path)) = file {
+                config
+                    .effective
+                    .push((file, path.unwrap_or("(unset)").to_owned()));
+            }
+        }
+        config.cross_checks(&given, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(problems))
+        }
     }
 
-    fn validate(raw: Raw, mut check: Check) -> Result<Config, ConfigErrors> {
-        let c = &mut check;
-
-        let database_url = match raw.database_url.as_deref().map(str::trim) {
-            None | Some("") => {
-                c.fail(
-                    "DATABASE_URL",
-                    "is required (postgres://user:password@host:port/db)",
-                );
-                String::new()
+    /// The rules that relate two settings (each row is checked on its own
+    /// by its kind).
+    fn cross_checks(&mut self, given: &Given, problems: &mut Vec<String>) {
+        let needed = self.workers as u32 + 2;
+        if self.database.pool_size < needed {
+            if given.has("DATABASE_POOL_SIZE") {
+                problems.push(format!("DATABASE_POOL_SIZE: {} is below WORKERS + 2 = {needed} (one connection per worker, plus analytics and health)", self.database.pool_size));
+            } else {
+                self.database.pool_size = needed;
+                self.show("DATABASE_POOL_SIZE", needed.to_string());
             }
-            Some(url) => {
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-                    || PgConnectOptions::from_str(url).is_err()
-                {
-                    c.fail(
-                        "DATABASE_URL",
-                        "is not a valid postgres:// URL (the value is not shown: a malformed URL cannot be redacted reliably)",
-                    );
-                }
-                url.to_owned()
-            }
-        };
-        let schema = raw
-            .database_schema
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .unwrap_or("public")
-            .to_owned();
-        if !is_valid_schema(&schema) {
-            c.fail("DATABASE_SCHEMA", format!("`{schema}` must be a lowercase identifier ([a-z_][a-z0-9_]*, at most 63 characters, not starting with pg_)"));
         }
-        let pool_size = c.number("DATABASE_POOL_SIZE", &raw.database_pool_size, 2, 256);
-        let acquire_timeout = c.millis(
-            "DATABASE_ACQUIRE_TIMEOUT_MS",
-            &raw.database_acquire_timeout_ms,
-            100,
-            120_000,
-        );
-        let statement_timeout = c.millis(
-            "DATABASE_STATEMENT_TIMEOUT_MS",
-            &raw.database_statement_timeout_ms,
-            0,
-            3_600_000,
-        );
-
-        let redis_url = match raw.redis_url.as_deref().map(str::trim) {
-            None | Some("") => {
-                c.fail(
-                    "REDIS_URL",
-                    "is required (redis://[:password@]host:port[/db])",
-                );
-                String::new()
-            }
-            Some(url) => {
-                if url.starts_with("rediss://") {
-                    c.fail(
-                        "REDIS_URL",
-                        "TLS (rediss://) is not supported by this build; use redis://",
-                    );
-                } else if !url.starts_with("redis://") || redis::Client::open(url).is_err() {
-                    c.fail(
-                        "REDIS_URL",
-                        "is not a valid redis:// URL (the value is not shown: a malformed URL cannot be redacted reliably)",
-                    );
-                }
-                url.to_owned()
-            }
-        };
-        let streams_text = raw
-            .redis_streams
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .unwrap_or(DEFAULT_STREAMS);
-        let streams: Vec<String> = streams_text
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .collect();
-        if streams
-            .iter()
-            .any(|s| s.is_empty() || s.chars().any(char::is_whitespace))
+        if given.has("REDIS_CLIENT_CERT") != given.has("REDIS_CLIENT_KEY") {
+            problems.push(
+                "REDIS_CLIENT_CERT, REDIS_CLIENT_KEY: a client certificate needs both".to_owned(),
+            );
+        }
+        let tls_files = ["REDIS_CA_CERT", "REDIS_CLIENT_CERT", "REDIS_CLIENT_KEY"];
+        let url = self.redis.url.expose();
+        if tls_files.iter().any(|f| given.has(f))
+            && !url.is_empty()
+            && !crate::redis_client::is_tls_url(url)
         {
-            c.fail(
-                "REDIS_STREAMS",
-                "stream names must be non-empty and contain no spaces",
-            );
+            problems.push("REDIS_CA_CERT, REDIS_CLIENT_CERT, REDIS_CLIENT_KEY: set, but REDIS_URL is not rediss://, so the connection would not use TLS".to_owned());
         }
-        let unique: HashSet<&String> = streams.iter().collect();
-        if unique.len() != streams.len() {
-            c.fail("REDIS_STREAMS", "lists a stream twice");
+        if self.retry.max_delay < self.retry.base_delay {
+            problems.push(format!(
+                "RETRY_MAX_DELAY_MS: {} is below RETRY_BASE_DELAY_MS ({})",
+                self.retry.max_delay.as_millis(),
+                self.retry.base_delay.as_millis()
+            ));
         }
-        let group = c.name("CONSUMER_GROUP", &raw.consumer_group, "writer");
-        let consumer = c.name(
-            "CONSUMER_NAME",
-            &raw.consumer_name,
-            &default_consumer_name(),
-        );
-        let batch_size = c.number("BATCH_SIZE", &raw.batch_size, 1, 10_000);
-        let block = c.millis("BATCH_TIMEOUT_MS", &raw.batch_timeout_ms, 1, 10_000);
-        let workers = c.number("WORKERS", &raw.workers, 1, 64);
-        let pool_size_set = raw
-            .database_pool_size
-            .as_deref()
-            .is_some_and(|s| !s.trim().is_empty());
-        if pool_size_set && (pool_size as usize) < workers + 2 {
-            c.fail("DATABASE_POOL_SIZE", format!("{pool_size} is below WORKERS + 2 = {} (one connection per worker, plus analytics and health)", workers + 2));
-        }
-        let pool_size = pool_size.max(workers as u32 + 2);
-
-        let host = raw
-            .http_host
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .unwrap_or("0.0.0.0");
-        let ip = match host.parse::<IpAddr>() {
-            Ok(ip) => ip,
-            Err(_) => {
-                c.fail("HTTP_HOST", format!("`{host}` is not an IP address"));
-                IpAddr::from([0, 0, 0, 0])
-            }
-        };
-        let port = c.number("HTTP_PORT", &raw.http_port, 0, 65535);
-        let admin_token = match raw.admin_token.as_deref() {
-            None | Some("") => None,
-            Some(t)
-                if t.len() < 16 || t.chars().any(|ch| ch.is_whitespace() || ch.is_control()) =>
-            {
-                c.fail(
-                    "ADMIN_TOKEN",
-                    "must be at least 16 characters without spaces (value not shown)",
-                );
-                None
-            }
-            Some(t) => Some(Secret::new(t)),
-        };
-
-        let max_retries = c.number("MAX_RETRIES", &raw.max_retries, 0, 100);
-        let base_delay = c.millis("RETRY_BASE_DELAY_MS", &raw.retry_base_delay_ms, 1, 60_000);
-        let max_delay = c.millis("RETRY_MAX_DELAY_MS", &raw.retry_max_delay_ms, 1, 600_000);
-        if max_delay < base_delay {
-            c.fail(
-                "RETRY_MAX_DELAY_MS",
-                format!(
-                    "{} is below RETRY_BASE_DELAY_MS ({})",
-                    max_delay.as_millis(),
-                    base_delay.as_millis()
-                ),
-            );
-        }
-        let max_deliveries = c.number("MAX_DELIVERIES", &raw.max_deliveries, 1, 1000);
-        let claim_idle = c.millis("CLAIM_IDLE_MS", &raw.claim_idle_ms, 100, 86_400_000);
-        let claim_interval = c.millis("CLAIM_INTERVAL_MS", &raw.claim_interval_ms, 100, 3_600_000);
-
-        let analytics = AnalyticsConfig {
-            batch_size: c.number(
-                "ANALYTICS_BATCH_SIZE",
-                &raw.analytics_batch_size,
-                1,
-                100_000,
-            ),
-            channel_capacity: c.number(
-                "ANALYTICS_CHANNEL_CAPACITY",
-                &raw.analytics_channel_capacity,
-                1,
-                1_000_000,
-            ),
-            max_terms_per_second: c.number(
-                "MAX_MESSAGES_PER_SECOND",
-                &raw.max_messages_per_second,
-                1,
-                100_000_000,
-            ),
-            min_batch_interval: c.millis(
-                "MIN_BATCH_INTERVAL_MS",
-                &raw.min_batch_interval_ms,
-                0,
-                60_000,
-            ),
-            sweep_interval: c.millis(
-                "ANALYTICS_SWEEP_INTERVAL_MS",
-                &raw.analytics_sweep_interval_ms,
-                10,
-                3_600_000,
-            ),
-        };
-        let health = HealthConfig {
-            max_stream_lag: c.number(
-                "HEALTH_MAX_STREAM_LAG",
-                &raw.health_max_stream_lag,
-                1,
-                u64::MAX,
-            ),
-            max_analytics_backlog: c.number(
-                "HEALTH_MAX_ANALYTICS_BACKLOG",
-                &raw.health_max_analytics_backlog,
-                1,
-                u64::MAX,
-            ),
-        };
-        let shutdown_timeout = c.millis(
-            "SHUTDOWN_TIMEOUT_MS",
-            &raw.shutdown_timeout_ms,
-            100,
-            600_000,
-        );
-        let progress_interval = c.millis(
-            "PROGRESS_LOG_INTERVAL_MS",
-            &raw.progress_log_interval_ms,
-            100,
-            3_600_000,
-        );
-        let log_format = match raw.log_format.as_deref().map(str::trim) {
-            None | Some("") | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                c.fail("LOG_FORMAT", format!("`{other}` is not `text` or `json`"));
-                LogFormat::Text
-            }
-        };
-        let log_level = raw
-            .log_level
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .unwrap_or("info")
-            .to_owned();
-        if log_level
-            .parse::<tracing_subscriber::filter::Targets>()
-            .is_err()
-        {
-            c.fail(
-                "LOG_LEVEL",
-                format!("`{log_level}` is not a filter such as `info` or `info,writer=debug`"),
-            );
-        }
-
-        if !check.problems.is_empty() {
-            return Err(ConfigErrors(check.problems));
-        }
-        Ok(Config {
-            database: DatabaseConfig {
-                url: Secret::new(database_url),
-                schema,
-                pool_size,
-                acquire_timeout,
-                statement_timeout,
-            },
-            redis: RedisConfig {
-                url: Secret::new(redis_url),
-                streams,
-                group,
-                consumer,
-                batch_size,
-                block,
-                claim_idle,
-                claim_interval,
-                max_deliveries,
-            },
-            workers,
-            http_addr: SocketAddr::new(ip, port),
-            admin_token,
-            retry: RetryConfig {
-                max_retries,
-                base_delay,
-                max_delay,
-            },
-            analytics,
-            health,
-            shutdown_timeout,
-            progress_interval,
-            log_format,
-            log_level,
-        })
     }
 
-    /// The effective settings as `NAME=value` lines, secrets redacted.
-    pub fn redacted(&self) -> Vec<(&'static str, String)> {
-        let ms = |d: Duration| d.as_millis().to_string();
+    /// Replaces the shown value of a setting a cross-check adjusted.
+    fn show(&mut self, name: &str, value: String) {
+        if let Some((_, shown)) = self.effective.iter_mut().find(|(n, _)| *n == name) {
+            *shown = value;
+        }
+    }
+
+    /// The TLS each connection uses, as `(server, description)`: what
+    /// `check-config` shows below the settings.
+    pub fn connections(&self) -> Vec<(&'static str, String)> {
         vec![
             (
-                "DATABASE_URL",
-                describe_database_url(self.database.url.expose()),
-            ),
-            ("DATABASE_SCHEMA", self.database.schema.clone()),
-            ("DATABASE_POOL_SIZE", self.database.pool_size.to_string()),
-            (
-                "DATABASE_ACQUIRE_TIMEOUT_MS",
-                ms(self.database.acquire_timeout),
+                "postgres",
+                crate::db::describe_tls(self.database.url.expose()),
             ),
             (
-                "DATABASE_STATEMENT_TIMEOUT_MS",
-                ms(self.database.statement_timeout),
+                "redis",
+                crate::redis_client::describe_tls(self.redis.url.expose(), &self.redis.tls),
             ),
-            ("REDIS_URL", describe_redis_url(self.redis.url.expose())),
-            ("REDIS_STREAMS", self.redis.streams.join(",")),
-            ("CONSUMER_GROUP", self.redis.group.clone()),
-            ("CONSUMER_NAME", self.redis.consumer.clone()),
-            ("BATCH_SIZE", self.redis.batch_size.to_string()),
-            ("BATCH_TIMEOUT_MS", ms(self.redis.block)),
-            ("WORKERS", self.workers.to_string()),
-            ("HTTP_HOST", self.http_addr.ip().to_string()),
-            ("HTTP_PORT", self.http_addr.port().to_string()),
-            (
-                "ADMIN_TOKEN",
-                if self.admin_token.is_some() {
-                    "***"
-                } else {
-                    "(unset)"
-                }
-                .to_owned(),
-            ),
-            ("MAX_RETRIES", self.retry.max_retries.to_string()),
-            ("RETRY_BASE_DELAY_MS", ms(self.retry.base_delay)),
-            ("RETRY_MAX_DELAY_MS", ms(self.retry.max_delay)),
-            ("MAX_DELIVERIES", self.redis.max_deliveries.to_string()),
-            ("CLAIM_IDLE_MS", ms(self.redis.claim_idle)),
-            ("CLAIM_INTERVAL_MS", ms(self.redis.claim_interval)),
-            (
-                "ANALYTICS_BATCH_SIZE",
-                self.analytics.batch_size.to_string(),
-            ),
-            (
-                "ANALYTICS_CHANNEL_CAPACITY",
-                self.analytics.channel_capacity.to_string(),
-            ),
-            (
-                "MAX_MESSAGES_PER_SECOND",
-                self.analytics.max_terms_per_second.to_string(),
-            ),
-            (
-                "MIN_BATCH_INTERVAL_MS",
-                ms(self.analytics.min_batch_interval),
-            ),
-            (
-                "ANALYTICS_SWEEP_INTERVAL_MS",
-                ms(self.analytics.sweep_interval),
-            ),
-            (
-                "HEALTH_MAX_STREAM_LAG",
-                self.health.max_stream_lag.to_string(),
-            ),
-            (
-                "HEALTH_MAX_ANALYTICS_BACKLOG",
-                self.health.max_analytics_backlog.to_string(),
-            ),
-            ("SHUTDOWN_TIMEOUT_MS", ms(self.shutdown_timeout)),
-            ("PROGRESS_LOG_INTERVAL_MS", ms(self.progress_interval)),
-            (
-                "LOG_FORMAT",
-                match self.log_format {
-                    LogFormat::Text => "text",
-                    LogFormat::Json => "json",
-                }
-                .to_owned(),
-            ),
-            ("LOG_LEVEL", self.log_level.clone()),
         ]
+    }
+
+    /// The effective settings as `(NAME, value)`, in [`SETTINGS`] order,
+    /// secrets redacted.
+    pub fn redacted(&self) -> Vec<(&'static str, String)> {
+        self.effective.clone()
     }
 }
 
@@ -867,10 +1076,55 @@ mod tests {
     fn defaults() {
         let c = Config::from_vars(vars(&MINIMAL)).unwrap();
         assert_eq!(c.database.schema, "public");
+        assert_eq!(c.database.pool_size, 10);
+        assert_eq!(c.database.acquire_timeout, Duration::from_secs(5));
         assert_eq!(c.redis.streams.len(), 5);
         assert_eq!(c.redis.batch_size, 500);
-        assert_eq!(c.http_addr.port(), 8080);
-        assert_eq!(c.redacted().len(), SETTINGS.len());
+        assert_eq!(c.redis.group, "writer");
+        assert!(!c.redis.consumer.is_empty());
+        assert_eq!(c.http_addr, SocketAddr::from(([0, 0, 0, 0], 8080)));
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.retry.max_delay, Duration::from_secs(10));
+        assert_eq!(c.health.max_stream_lag, 10_000);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.log_level, "info");
+        assert!(c.admin_token.is_none());
+        let shown = c.redacted();
+        let declared: Vec<&str> = SETTINGS
+            .iter()
+            .flat_map(|s| std::iter::once(s.name).chain(s.file.map(|f| f.name)))
+            .collect();
+        assert_eq!(shown.iter().map(|(n, _)| *n).collect::<Vec<_>>(), declared);
+        assert!(shown.contains(&("DATABASE_URL_FILE", "(unset)".to_owned())));
+        assert_eq!(c.database.slow_statement, Duration::from_secs(1));
+        assert_eq!(c.redis.tls, RedisTls::default());
+        assert!(shown.contains(&("ADMIN_TOKEN", "(unset)".to_owned())));
+    }
+
+    /// Every row is well formed: a unique upper-case name, a default that
+    /// passes its own bounds, documentation.
+    #[test]
+    fn every_row_is_well_formed() {
+        let mut names = HashSet::new();
+        for s in SETTINGS {
+            assert!(names.insert(s.name), "{} declared twice", s.name);
+            assert!(
+                s.name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()),
+                "{}",
+                s.name
+            );
+            assert!(!s.doc.is_empty(), "{} has no documentation", s.name);
+            if let Some(file) = s.file {
+                assert_eq!(file.name, format!("{}_FILE", s.name));
+                assert!(s.is_secret(), "{}: only secrets come from files", s.name);
+            }
+            if let DefaultValue::Value(text) = s.default {
+                let mut c = Config::default();
+                assert!(s.read(&mut c, text).is_ok(), "{}: bad default", s.name);
+            }
+        }
     }
 
     #[test]
@@ -905,6 +1159,17 @@ mod tests {
         assert_eq!(e.0.len(), 8, "{text}");
         assert!(!text.contains("hunter2secret"), "{text}");
         assert!(!text.contains("short"), "{text}");
+    }
+
+    /// A bad value of a secret setting is never repeated in its error.
+    #[test]
+    fn secrets_are_never_echoed() {
+        let bad = "pw-in-value x#?@[::1";
+        for s in SETTINGS.iter().filter(|s| s.is_secret()) {
+            let mut c = Config::default();
+            let error = s.read(&mut c, bad).unwrap_err();
+            assert!(!error.contains("pw-in-value"), "{}: {error}", s.name);
+        }
     }
 
     #[test]
@@ -954,6 +1219,7 @@ mod tests {
         .unwrap();
         let shown = format!("{:?} {:?}", c.redacted(), c);
         assert!(!shown.contains("topsecret"), "{shown}");
+        assert!(c.redacted().contains(&("ADMIN_TOKEN", "***".to_owned())));
     }
 
     #[test]
@@ -962,6 +1228,104 @@ mod tests {
         v.extend(vars(&[("WORKERS", "8"), ("DATABASE_POOL_SIZE", "4")]));
         let e = Config::from_vars(v).unwrap_err();
         assert!(e.0[0].starts_with("DATABASE_POOL_SIZE: 4 is below WORKERS + 2"));
+
+        // Unset, it is raised to what the workers need, and shown so.
+        let mut v = vars(&MINIMAL);
+        v.extend(vars(&[("WORKERS", "16")]));
+        let c = Config::from_vars(v).unwrap();
+        assert_eq!(c.database.pool_size, 18);
+        assert!(
+            c.redacted()
+                .contains(&("DATABASE_POOL_SIZE", "18".to_owned()))
+        );
+    }
+
+    #[test]
+    fn empty_means_default_and_values_are_trimmed() {
+        let mut v = vars(&MINIMAL);
+        v.extend(vars(&[("BATCH_SIZE", ""), ("WORKERS", " 3 ")]));
+        let c = Config::from_vars(v).unwrap();
+        assert_eq!(c.redis.batch_size, 500);
+        assert_eq!(c.workers, 3);
+    }
+
+    /// A scratch directory for one test.
+    fn scratch(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("writer-config-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn urls_from_files() {
+        let dir = scratch("files");
+        let file = dir.join("database-url");
+        std::fs::write(&file, "postgres://u:file-secret-1@db:5432/x\n").unwrap();
+        let mut v = vars(&MINIMAL[1..]);
+        v.extend(vars(&[("DATABASE_URL_FILE", file.to_str().unwrap())]));
+        let c = Config::from_vars(v).unwrap();
+        assert_eq!(
+            c.database.url.expose(),
+            "postgres://u:file-secret-1@db:5432/x"
+        );
+        assert_eq!(c.database.url_file.as_deref(), Some(file.as_path()));
+        let shown = c.redacted();
+        assert!(shown.contains(&("DATABASE_URL", "postgres://u:***@db:5432/x".to_owned())));
+        assert!(shown.contains(&("DATABASE_URL_FILE", file.display().to_string())));
+
+        // Both, a missing file, a file with a bad URL: each named, no
+        // secret shown.
+        std::fs::write(dir.join("bad"), "postgres://u:file-secret-2@db x").unwrap();
+        let e = Config::from_vars(vars(&[
+            ("DATABASE_URL", "postgres://u:env-secret@db/x"),
+            ("DATABASE_URL_FILE", file.to_str().unwrap()),
+            ("REDIS_URL_FILE", dir.join("missing").to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.0[0]
+                .starts_with("DATABASE_URL_FILE: set DATABASE_URL or DATABASE_URL_FILE, not both"),
+            "{e}"
+        );
+        assert!(e.0[1].starts_with("REDIS_URL_FILE: cannot read "), "{e}");
+        let e = Config::from_vars(vars(&[
+            ("DATABASE_URL_FILE", dir.join("bad").to_str().unwrap()),
+            ("REDIS_URL", "redis://h"),
+        ]))
+        .unwrap_err();
+        assert!(e.0[0].starts_with("DATABASE_URL_FILE: in "), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = Config::from_vars(vars(&[("REDIS_URL", "redis://h")])).unwrap_err();
+        assert!(
+            e.0[0].starts_with("DATABASE_URL: is required (or DATABASE_URL_FILE)"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn redis_tls_files() {
+        let dir = scratch("redis-tls");
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "nothing").unwrap();
+        let mut v = vars(&MINIMAL);
+        v.extend(vars(&[
+            ("REDIS_CA_CERT", dir.join("missing.pem").to_str().unwrap()),
+            ("REDIS_CLIENT_KEY", not_pem.to_str().unwrap()),
+        ]));
+        let e = Config::from_vars(v).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("REDIS_CA_CERT: cannot read "), "{text}");
+        assert!(
+            text.contains("REDIS_CLIENT_KEY: ") && text.contains("holds no PEM private key"),
+            "{text}"
+        );
+        assert!(
+            text.contains("REDIS_CLIENT_CERT, REDIS_CLIENT_KEY: a client certificate needs both"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -972,5 +1336,32 @@ mod tests {
         assert!(!is_valid_schema("a\"b"));
         assert!(!is_valid_schema("1abc"));
         assert!(!is_valid_schema(""));
+    }
+
+    /// README.md's configuration table is [`readme_table`], between two
+    /// markers. `UPDATE_README=1` rewrites it instead of failing.
+    #[test]
+    fn readme_table_is_current() {
+        const BEGIN: &str = "<!-- settings table: generated from src/config.rs SETTINGS -->\n";
+        const END: &str = "<!-- end of settings table -->\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let start = readme.find(BEGIN).expect("README.md has the begin marker") + BEGIN.len();
+        let end = start
+            + readme[start..]
+                .find(END)
+                .expect("README.md has the end marker");
+        let expected = readme_table();
+        if readme[start..end] == expected {
+            return;
+        }
+        if std::env::var_os("UPDATE_README").is_some() {
+            let updated = format!("{}{expected}{}", &readme[..start], &readme[end..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        panic!(
+            "README.md's settings table differs from SETTINGS; run `UPDATE_README=1 cargo test --lib readme_table` to regenerate it"
+        );
     }
 }

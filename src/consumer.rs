@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::AsyncConnectionConfig;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::analytics::AnalyticsSender;
 use crate::config::RedisConfig;
 use crate::ingest::Ingest;
+use crate::redis_client::Connections;
 use crate::retry::Backoff;
 use crate::stream::{self, GroupInfo, StreamEntry};
 
@@ -53,9 +53,9 @@ pub(crate) fn now_ms() -> u64 {
 struct Shared {
     config: RedisConfig,
     streams: Vec<Arc<str>>,
-    client: redis::Client,
-    /// For XACK, XAUTOCLAIM, XPENDING, XINFO: never for blocking reads.
-    commands: ConnectionManager,
+    /// The shared connection for XACK, XAUTOCLAIM, XPENDING, XINFO, and
+    /// the reader's own for blocking reads.
+    redis: Arc<Connections>,
     ingest: Ingest,
     analytics: AnalyticsSender,
     state: Arc<ConsumerState>,
@@ -78,15 +78,7 @@ impl Consumer {
         state: Arc<ConsumerState>,
         abort: CancellationToken,
     ) -> Result<Consumer, redis::RedisError> {
-        let client = redis::Client::open(config.url.expose())?;
-        let commands = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(Duration::from_secs(10)))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2)),
-        )?;
+        let redis = Arc::new(Connections::new(&config)?);
         let streams = config
             .streams
             .iter()
@@ -97,8 +89,7 @@ impl Consumer {
             shared: Arc::new(Shared {
                 config,
                 streams,
-                client,
-                commands,
+                redis,
                 ingest,
                 analytics,
                 state,
@@ -109,10 +100,11 @@ impl Consumer {
         })
     }
 
-    /// The connection for non-blocking commands, shared with the stream
-    /// watch (`stream_watch`).
-    pub fn commands(&self) -> ConnectionManager {
-        self.shared.commands.clone()
+    /// The Redis connections, shared with the stream watch
+    /// (`stream_watch`): it takes the current shared connection each time,
+    /// so a connection rebuilt after a rotation serves it too.
+    pub fn connections(&self) -> Arc<Connections> {
+        self.shared.redis.clone()
     }
 
     /// Consumes until `cancel`, then waits for in-flight batches to commit
@@ -149,30 +141,20 @@ impl Shared {
     async fn setup(&self, cancel: &CancellationToken) -> bool {
         let mut backoff = Backoff::new(&self.ingest.retry);
         loop {
-            let mut conn = self.commands.clone();
+            let mut conn = self.redis.commands();
             match stream::ensure_groups(&mut conn, &self.streams, &self.config.group).await {
                 Ok(()) => {
                     self.state.redis_healthy.store(true, Ordering::Relaxed);
                     return true;
                 }
                 Err(e) => {
-                    self.state.redis_healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "cannot create consumer groups; retrying");
+                    self.redis_failed(&e, "XGROUP CREATE");
                     if !backoff.wait(cancel).await {
                         return false;
                     }
                 }
             }
         }
-    }
-
-    async fn reader_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(self.config.block + Duration::from_secs(5)));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
     }
 
     async fn acquire(&self, cancel: &CancellationToken) -> Option<OwnedSemaphorePermit> {
@@ -203,7 +185,7 @@ impl Shared {
                 break;
             };
             if conn.is_none() {
-                match self.reader_connection().await {
+                match self.redis.reader().await {
                     Ok(c) => conn = Some(c),
                     Err(e) => {
                         self.redis_failed(&e, "connect");
@@ -281,13 +263,16 @@ impl Shared {
     fn redis_failed(&self, error: &redis::RedisError, what: &str) {
         self.state.redis_healthy.store(false, Ordering::Relaxed);
         metrics::counter!("writer_retries_total", "stage" => "redis").increment(1);
-        tracing::warn!(error = %error, command = what, "Redis command failed");
+        let error = crate::redis_client::describe_error(error, &self.config);
+        tracing::warn!(%error, command = what, "Redis command failed");
+        // A rotated password or certificate: reconnect with the new one.
+        self.redis.refresh();
     }
 
     /// Reads how often each entry was delivered (for entries that may have
     /// been delivered before: own pending ones, reclaimed ones).
     async fn set_delivery_counts(&self, entries: &mut [StreamEntry]) -> redis::RedisResult<()> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.redis.commands();
         for s in &self.streams {
             let mine: Vec<&str> = entries
                 .iter()
@@ -412,7 +397,7 @@ impl Shared {
             .collect();
         let mut backoff = Backoff::new(&self.ingest.retry);
         loop {
-            let mut conn = self.commands.clone();
+            let mut conn = self.redis.commands();
             match stream::ack(&mut conn, &self.config.group, &ids).await {
                 Ok(()) => {
                     self.state.redis_healthy.store(true, Ordering::Relaxed);
@@ -457,7 +442,7 @@ impl Shared {
         s: &Arc<str>,
         cancel: &CancellationToken,
     ) -> redis::RedisResult<()> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.redis.commands();
         let mut cursor = "0-0".to_owned();
         let idle = self.config.claim_idle.as_millis() as u64;
         loop {

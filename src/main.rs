@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use writer::cli::{Cli, Command};
-use writer::config::Config;
+use writer::config::{Config, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     writer::telemetry::init(config.log_format, &config.log_level);
+    let json_logs = config.log_format == LogFormat::Json;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -29,9 +30,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(writer::cli::execute(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+        // Said once: as a log line where logs are JSON, else plainly.
+        Err(problem) if json_logs => {
+            tracing::error!("{problem}");
+            ExitCode::FAILURE
+        }
+        Err(problem) => {
+            eprintln!("error: {problem}");
             ExitCode::FAILURE
         }
     }

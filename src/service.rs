@@ -48,7 +48,9 @@ pub struct Status {
     pub losses: Arc<Losses>,
 }
 
-/// Applies migrations, retrying while Postgres is unreachable.
+/// Applies migrations, retrying while Postgres is unreachable; stops when
+/// the settings are wrong (a certificate, a password: retrying will not
+/// help, and the operator must hear about it once, clearly).
 async fn migrate_when_ready(status: &Status, cancel: &CancellationToken) -> anyhow::Result<bool> {
     let mut backoff = Backoff::new(&status.config.retry);
     loop {
@@ -58,6 +60,11 @@ async fn migrate_when_ready(status: &Status, cancel: &CancellationToken) -> anyh
                     tracing::info!(?applied, "applied migrations");
                 }
                 return Ok(true);
+            }
+            Err(crate::migrate::MigrateError::Database(e))
+                if let Some(problem) = crate::db::misconfiguration(&e, &status.config.database) =>
+            {
+                anyhow::bail!(problem);
             }
             Err(crate::migrate::MigrateError::Database(e))
                 if crate::db::classify(&e) != crate::db::Failure::Permanent =>
@@ -90,6 +97,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         schema = %config.database.schema,
         database = %crate::config::describe_database_url(config.database.url.expose()),
         redis = %crate::config::describe_redis_url(config.redis.url.expose()),
+        postgres_tls = %crate::db::describe_tls(config.database.url.expose()),
+        redis_tls = %crate::redis_client::describe_tls(config.redis.url.expose(), &config.redis.tls),
         streams = ?config.redis.streams,
         group = %config.redis.group,
         consumer = %config.redis.consumer,
@@ -111,6 +120,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     let http = crate::http::serve(status.clone(), shutdown.clone()).await?;
+
+    // Wrong Redis settings stop the writer here, said once; an unreachable
+    // Redis does not (the consumer waits for it).
+    if let Err(e) = crate::redis_client::probe(&config.redis).await {
+        if let Some(problem) = crate::redis_client::misconfiguration(&e, &config.redis) {
+            anyhow::bail!(problem);
+        }
+        tracing::warn!(error = %e, "Redis not reachable yet; the consumer keeps trying");
+    }
 
     if !migrate_when_ready(&status, &shutdown).await? {
         http.await??;
@@ -149,7 +167,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut watch = StreamWatch::new(
         &config.redis.streams,
         &config.redis.group,
-        consumer.commands(),
+        consumer.connections(),
         status.consumer.clone(),
         status.losses.clone(),
         pool.clone(),

@@ -24,12 +24,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetryConfig;
 use crate::consumer::ConsumerState;
+use crate::redis_client::Connections;
 use crate::retry::Backoff;
 use crate::stream::{self, GroupInfo, Settled};
 
@@ -141,7 +141,7 @@ struct Seen {
 pub struct StreamWatch {
     streams: Vec<Arc<str>>,
     group: String,
-    conn: ConnectionManager,
+    redis: Arc<Connections>,
     consumer: Arc<ConsumerState>,
     losses: Arc<Losses>,
     pool: PgPool,
@@ -153,7 +153,7 @@ impl StreamWatch {
     pub fn new(
         streams: &[String],
         group: &str,
-        conn: ConnectionManager,
+        redis: Arc<Connections>,
         consumer: Arc<ConsumerState>,
         losses: Arc<Losses>,
         pool: PgPool,
@@ -162,7 +162,7 @@ impl StreamWatch {
         StreamWatch {
             streams: streams.iter().map(|s| Arc::from(s.as_str())).collect(),
             group: group.to_owned(),
-            conn,
+            redis,
             consumer,
             losses,
             pool,
@@ -182,7 +182,7 @@ impl StreamWatch {
         }
         let mut backoff = Backoff::new(&self.retry);
         loop {
-            let mut conn = self.conn.clone();
+            let mut conn = self.redis.commands();
             let result = match stream::ensure_groups(&mut conn, &self.streams, &self.group).await {
                 Ok(()) => self.look().await,
                 Err(e) => Err(e),
@@ -219,7 +219,7 @@ impl StreamWatch {
 
     /// One look at every stream: settle losses, refresh lag and pending.
     async fn look(&mut self) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.commands();
         let run_id = stream::server_run_id(&mut conn).await?;
         let mut infos = Vec::with_capacity(self.streams.len());
         for s in self.streams.clone() {

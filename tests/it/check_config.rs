@@ -73,3 +73,91 @@ fn prints_the_effective_config_redacted() {
     assert!(text.contains("ADMIN_TOKEN=***"), "{text}");
     assert!(!text.contains("s3cr3t"), "{text}");
 }
+
+/// A scratch file holding `content`, removed with its directory at the end.
+struct SecretFile(std::path::PathBuf);
+
+impl SecretFile {
+    fn new(content: &str) -> SecretFile {
+        let dir = std::env::temp_dir().join(crate::support::private::unique_name("check"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, format!("{content}\n")).unwrap();
+        SecretFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// URL files and TLS files are checked with everything else: a variable
+/// set twice (X and X_FILE), an unreadable CA, a CA for a plaintext URL are
+/// listed with the other problems, and no password is shown.
+#[test]
+fn files_and_tls_settings_are_checked_with_the_rest() {
+    let file = SecretFile::new("postgres://writer:s3cr3t-file-pass@db:5432/x");
+    let out = writer()
+        .arg("check-config")
+        .env("DATABASE_URL", "postgres://writer:s3cr3t-db-pass@db:5432/x")
+        .env("DATABASE_URL_FILE", file.path())
+        .env("REDIS_URL", "redis://:s3cr3t-redis-pass@redis:6379")
+        .env("REDIS_CA_CERT", "/nonexistent/ca.pem")
+        .env("BATCH_SIZE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    for problem in [
+        "DATABASE_URL_FILE: set DATABASE_URL or DATABASE_URL_FILE, not both",
+        "REDIS_CA_CERT: cannot read /nonexistent/ca.pem",
+        "REDIS_URL is not rediss://",
+        "BATCH_SIZE: ",
+    ] {
+        assert!(text.contains(problem), "{problem} not reported:\n{text}");
+    }
+    assert!(!text.contains("s3cr3t"), "a password was printed:\n{text}");
+}
+
+/// check-config shows a URL read from its file (without the password), the
+/// file's path, and the TLS each connection will use.
+#[test]
+fn shows_urls_from_files_and_the_tls_of_each_connection() {
+    let file = SecretFile::new(
+        "postgres://writer:s3cr3t-file-pass@db.example:5432/x?sslmode=verify-full&sslrootcert=system",
+    );
+    let out = writer()
+        .arg("check-config")
+        .env("DATABASE_URL_FILE", file.path())
+        .env(
+            "REDIS_URL",
+            "rediss://:s3cr3t-redis-pass@redis.example:6380",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "DATABASE_URL=postgres://writer:***@db.example:5432/x\n".to_owned(),
+        format!("DATABASE_URL_FILE={}\n", file.path()),
+        "REDIS_URL=rediss://:***@redis.example:6380/0\n".to_owned(),
+        "# postgres TLS: verify-full: TLS; the server's certificate must be signed by a public root CA".to_owned(),
+        "(Mozilla's list, built in) and name `db.example`".to_owned(),
+        "# redis TLS: rediss://: TLS; the server's certificate must be signed by the system's root CAs (REDIS_CA_CERT unset) and name `redis.example`".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line} not shown:\n{text}");
+    }
+    assert!(!text.contains("s3cr3t"), "{text}");
+}

@@ -16,4 +16,5 @@ mod malformed;
 mod migrate;
 mod operate;
 mod reorg;
+mod tls;
 mod watch;

@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let mut spec = Spec::new(args.seed, args.events).with_stream_prefix(&args.prefix);
     spec.duplicate_ratio = args.duplicates;
     let workload = generate(&spec);
-    let client = redis::Client::open(args.redis.as_str())?;
+    let client = writer::redis_client::open(&args.redis, &Default::default())?;
     let mut conn = client.get_connection()?;
     let started = Instant::now();
     let mut published_events = 0usize;

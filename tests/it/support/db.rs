@@ -49,6 +49,7 @@ impl TestDb {
             pool_size: 12,
             acquire_timeout: Duration::from_secs(30),
             statement_timeout: Duration::ZERO,
+            ..DatabaseConfig::default()
         }
     }
 

@@ -134,6 +134,26 @@ impl PrivatePostgres {
         self.run_ctl("stop");
     }
 
+    /// Makes TCP logins of every role but `postgres` check passwords
+    /// (scram-sha-256), as a managed server does; `postgres` keeps trust so
+    /// the test itself can administer the server.
+    #[allow(dead_code)] // Tests use it; the soak harness, which includes this file, does not.
+    pub fn require_passwords(&self) {
+        let hba = "local all all trust\n\
+                   host all postgres 127.0.0.1/32 trust\n\
+                   host all all 127.0.0.1/32 scram-sha-256\n";
+        std::fs::write(self.dir.join("data").join("pg_hba.conf"), hba).unwrap();
+        let reloaded = as_postgres_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("reload")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(reloaded.success(), "pg_ctl reload failed");
+    }
+
     pub fn start_again(&self) {
         self.run_ctl("start");
     }

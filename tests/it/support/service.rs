@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use testkit::model::Model;
 use testkit::workload::{Spec, Workload};
+use writer::config::RedisTls;
 use writer::event::ChainEvent;
 
 use super::db::{TestDb, database_url, unique_name};
@@ -37,18 +38,29 @@ impl Env {
     /// An environment for a workload of `spec` (its streams get this
     /// test's prefix).
     pub async fn for_spec(spec: Spec) -> Env {
-        Env::with_spec_at(spec, &database_url(), &redis_url()).await
+        Env::with_spec_at(spec, &database_url(), &redis_url(), &RedisTls::default()).await
     }
 
     /// An environment on other servers (private ones that a test breaks).
     pub async fn new_at(seed: u64, events: usize, database: &str, redis_url: &str) -> Env {
-        Env::with_spec_at(Spec::new(seed, events), database, redis_url).await
+        Env::new_with_tls(seed, events, database, redis_url, &RedisTls::default()).await
     }
 
-    async fn with_spec_at(spec: Spec, database: &str, redis_url: &str) -> Env {
+    /// An environment on a Redis reached with `tls` (a `rediss://` URL).
+    pub async fn new_with_tls(
+        seed: u64,
+        events: usize,
+        database: &str,
+        redis_url: &str,
+        tls: &RedisTls,
+    ) -> Env {
+        Env::with_spec_at(Spec::new(seed, events), database, redis_url, tls).await
+    }
+
+    async fn with_spec_at(spec: Spec, database: &str, redis_url: &str, tls: &RedisTls) -> Env {
         let prefix = format!("{}_", unique_name("s"));
         let spec = spec.with_stream_prefix(&prefix);
-        let client = redis::Client::open(redis_url).unwrap();
+        let client = writer::redis_client::open(redis_url, tls).unwrap();
         let redis = client.get_multiplexed_async_connection().await.unwrap();
         Env {
             db: TestDb::new_at(database).await,
@@ -186,7 +198,8 @@ impl Drop for Env {
     fn drop(&mut self) {
         let streams = self.spec.streams.clone();
         let _ = std::thread::spawn(move || {
-            if let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection())
+            if let Ok(mut conn) = writer::redis_client::open(&redis_url(), &RedisTls::default())
+                .and_then(|c| c.get_connection())
             {
                 let _: redis::RedisResult<()> =
                     redis::cmd("DEL").arg(&streams[..]).query(&mut conn);
