@@ -108,9 +108,7 @@ impl Model {
                     a.atom_wallet.to_string(),
                     a.creator.to_string(),
                     a.atom_data.text().map_or("∅".into(), str::to_owned),
-                    a.atom_data.raw().map_or("∅".into(), |r| {
-                        r.iter().map(|b| format!("{b:02x}")).collect()
-                    }),
+                    a.atom_data.raw().map_or("∅".into(), const_hex::encode),
                     "∅".into(),
                     "Pending".into(),
                     at.0.to_string(),

@@ -27,8 +27,6 @@
 mod chain;
 mod publish;
 
-use std::fmt::Write as _;
-
 use writer::apply::ReadModel;
 use writer::event::ChainEvent;
 
@@ -317,15 +315,6 @@ fn random_bytes<const N: usize>(rng: &mut fastrand::Rng) -> [u8; N] {
     let mut out = [0u8; N];
     rng.fill(&mut out);
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(2 + bytes.len() * 2);
-    s.push_str("0x");
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// `a * b / d` with a 256-bit intermediate, rounded down.
