@@ -23,6 +23,7 @@ pub mod migrate;
 pub mod progress;
 pub mod reorg;
 pub mod retry;
+pub mod schema;
 pub mod service;
 pub mod stream;
 pub mod stream_watch;

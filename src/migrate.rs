@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::lock;
+use crate::schema::{InvalidSchema, Schema};
 
 /// `(version, name, sql)`, in order. Only migrations that run live here.
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -52,6 +53,8 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 pub enum MigrateError {
     #[error("database error while migrating: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("DATABASE_SCHEMA {0}")]
+    Schema(#[from] InvalidSchema),
     #[error(
         "migration {version} ({name}) was applied with different contents; migrations must never be edited once released"
     )]
@@ -145,12 +148,12 @@ pub const CONTRACT: &[(&str, &[&str])] = &[
 /// (`table position has no column shares`).
 async fn missing_contract(
     conn: &mut sqlx::PgConnection,
-    schema: &str,
+    schema: &Schema,
 ) -> Result<Vec<String>, sqlx::Error> {
     let present: Vec<(String, String)> = sqlx::query_as(
         "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = $1",
     )
-    .bind(schema)
+    .bind(schema.as_str())
     .fetch_all(&mut *conn)
     .await?;
     let has = |t: &str, c: Option<&str>| {
@@ -189,20 +192,24 @@ impl Report {
     }
 }
 
+/// The ledger: `(version, checksum)` of every applied migration.
+async fn ledger(conn: &mut sqlx::PgConnection) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT version, checksum FROM schema_migrations ORDER BY version")
+        .fetch_all(conn)
+        .await
+}
+
 /// Compares `schema` with this binary without changing anything.
 pub async fn check(pool: &PgPool, schema: &str) -> Result<Report, sqlx::Error> {
+    let schema = Schema::parse(schema).map_err(|e| sqlx::Error::Configuration(e.into()))?;
     let mut conn = pool.acquire().await?;
-    let ledger: Option<String> =
+    let ledger_table: Option<String> =
         sqlx::query_scalar("SELECT to_regclass(format('%I.schema_migrations', $1::text))::text")
-            .bind(schema)
+            .bind(schema.as_str())
             .fetch_one(&mut *conn)
             .await?;
-    let existing: Vec<(i64, String)> = match ledger {
-        Some(_) => {
-            sqlx::query_as("SELECT version, checksum FROM schema_migrations ORDER BY version")
-                .fetch_all(&mut *conn)
-                .await?
-        }
+    let existing = match ledger_table {
+        Some(_) => ledger(&mut conn).await?,
         None => Vec::new(),
     };
     let mut report = Report::default();
@@ -226,33 +233,27 @@ pub async fn check(pool: &PgPool, schema: &str) -> Result<Report, sqlx::Error> {
     if report.pending.is_empty() {
         report
             .drift
-            .extend(missing_contract(&mut conn, schema).await?);
+            .extend(missing_contract(&mut conn, &schema).await?);
     }
     Ok(report)
 }
 
 fn checksum(sql: &str) -> String {
-    Sha256::digest(sql.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const_hex::encode(Sha256::digest(sql.as_bytes()))
 }
 
 /// Applies pending migrations to `schema`; returns the versions applied.
 pub async fn run(pool: &PgPool, schema: &str) -> Result<Vec<i64>, MigrateError> {
-    assert!(
-        crate::config::is_valid_schema(schema),
-        "schema validated by config"
-    );
+    let schema = Schema::parse(schema)?;
     let mut conn = pool.acquire().await?;
-    let lock_key = lock::key(schema, lock::Domain::Migrate, "");
+    let lock_key = lock::key(schema.as_str(), lock::Domain::Migrate, "");
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(lock_key)
         .execute(&mut *conn)
         .await?;
-    let mut result = apply_pending(&mut conn, schema).await;
+    let mut result = apply_pending(&mut conn, &schema).await;
     if result.is_ok() {
-        match missing_contract(&mut conn, schema).await {
+        match missing_contract(&mut conn, &schema).await {
             Ok(missing) if missing.is_empty() => {}
             Ok(missing) => result = Err(MigrateError::Contract(missing)),
             Err(e) => result = Err(e.into()),
@@ -269,9 +270,9 @@ pub async fn run(pool: &PgPool, schema: &str) -> Result<Vec<i64>, MigrateError> 
 
 async fn apply_pending(
     conn: &mut sqlx::PgConnection,
-    schema: &str,
+    schema: &Schema,
 ) -> Result<Vec<i64>, MigrateError> {
-    // The schema name is a validated identifier, quoted.
+    // A `Schema` is a plain identifier: quoting it is safe.
     sqlx::raw_sql(AssertSqlSafe(format!(
         "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
     )))
@@ -287,10 +288,7 @@ async fn apply_pending(
     )
     .execute(&mut *conn)
     .await?;
-    let existing: Vec<(i64, String)> =
-        sqlx::query_as("SELECT version, checksum FROM schema_migrations ORDER BY version")
-            .fetch_all(&mut *conn)
-            .await?;
+    let existing = ledger(&mut *conn).await?;
     for (version, sum) in &existing {
         match MIGRATIONS.iter().find(|(v, _, _)| v == version) {
             Some((_, name, sql)) if checksum(sql) != *sum => {
