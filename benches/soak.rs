@@ -10,6 +10,9 @@
 //! restarting them disturbs nothing else. Not part of CI (it takes the
 //! whole duration); results go to benches/README.md.
 
+// A benchmark whose set-up fails stops there.
+#![allow(clippy::unwrap_used)]
+
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::process::{Command, Stdio};
