@@ -1,4 +1,4 @@
-//! Helpers shared by the end-to-end and soak harnesses.
+//! Helpers shared by the bench harnesses.
 
 // Each harness uses a part of these.
 #![allow(dead_code)]
@@ -15,6 +15,9 @@ use testkit::workload::{Spec, Workload};
 use writer::analytics::{Claim, refresh};
 use writer::apply::ReadModel;
 use writer::config::{DatabaseConfig, Secret};
+
+#[path = "../tests/it/support/private.rs"]
+pub mod private;
 
 pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -67,14 +70,6 @@ pub async fn scalar(pool: &PgPool, sql: &str) -> i64 {
         .fetch_one(pool)
         .await
         .expect(sql)
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Sum of utime+stime (seconds) of processes named `name`.
@@ -190,25 +185,6 @@ pub fn quantile(text: &str, name: &str, q: f64) -> Option<f64> {
     None
 }
 
-/// Tables compared row for row (timestamps aside).
-pub const TABLES: &[&str] = &[
-    "atom_created_events",
-    "triple_created_events",
-    "deposited_events",
-    "redeemed_events",
-    "share_price_changed_events",
-    "generic_events",
-    "atom",
-    "triple",
-    "position",
-    "vault",
-    "term",
-    "triple_vault",
-    "triple_term",
-    "predicate_object",
-    "subject_predicate",
-];
-
 /// Recomputes every triple's analytics from scratch.
 pub async fn recompute_all_analytics(pool: &PgPool, schema: &str) {
     let triples: Vec<String> = sqlx::query_scalar("SELECT term_id FROM triple")
@@ -237,7 +213,7 @@ pub async fn reference(workloads: &[Workload], database: &str, schema: &str) -> 
 /// Rows in one schema's table and not the other's, both ways.
 pub async fn differences(pool: &PgPool, a: &str, b: &str) -> BTreeMap<&'static str, i64> {
     let mut out = BTreeMap::new();
-    for table in TABLES {
+    for table in testkit::model::TABLES {
         let row = |s: &str| {
             // Where an event was delivered from differs between the writer
             // and a direct application; everything else must not.

@@ -25,11 +25,8 @@ use testkit::workload::{Spec, Workload, generate};
 use writer::apply::ReadModel;
 
 mod common;
+use common::private::{PrivatePostgres, PrivateRedis};
 use common::*;
-
-#[path = "../tests/it/support/private.rs"]
-mod private;
-use private::{PrivatePostgres, PrivateRedis};
 
 #[derive(Debug, Parser)]
 struct Args {

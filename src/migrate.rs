@@ -70,76 +70,80 @@ pub enum MigrateError {
     Contract(Vec<String>),
 }
 
+/// The columns of every event table: where and when on chain the event was.
+const EVENT_COLUMNS: &[&str] = &[
+    "transaction_hash",
+    "log_index",
+    "address",
+    "block_hash",
+    "block_number",
+    "network",
+    "transaction_index",
+    "block_timestamp",
+    "created_at",
+];
+
 /// The tables and columns other software reads (SPEC §2: "table and column
 /// names are a contract"), plus the operational tables the spec names.
+/// Columns come in groups: an event table's are [`EVENT_COLUMNS`] and its
+/// own.
 #[rustfmt::skip]
-pub const CONTRACT: &[(&str, &[&str])] = &[
-    ("atom_created_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "creator", "term_id", "atom_data",
-        "raw_data", "atom_wallet",
-    ]),
-    ("triple_created_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "creator", "term_id", "subject_id",
-        "predicate_id", "object_id", "counter_term_id",
-    ]),
-    ("deposited_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "sender", "receiver", "term_id",
-        "curve_id", "assets", "assets_after_fees", "shares", "total_shares", "vault_type",
-    ]),
-    ("redeemed_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "sender", "receiver", "term_id",
-        "curve_id", "shares", "total_shares", "assets", "fees", "vault_type",
-    ]),
-    ("share_price_changed_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "term_id", "curve_id", "share_price",
-        "total_assets", "total_shares", "vault_type",
-    ]),
-    ("generic_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "event_name", "event_data",
-    ]),
-    ("atom", &[
+pub const CONTRACT: &[(&str, &[&[&str]])] = &[
+    ("atom_created_events", &[EVENT_COLUMNS, &[
+        "creator", "term_id", "atom_data", "raw_data", "atom_wallet",
+    ]]),
+    ("triple_created_events", &[EVENT_COLUMNS, &[
+        "creator", "term_id", "subject_id", "predicate_id", "object_id", "counter_term_id",
+    ]]),
+    ("deposited_events", &[EVENT_COLUMNS, &[
+        "sender", "receiver", "term_id", "curve_id", "assets", "assets_after_fees", "shares",
+        "total_shares", "vault_type",
+    ]]),
+    ("redeemed_events", &[EVENT_COLUMNS, &[
+        "sender", "receiver", "term_id", "curve_id", "shares", "total_shares", "assets", "fees",
+        "vault_type",
+    ]]),
+    ("share_price_changed_events", &[EVENT_COLUMNS, &[
+        "term_id", "curve_id", "share_price", "total_assets", "total_shares", "vault_type",
+    ]]),
+    ("generic_events", &[EVENT_COLUMNS, &["event_name", "event_data"]]),
+    ("atom", &[&[
         "term_id", "wallet_id", "creator_id", "data", "raw_data", "type", "emoji", "label",
         "image", "value_id", "resolving_status", "last_event_block", "last_event_log_index",
         "created_at", "updated_at",
-    ]),
-    ("triple", &[
+    ]]),
+    ("triple", &[&[
         "term_id", "creator_id", "subject_id", "predicate_id", "object_id", "counter_term_id",
         "last_event_block", "last_event_log_index", "created_at", "updated_at",
-    ]),
-    ("position", &[
+    ]]),
+    ("position", &[&[
         "account_id", "term_id", "curve_id", "shares", "total_deposit_assets_after_total_fees",
         "total_redeem_assets_for_receiver", "created_at", "updated_at",
-    ]),
-    ("vault", &[
+    ]]),
+    ("vault", &[&[
         "term_id", "curve_id", "total_shares", "current_share_price", "total_assets", "market_cap",
         "position_count", "vault_type", "created_at", "updated_at",
-    ]),
-    ("term", &[
+    ]]),
+    ("term", &[&[
         "id", "type", "atom_id", "triple_id", "total_assets", "total_market_cap", "created_at",
         "updated_at",
-    ]),
-    ("triple_vault", &[
+    ]]),
+    ("triple_vault", &[&[
         "term_id", "counter_term_id", "curve_id", "total_shares", "total_assets", "position_count",
         "market_cap", "updated_at",
-    ]),
-    ("triple_term", &[
+    ]]),
+    ("triple_term", &[&[
         "term_id", "counter_term_id", "total_assets", "total_market_cap", "total_position_count",
         "updated_at",
-    ]),
-    ("predicate_object", &[
+    ]]),
+    ("predicate_object", &[&[
         "predicate_id", "object_id", "triple_count", "total_position_count", "total_market_cap",
         "updated_at",
-    ]),
-    ("subject_predicate", &[
+    ]]),
+    ("subject_predicate", &[&[
         "subject_id", "predicate_id", "triple_count", "total_position_count", "total_market_cap",
         "updated_at",
-    ]),
+    ]]),
     ("dead_letter", &[]),
     ("reorg_notices", &[]),
 ];
@@ -162,12 +166,12 @@ async fn missing_contract(
             .any(|(table, column)| table == t && c.is_none_or(|c| column == c))
     };
     let mut missing = Vec::new();
-    for (table, columns) in CONTRACT {
+    for (table, groups) in CONTRACT {
         if !has(table, None) {
             missing.push(format!("table {table} is missing"));
             continue;
         }
-        for column in *columns {
+        for column in groups.iter().copied().flatten() {
             if !has(table, Some(column)) {
                 missing.push(format!("table {table} has no column {column}"));
             }

@@ -8,6 +8,25 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use writer::event::{ChainEvent, EventKind};
 
+/// The read model's tables (SPEC §2): events, current state, analytics.
+pub const TABLES: &[&str] = &[
+    "atom_created_events",
+    "triple_created_events",
+    "deposited_events",
+    "redeemed_events",
+    "share_price_changed_events",
+    "generic_events",
+    "atom",
+    "triple",
+    "position",
+    "vault",
+    "term",
+    "triple_vault",
+    "triple_term",
+    "predicate_object",
+    "subject_predicate",
+];
+
 #[derive(Default, Clone, Copy, Debug)]
 struct Position {
     shares: u128,

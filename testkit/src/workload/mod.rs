@@ -29,6 +29,7 @@ mod publish;
 
 use writer::apply::ReadModel;
 use writer::event::ChainEvent;
+use writer::stream::StreamEntry;
 
 use chain::{Books, Chain};
 
@@ -250,6 +251,25 @@ impl Workload {
         }
         out
     }
+}
+
+/// `entries`, in the order given, as the service reads them: from streams
+/// `s0`…`s4`, with ids that increase per stream as XADD gives them.
+pub fn stream_entries<'e>(entries: impl IntoIterator<Item = &'e Entry>) -> Vec<StreamEntry> {
+    let streams: Vec<std::sync::Arc<str>> = (0..5).map(|i| format!("s{i}").into()).collect();
+    let mut next = [0u64; 5];
+    entries
+        .into_iter()
+        .map(|e| {
+            next[e.stream] += 1;
+            StreamEntry {
+                stream: streams[e.stream].clone(),
+                id: format!("1700000000000-{}", next[e.stream]),
+                fields: vec![(e.field.to_owned(), e.payload.as_bytes().to_vec())],
+                deliveries: 1,
+            }
+        })
+        .collect()
 }
 
 /// Generates the workload described by `spec`.
