@@ -14,13 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use testkit::workload::{Spec, generate};
-use writer::analytics::{Claim, refresh};
+use testkit::workload::{Spec, generate, stream_entries};
 use writer::apply::ReadModel;
 use writer::config::RetryConfig;
 use writer::ingest::Ingest;
 use writer::retry::Circuit;
-use writer::stream::StreamEntry;
 
 mod common;
 use common::*;
@@ -53,21 +51,7 @@ async fn main() {
     let schema = format!("bench_apply_{}", std::process::id());
     let db = pool(&schema).await;
     let workload = generate(&Spec::rindexer(args.seed, args.events, args.reorgs));
-    let streams: Vec<Arc<str>> = (0..5).map(|i| Arc::from(format!("s{i}"))).collect();
-    let mut next = [0u64; 5];
-    let entries: Vec<StreamEntry> = workload
-        .entries
-        .iter()
-        .map(|e| {
-            next[e.stream] += 1;
-            StreamEntry {
-                stream: streams[e.stream].clone(),
-                id: format!("1700000000000-{}", next[e.stream]),
-                fields: vec![(e.field.to_owned(), e.payload.clone().into_bytes())],
-                deliveries: 1,
-            }
-        })
-        .collect();
+    let entries = stream_entries(&workload.entries);
     let published: usize = workload.entries.iter().map(|e| e.events).sum();
     let ingest = Ingest {
         read_model: ReadModel::new(db.clone(), schema.as_str()),
@@ -92,25 +76,9 @@ async fn main() {
     }
     let applied = started.elapsed();
     let analytics_started = Instant::now();
-    let mut triples = 0;
-    loop {
-        let r = refresh(
-            &db,
-            &schema,
-            Claim::After {
-                after: "",
-                limit: 2_000,
-            },
-            &[],
-            false,
-        )
+    let triples = testkit::drain_analytics(&db, &schema)
         .await
         .expect("analytics");
-        if r.triples == 0 {
-            break;
-        }
-        triples += r.triples;
-    }
     let analytics = analytics_started.elapsed();
     println!("\n== apply, one batch at a time ==");
     println!("machine: {}", machine());

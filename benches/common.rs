@@ -1,7 +1,9 @@
-//! Helpers shared by the end-to-end and soak harnesses.
+//! Helpers shared by the bench harnesses.
 
 // Each harness uses a part of these.
 #![allow(dead_code)]
+// A benchmark whose set-up fails stops there.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::process::Child;
@@ -13,6 +15,9 @@ use testkit::workload::{Spec, Workload};
 use writer::analytics::{Claim, refresh};
 use writer::apply::ReadModel;
 use writer::config::{DatabaseConfig, Secret};
+
+#[path = "../tests/it/support/private.rs"]
+pub mod private;
 
 pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -32,14 +37,16 @@ pub async fn pool(schema: &str) -> PgPool {
 pub async fn pool_at(database: &str, schema: &str) -> PgPool {
     let config = DatabaseConfig {
         url: Secret::new(database),
-        schema: schema.to_owned(),
+        schema: writer::schema::Schema::parse(schema).expect("a bench schema name"),
         pool_size: 4,
         acquire_timeout: Duration::from_secs(30),
         statement_timeout: Duration::ZERO,
         ..DatabaseConfig::default()
     };
     let pool = writer::db::pool(&config).expect("pool");
-    writer::migrate::run(&pool, schema).await.expect("migrate");
+    writer::migrate::run(&pool, &config.schema)
+        .await
+        .expect("migrate");
     pool
 }
 
@@ -66,14 +73,6 @@ pub async fn scalar(pool: &PgPool, sql: &str) -> i64 {
         .fetch_one(pool)
         .await
         .expect(sql)
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Sum of utime+stime (seconds) of processes named `name`.
@@ -189,25 +188,6 @@ pub fn quantile(text: &str, name: &str, q: f64) -> Option<f64> {
     None
 }
 
-/// Tables compared row for row (timestamps aside).
-pub const TABLES: &[&str] = &[
-    "atom_created_events",
-    "triple_created_events",
-    "deposited_events",
-    "redeemed_events",
-    "share_price_changed_events",
-    "generic_events",
-    "atom",
-    "triple",
-    "position",
-    "vault",
-    "term",
-    "triple_vault",
-    "triple_term",
-    "predicate_object",
-    "subject_predicate",
-];
-
 /// Recomputes every triple's analytics from scratch.
 pub async fn recompute_all_analytics(pool: &PgPool, schema: &str) {
     let triples: Vec<String> = sqlx::query_scalar("SELECT term_id FROM triple")
@@ -236,7 +216,7 @@ pub async fn reference(workloads: &[Workload], database: &str, schema: &str) -> 
 /// Rows in one schema's table and not the other's, both ways.
 pub async fn differences(pool: &PgPool, a: &str, b: &str) -> BTreeMap<&'static str, i64> {
     let mut out = BTreeMap::new();
-    for table in TABLES {
+    for table in testkit::model::TABLES {
         let row = |s: &str| {
             // Where an event was delivered from differs between the writer
             // and a direct application; everything else must not.

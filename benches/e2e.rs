@@ -96,7 +96,7 @@ async fn main() {
         .expect("redis (scripts/services.sh)");
     let db = pool(&schema).await;
 
-    let port = free_port();
+    let port = private::free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_writer"));
     command
         .arg("run")

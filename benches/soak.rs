@@ -10,6 +10,9 @@
 //! restarting them disturbs nothing else. Not part of CI (it takes the
 //! whole duration); results go to benches/README.md.
 
+// A benchmark whose set-up fails stops there.
+#![allow(clippy::unwrap_used)]
+
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -22,11 +25,8 @@ use testkit::workload::{Spec, Workload, generate};
 use writer::apply::ReadModel;
 
 mod common;
+use common::private::{PrivatePostgres, PrivateRedis};
 use common::*;
-
-#[path = "../tests/it/support/private.rs"]
-mod private;
-use private::{PrivatePostgres, PrivateRedis};
 
 #[derive(Debug, Parser)]
 struct Args {

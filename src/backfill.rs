@@ -20,11 +20,8 @@ use crate::apply::{atom, lock_reorg, lock_terms, position, term, triple, vault};
 /// that comparing it with ids (equal-length lowercase hex, byte order)
 /// compares the numbers: `0x1` is 1, not a prefix.
 pub fn parse_from_term(text: &str) -> Result<String, String> {
-    let digits = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .unwrap_or(text);
-    if digits.is_empty() || digits.len() > 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let digits = crate::decode::value::strip_0x(text);
+    if digits.is_empty() || digits.len() > 64 || !const_hex::check_raw(digits) {
         return Err(format!(
             "`{text}` must be 1 to 64 hex digits, with or without 0x"
         ));

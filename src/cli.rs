@@ -209,7 +209,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             crate::migrate::run(&pool, &config.database.schema).await?;
             let summary = crate::backfill::run(
                 &pool,
-                &config.database.schema,
+                config.database.schema.as_str(),
                 &from_term,
                 batch_size as usize,
                 restart,

@@ -40,6 +40,7 @@
 //! regenerates the README table. Tests check that every default passes its
 //! own bounds and that no secret is ever echoed in an error.
 
+use crate::schema::Schema;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -142,7 +143,7 @@ pub struct DatabaseConfig {
     /// DATABASE_URL_FILE: the URL is read from here again whenever it may
     /// have changed (a rotated password).
     pub url_file: Option<PathBuf>,
-    pub schema: String,
+    pub schema: Schema,
     pub pool_size: u32,
     pub acquire_timeout: Duration,
     /// Zero disables the server-side statement timeout.
@@ -514,10 +515,7 @@ pub const SETTINGS: &[Setting] = &[
         "DATABASE_SCHEMA",
         Kind::Text {
             apply: |c, schema| {
-                if !is_valid_schema(schema) {
-                    return Err(format!("`{schema}` must be a lowercase identifier ([a-z_][a-z0-9_]*, at most 63 characters, not starting with pg_)"));
-                }
-                c.database.schema = schema.to_owned();
+                c.database.schema = Schema::parse(schema).map_err(|e| e.to_string())?;
                 Ok(())
             },
         },
@@ -835,15 +833,6 @@ fn default_consumer_name() -> String {
         .unwrap_or_else(|| "writer".to_owned())
 }
 
-/// Whether `schema` is a plain lowercase SQL identifier, safe to quote into DDL.
-pub fn is_valid_schema(schema: &str) -> bool {
-    let mut chars = schema.chars();
-    matches!(chars.next(), Some('a'..='z' | '_'))
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
-        && schema.len() <= 63
-        && !schema.starts_with("pg_")
-}
-
 /// The README's configuration table, generated from [`SETTINGS`]. Defaults
 /// too long for a table cell become numbered notes under it.
 pub fn readme_table() -> String {
@@ -1075,7 +1064,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = Config::from_vars(vars(&MINIMAL)).unwrap();
-        assert_eq!(c.database.schema, "public");
+        assert_eq!(c.database.schema.as_str(), "public");
         assert_eq!(c.database.pool_size, 10);
         assert_eq!(c.database.acquire_timeout, Duration::from_secs(5));
         assert_eq!(c.redis.streams.len(), 5);
@@ -1326,16 +1315,6 @@ mod tests {
             "{text}"
         );
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn schema_names() {
-        assert!(is_valid_schema("public"));
-        assert!(is_valid_schema("intuition_mainnet_2"));
-        assert!(!is_valid_schema("pg_catalog"));
-        assert!(!is_valid_schema("a\"b"));
-        assert!(!is_valid_schema("1abc"));
-        assert!(!is_valid_schema(""));
     }
 
     /// README.md's configuration table is [`readme_table`], between two

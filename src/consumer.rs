@@ -41,6 +41,14 @@ pub struct ConsumerState {
     in_flight: Mutex<HashMap<Arc<str>, HashSet<String>>>,
 }
 
+impl ConsumerState {
+    /// The in-flight ids (a panic elsewhere while holding the lock leaves
+    /// the map itself consistent: each update is one insert or remove).
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashSet<String>>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Unix time in milliseconds (0 if the clock reads before 1970), the unit
 /// of stream entry ids; shared with /health and the analytics worker.
 pub(crate) fn now_ms() -> u64 {
@@ -310,11 +318,7 @@ impl Shared {
             return;
         }
         {
-            let mut in_flight = self
-                .state
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut in_flight = self.state.in_flight();
             for e in &entries {
                 in_flight
                     .entry(e.stream.clone())
@@ -373,11 +377,7 @@ impl Shared {
             self.analytics.notify(processed.applied.dirty_triples);
         }
         {
-            let mut in_flight = self
-                .state
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut in_flight = self.state.in_flight();
             for e in &batch {
                 if let Some(ids) = in_flight.get_mut(&*e.stream) {
                     ids.remove(&e.id);
@@ -471,11 +471,7 @@ impl Shared {
             // Our own slow batches are idle too: leave them alone (JUSTID did
             // not count a delivery); claim the rest, which counts one.
             let foreign: Vec<&str> = {
-                let in_flight = self
-                    .state
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                let in_flight = self.state.in_flight();
                 let mine = in_flight.get(s);
                 ids.iter()
                     .filter(|id| !mine.is_some_and(|m| m.contains(*id)))

@@ -64,6 +64,7 @@ pub fn pool(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
 /// pool just opened (and for any other to that port, harmlessly). Remove it
 /// when sqlx sets TCP_NODELAY itself.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // borrowing a descriptor by number: see the SAFETY note
 fn disable_nagle(port: u16) {
     use std::os::fd::{BorrowedFd, RawFd};
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {

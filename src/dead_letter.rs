@@ -19,8 +19,8 @@ pub struct NewDeadLetter<'a> {
     pub delivery_count: i32,
 }
 
-/// A stored dead letter.
-#[derive(Debug, Clone)]
+/// A stored dead letter (the columns of [`COLUMNS`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeadLetter {
     pub id: i64,
     pub stream: String,
@@ -33,25 +33,6 @@ pub struct DeadLetter {
     pub last_seen: String,
     pub replayed_at: Option<String>,
     pub replay_error: Option<String>,
-}
-
-impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for DeadLetter {
-    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        use sqlx::Row;
-        Ok(DeadLetter {
-            id: row.try_get("id")?,
-            stream: row.try_get("stream")?,
-            entry_id: row.try_get("entry_id")?,
-            payload_field: row.try_get("payload_field")?,
-            payload: row.try_get("payload")?,
-            error: row.try_get("error")?,
-            delivery_count: row.try_get("delivery_count")?,
-            first_seen: row.try_get("first_seen")?,
-            last_seen: row.try_get("last_seen")?,
-            replayed_at: row.try_get("replayed_at")?,
-            replay_error: row.try_get("replay_error")?,
-        })
-    }
 }
 
 /// Records dead letters in one statement. A letter for an entry already

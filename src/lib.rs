@@ -24,6 +24,7 @@ pub mod progress;
 pub mod redis_client;
 pub mod reorg;
 pub mod retry;
+pub mod schema;
 pub mod service;
 pub mod stream;
 pub mod stream_watch;

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::lock;
+use crate::schema::Schema;
 
 /// `(version, name, sql)`, in order. Only migrations that run live here.
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -72,76 +73,80 @@ pub enum MigrateError {
     Contract(Vec<String>),
 }
 
+/// The columns of every event table: where and when on chain the event was.
+const EVENT_COLUMNS: &[&str] = &[
+    "transaction_hash",
+    "log_index",
+    "address",
+    "block_hash",
+    "block_number",
+    "network",
+    "transaction_index",
+    "block_timestamp",
+    "created_at",
+];
+
 /// The tables and columns other software reads (SPEC §2: "table and column
 /// names are a contract"), plus the operational tables the spec names.
+/// Columns come in groups: an event table's are [`EVENT_COLUMNS`] and its
+/// own.
 #[rustfmt::skip]
-pub const CONTRACT: &[(&str, &[&str])] = &[
-    ("atom_created_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "creator", "term_id", "atom_data",
-        "raw_data", "atom_wallet",
-    ]),
-    ("triple_created_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "creator", "term_id", "subject_id",
-        "predicate_id", "object_id", "counter_term_id",
-    ]),
-    ("deposited_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "sender", "receiver", "term_id",
-        "curve_id", "assets", "assets_after_fees", "shares", "total_shares", "vault_type",
-    ]),
-    ("redeemed_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "sender", "receiver", "term_id",
-        "curve_id", "shares", "total_shares", "assets", "fees", "vault_type",
-    ]),
-    ("share_price_changed_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "term_id", "curve_id", "share_price",
-        "total_assets", "total_shares", "vault_type",
-    ]),
-    ("generic_events", &[
-        "transaction_hash", "log_index", "address", "block_hash", "block_number", "network",
-        "transaction_index", "block_timestamp", "created_at", "event_name", "event_data",
-    ]),
-    ("atom", &[
+pub const CONTRACT: &[(&str, &[&[&str]])] = &[
+    ("atom_created_events", &[EVENT_COLUMNS, &[
+        "creator", "term_id", "atom_data", "raw_data", "atom_wallet",
+    ]]),
+    ("triple_created_events", &[EVENT_COLUMNS, &[
+        "creator", "term_id", "subject_id", "predicate_id", "object_id", "counter_term_id",
+    ]]),
+    ("deposited_events", &[EVENT_COLUMNS, &[
+        "sender", "receiver", "term_id", "curve_id", "assets", "assets_after_fees", "shares",
+        "total_shares", "vault_type",
+    ]]),
+    ("redeemed_events", &[EVENT_COLUMNS, &[
+        "sender", "receiver", "term_id", "curve_id", "shares", "total_shares", "assets", "fees",
+        "vault_type",
+    ]]),
+    ("share_price_changed_events", &[EVENT_COLUMNS, &[
+        "term_id", "curve_id", "share_price", "total_assets", "total_shares", "vault_type",
+    ]]),
+    ("generic_events", &[EVENT_COLUMNS, &["event_name", "event_data"]]),
+    ("atom", &[&[
         "term_id", "wallet_id", "creator_id", "data", "raw_data", "type", "emoji", "label",
         "image", "value_id", "resolving_status", "last_event_block", "last_event_log_index",
         "created_at", "updated_at",
-    ]),
-    ("triple", &[
+    ]]),
+    ("triple", &[&[
         "term_id", "creator_id", "subject_id", "predicate_id", "object_id", "counter_term_id",
         "last_event_block", "last_event_log_index", "created_at", "updated_at",
-    ]),
-    ("position", &[
+    ]]),
+    ("position", &[&[
         "account_id", "term_id", "curve_id", "shares", "total_deposit_assets_after_total_fees",
         "total_redeem_assets_for_receiver", "created_at", "updated_at",
-    ]),
-    ("vault", &[
+    ]]),
+    ("vault", &[&[
         "term_id", "curve_id", "total_shares", "current_share_price", "total_assets", "market_cap",
         "position_count", "vault_type", "created_at", "updated_at",
-    ]),
-    ("term", &[
+    ]]),
+    ("term", &[&[
         "id", "type", "atom_id", "triple_id", "total_assets", "total_market_cap", "created_at",
         "updated_at",
-    ]),
-    ("triple_vault", &[
+    ]]),
+    ("triple_vault", &[&[
         "term_id", "counter_term_id", "curve_id", "total_shares", "total_assets", "position_count",
         "market_cap", "updated_at",
-    ]),
-    ("triple_term", &[
+    ]]),
+    ("triple_term", &[&[
         "term_id", "counter_term_id", "total_assets", "total_market_cap", "total_position_count",
         "updated_at",
-    ]),
-    ("predicate_object", &[
+    ]]),
+    ("predicate_object", &[&[
         "predicate_id", "object_id", "triple_count", "total_position_count", "total_market_cap",
         "updated_at",
-    ]),
-    ("subject_predicate", &[
+    ]]),
+    ("subject_predicate", &[&[
         "subject_id", "predicate_id", "triple_count", "total_position_count", "total_market_cap",
         "updated_at",
-    ]),
+    ]]),
     ("dead_letter", &[]),
     ("reorg_notices", &[]),
 ];
@@ -150,12 +155,12 @@ pub const CONTRACT: &[(&str, &[&str])] = &[
 /// (`table position has no column shares`).
 async fn missing_contract(
     conn: &mut sqlx::PgConnection,
-    schema: &str,
+    schema: &Schema,
 ) -> Result<Vec<String>, sqlx::Error> {
     let present: Vec<(String, String)> = sqlx::query_as(
         "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = $1",
     )
-    .bind(schema)
+    .bind(schema.as_str())
     .fetch_all(&mut *conn)
     .await?;
     let has = |t: &str, c: Option<&str>| {
@@ -164,12 +169,12 @@ async fn missing_contract(
             .any(|(table, column)| table == t && c.is_none_or(|c| column == c))
     };
     let mut missing = Vec::new();
-    for (table, columns) in CONTRACT {
+    for (table, groups) in CONTRACT {
         if !has(table, None) {
             missing.push(format!("table {table} is missing"));
             continue;
         }
-        for column in *columns {
+        for column in groups.iter().copied().flatten() {
             if !has(table, Some(column)) {
                 missing.push(format!("table {table} has no column {column}"));
             }
@@ -194,20 +199,23 @@ impl Report {
     }
 }
 
+/// The ledger: `(version, checksum)` of every applied migration.
+async fn ledger(conn: &mut sqlx::PgConnection) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT version, checksum FROM schema_migrations ORDER BY version")
+        .fetch_all(conn)
+        .await
+}
+
 /// Compares `schema` with this binary without changing anything.
-pub async fn check(pool: &PgPool, schema: &str) -> Result<Report, sqlx::Error> {
+pub async fn check(pool: &PgPool, schema: &Schema) -> Result<Report, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let ledger: Option<String> =
+    let ledger_table: Option<String> =
         sqlx::query_scalar("SELECT to_regclass(format('%I.schema_migrations', $1::text))::text")
-            .bind(schema)
+            .bind(schema.as_str())
             .fetch_one(&mut *conn)
             .await?;
-    let existing: Vec<(i64, String)> = match ledger {
-        Some(_) => {
-            sqlx::query_as("SELECT version, checksum FROM schema_migrations ORDER BY version")
-                .fetch_all(&mut *conn)
-                .await?
-        }
+    let existing = match ledger_table {
+        Some(_) => ledger(&mut conn).await?,
         None => Vec::new(),
     };
     let mut report = Report::default();
@@ -237,20 +245,13 @@ pub async fn check(pool: &PgPool, schema: &str) -> Result<Report, sqlx::Error> {
 }
 
 fn checksum(sql: &str) -> String {
-    Sha256::digest(sql.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const_hex::encode(Sha256::digest(sql.as_bytes()))
 }
 
 /// Applies pending migrations to `schema`; returns the versions applied.
-pub async fn run(pool: &PgPool, schema: &str) -> Result<Vec<i64>, MigrateError> {
-    assert!(
-        crate::config::is_valid_schema(schema),
-        "schema validated by config"
-    );
+pub async fn run(pool: &PgPool, schema: &Schema) -> Result<Vec<i64>, MigrateError> {
     let mut conn = pool.acquire().await?;
-    let lock_key = lock::key(schema, lock::Domain::Migrate, "");
+    let lock_key = lock::key(schema.as_str(), lock::Domain::Migrate, "");
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(lock_key)
         .execute(&mut *conn)
@@ -274,9 +275,9 @@ pub async fn run(pool: &PgPool, schema: &str) -> Result<Vec<i64>, MigrateError> 
 
 async fn apply_pending(
     conn: &mut sqlx::PgConnection,
-    schema: &str,
+    schema: &Schema,
 ) -> Result<Vec<i64>, MigrateError> {
-    // The schema name is a validated identifier, quoted.
+    // A `Schema` is a plain identifier: quoting it is safe.
     sqlx::raw_sql(AssertSqlSafe(format!(
         "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
     )))
@@ -292,10 +293,7 @@ async fn apply_pending(
     )
     .execute(&mut *conn)
     .await?;
-    let existing: Vec<(i64, String)> =
-        sqlx::query_as("SELECT version, checksum FROM schema_migrations ORDER BY version")
-            .fetch_all(&mut *conn)
-            .await?;
+    let existing = ledger(&mut *conn).await?;
     for (version, sum) in &existing {
         match MIGRATIONS.iter().find(|(v, _, _)| v == version) {
             Some((_, name, sql)) if checksum(sql) != *sum => {

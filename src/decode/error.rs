@@ -1,63 +1,46 @@
 //! Decode errors: which field, and why.
 
-use std::fmt;
-
 use super::uint256::AmountError;
 use super::value::HexError;
 
 /// What is wrong with a value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
     /// The entry has none of the fields that carry JSON.
+    #[error("entry has no `payload`, `data` or `event_data` field")]
     NoPayloadField,
+    #[error("not valid UTF-8")]
     NotUtf8,
+    #[error("invalid JSON: {0}")]
     InvalidJson(String),
     /// Arrays and objects nested deeper than the limit.
+    #[error("JSON nests deeper than {0} levels")]
     TooDeep(usize),
+    #[error("missing or null")]
     Missing,
+    #[error("expected {expected}, found {found}")]
     WrongType {
         expected: &'static str,
         found: &'static str,
     },
+    #[error("{0}")]
     Hex(HexError),
+    #[error("{0}")]
     Amount(AmountError),
     /// An integer that must fit a Postgres BIGINT.
+    #[error("exceeds 2^63-1")]
     IntegerTooLarge,
     /// A NUL character, which Postgres text and JSONB cannot store.
+    #[error("contains a NUL character")]
     ContainsNul,
+    #[error("unknown vault type {0} (0 atom, 1 triple, 2 counter-triple)")]
     UnknownVaultType(String),
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Problem::NoPayloadField => {
-                f.write_str("entry has no `payload`, `data` or `event_data` field")
-            }
-            Problem::NotUtf8 => f.write_str("not valid UTF-8"),
-            Problem::InvalidJson(e) => write!(f, "invalid JSON: {e}"),
-            Problem::TooDeep(limit) => write!(f, "JSON nests deeper than {limit} levels"),
-            Problem::Missing => f.write_str("missing or null"),
-            Problem::WrongType { expected, found } => {
-                write!(f, "expected {expected}, found {found}")
-            }
-            Problem::Hex(e) => e.fmt(f),
-            Problem::Amount(e) => e.fmt(f),
-            Problem::IntegerTooLarge => f.write_str("exceeds 2^63-1"),
-            Problem::ContainsNul => f.write_str("contains a NUL character"),
-            Problem::UnknownVaultType(v) => {
-                write!(
-                    f,
-                    "unknown vault type {v} (0 atom, 1 triple, 2 counter-triple)"
-                )
-            }
-        }
-    }
 }
 
 /// A decode failure, naming the field by its JSON path
 /// (e.g. `event_data[3].transaction_information.block_number`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
 pub struct DecodeError {
     pub field: String,
     pub problem: Problem,
@@ -71,11 +54,3 @@ impl DecodeError {
         }
     }
 }
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.problem)
-    }
-}
-
-impl std::error::Error for DecodeError {}

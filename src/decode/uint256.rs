@@ -9,8 +9,6 @@
 
 use std::fmt;
 
-use super::value::nibble;
-
 /// 2^256 - 1, the largest uint256, in decimal.
 pub const MAX_DECIMAL: &str =
     "115792089237316195423570985008687907853269984665640564039457584007913129639935";
@@ -19,25 +17,18 @@ pub const MAX_DECIMAL: &str =
 const MAX_DIGITS: usize = 78;
 
 /// Why a string is not a uint256.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AmountError {
+    #[error("empty number")]
     Empty,
+    #[error("negative amounts are not allowed")]
     Negative,
+    #[error("not an integer (fractions and exponents are not allowed)")]
     NotInteger,
+    #[error("contains a character that is not a digit")]
     InvalidDigit,
+    #[error("exceeds 2^256-1")]
     Overflow,
-}
-
-impl fmt::Display for AmountError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AmountError::Empty => "empty number",
-            AmountError::Negative => "negative amounts are not allowed",
-            AmountError::NotInteger => "not an integer (fractions and exponents are not allowed)",
-            AmountError::InvalidDigit => "contains a character that is not a digit",
-            AmountError::Overflow => "exceeds 2^256-1",
-        })
-    }
 }
 
 /// A uint256 held as its canonical decimal text (no sign, no leading zeros).
@@ -93,7 +84,7 @@ impl Amount {
         if hex.is_empty() {
             return Err(AmountError::Empty);
         }
-        if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        if !const_hex::check_raw(hex) {
             return Err(AmountError::InvalidDigit);
         }
         let significant = hex.trim_start_matches('0');
@@ -102,7 +93,8 @@ impl Amount {
         }
         let mut limbs = [0u64; 4];
         for (i, c) in significant.bytes().rev().enumerate() {
-            limbs[i / 16] |= u64::from(nibble(c)) << ((i % 16) * 4);
+            let digit = const_hex::HEX_DECODE_LUT[usize::from(c)];
+            limbs[i / 16] |= u64::from(digit) << ((i % 16) * 4);
         }
         Ok(Amount::from_limbs(limbs))
     }

@@ -9,33 +9,22 @@ use std::fmt;
 use sha3::{Digest, Keccak256};
 
 /// Why a hex string is not the value it should be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HexError {
+    #[error("empty hex string")]
     Empty,
+    #[error("contains a character that is not hex")]
     NotHex,
+    #[error("odd number of hex digits")]
     OddLength,
+    #[error(
+        "expected {expected_bytes} bytes ({} hex digits), found {found_digits} hex digits",
+        .expected_bytes * 2
+    )]
     WrongLength {
         expected_bytes: usize,
         found_digits: usize,
     },
-}
-
-impl fmt::Display for HexError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HexError::Empty => f.write_str("empty hex string"),
-            HexError::NotHex => f.write_str("contains a character that is not hex"),
-            HexError::OddLength => f.write_str("odd number of hex digits"),
-            HexError::WrongLength {
-                expected_bytes,
-                found_digits,
-            } => write!(
-                f,
-                "expected {expected_bytes} bytes ({} hex digits), found {found_digits} hex digits",
-                expected_bytes * 2
-            ),
-        }
-    }
 }
 
 /// Strips an optional `0x`/`0X` prefix.
@@ -50,7 +39,7 @@ fn check_fixed_hex(text: &str, bytes: usize) -> Result<&[u8], HexError> {
     if digits.is_empty() {
         return Err(HexError::Empty);
     }
-    if !digits.iter().all(u8::is_ascii_hexdigit) {
+    if !const_hex::check_raw(digits) {
         return Err(HexError::NotHex);
     }
     if digits.len() != bytes * 2 {
@@ -71,32 +60,20 @@ impl Hash32 {
     pub fn parse(text: &str) -> Result<Hash32, HexError> {
         let digits = check_fixed_hex(text, 32)?;
         let mut out = [0u8; 66];
-        out[0] = b'0';
-        out[1] = b'x';
-        for (slot, d) in out[2..].iter_mut().zip(digits) {
-            *slot = d.to_ascii_lowercase();
-        }
+        out[..2].copy_from_slice(b"0x");
+        out[2..].copy_from_slice(digits);
+        out[2..].make_ascii_lowercase();
         Ok(Hash32(out))
     }
 
     pub fn from_bytes(bytes: &[u8; 32]) -> Hash32 {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 66];
-        out[0] = b'0';
-        out[1] = b'x';
-        for (i, b) in bytes.iter().enumerate() {
-            out[2 + 2 * i] = HEX[(b >> 4) as usize];
-            out[3 + 2 * i] = HEX[(b & 0xf) as usize];
-        }
-        Hash32(out)
+        let mut text = const_hex::Buffer::<32, true>::new();
+        text.format(bytes);
+        Hash32(*text.as_byte_array())
     }
 
     pub fn to_bytes(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (i, slot) in out.iter_mut().enumerate() {
-            *slot = (nibble(self.0[2 + 2 * i]) << 4) | nibble(self.0[3 + 2 * i]);
-        }
-        out
+        const_hex::decode_to_array(self.0).expect("a Hash32 holds 64 hex digits")
     }
 
     pub fn as_str(&self) -> &str {
@@ -114,11 +91,6 @@ impl fmt::Debug for Hash32 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// The value of a hex digit (0 for anything else: callers validate first).
-pub(super) fn nibble(c: u8) -> u8 {
-    (c as char).to_digit(16).unwrap_or(0) as u8
 }
 
 /// A 20-byte account or contract address in EIP-55 checksummed form.
@@ -142,9 +114,8 @@ impl Address {
     pub fn parse(text: &str) -> Result<Address, HexError> {
         let digits = check_fixed_hex(text, 20)?;
         let mut lower = [0u8; 40];
-        for (slot, d) in lower.iter_mut().zip(digits) {
-            *slot = d.to_ascii_lowercase();
-        }
+        lower.copy_from_slice(digits);
+        lower.make_ascii_lowercase();
         if let Some(hit) = CHECKSUMS.with(|c| c.borrow().get(&lower).copied()) {
             return Ok(Address(hit));
         }
@@ -201,16 +172,15 @@ impl fmt::Debug for Address {
 /// Decodes variable-length hex bytes (`0x` optional, even length).
 pub fn decode_hex_bytes(text: &str) -> Result<Vec<u8>, HexError> {
     let digits = strip_0x(text).as_bytes();
-    if !digits.iter().all(u8::is_ascii_hexdigit) {
+    // Checked here, in this order, so that the error names the problem the
+    // way the other hex values do.
+    if !const_hex::check_raw(digits) {
         return Err(HexError::NotHex);
     }
     if !digits.len().is_multiple_of(2) {
         return Err(HexError::OddLength);
     }
-    Ok(digits
-        .chunks_exact(2)
-        .map(|pair| (nibble(pair[0]) << 4) | nibble(pair[1]))
-        .collect())
+    Ok(const_hex::decode(digits).expect("checked hex digits of even length"))
 }
 
 /// An atom's data: text when it is valid UTF-8 without NUL (Postgres `TEXT`
@@ -382,7 +352,7 @@ mod tests {
 
         #[test]
         fn address_checksum_is_case_insensitive(bytes: [u8; 20]) {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = const_hex::encode(bytes);
             let a = Address::parse(&hex).unwrap();
             prop_assert_eq!(Address::parse(&hex.to_uppercase()).unwrap(), a);
             prop_assert_eq!(a.as_str().to_lowercase(), format!("0x{hex}"));

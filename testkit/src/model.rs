@@ -8,6 +8,25 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use writer::event::{ChainEvent, EventKind};
 
+/// The read model's tables (SPEC §2): events, current state, analytics.
+pub const TABLES: &[&str] = &[
+    "atom_created_events",
+    "triple_created_events",
+    "deposited_events",
+    "redeemed_events",
+    "share_price_changed_events",
+    "generic_events",
+    "atom",
+    "triple",
+    "position",
+    "vault",
+    "term",
+    "triple_vault",
+    "triple_term",
+    "predicate_object",
+    "subject_predicate",
+];
+
 #[derive(Default, Clone, Copy, Debug)]
 struct Position {
     shares: u128,
@@ -108,9 +127,7 @@ impl Model {
                     a.atom_wallet.to_string(),
                     a.creator.to_string(),
                     a.atom_data.text().map_or("∅".into(), str::to_owned),
-                    a.atom_data.raw().map_or("∅".into(), |r| {
-                        r.iter().map(|b| format!("{b:02x}")).collect()
-                    }),
+                    a.atom_data.raw().map_or("∅".into(), const_hex::encode),
                     "∅".into(),
                     "Pending".into(),
                     at.0.to_string(),

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use testkit::workload::generate;
 
 use crate::support::TestDb;
-use crate::support::service::{
-    Env, Writer, applied_directly, assert_analytics, assert_same_core, model_of,
-};
+use crate::support::service::{Env, Writer, assert_analytics, assert_exact, model_of};
 
 const DRAIN: Duration = Duration::from_secs(120);
 
@@ -47,9 +45,7 @@ async fn converges_after_repeated_sigkills() {
     );
     let _writer = Writer::start(&vars);
     env.wait_drained(DRAIN).await;
-    let expected = applied_directly(&workload).await;
-    assert_same_core(&env.db, &expected).await;
-    assert_analytics(&env.db, &model_of(&workload.events())).await;
+    assert_exact(&env.db, &workload).await;
 }
 
 /// A channel of capacity 1 under load drops messages; the dirty marks make
@@ -95,14 +91,12 @@ fn backfill(
 }
 
 async fn wreck_derived_tables(db: &TestDb) {
-    sqlx::raw_sql(
+    db.execute(
         "TRUNCATE triple_vault, triple_term, predicate_object, subject_predicate;
          UPDATE term SET total_assets = 0, total_market_cap = 0;
          UPDATE vault SET position_count = 0;",
     )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    .await;
 }
 
 /// Analytics truncated and term totals zeroed: `writer backfill --from-term
@@ -130,10 +124,7 @@ async fn backfill_restores_everything_and_resumes() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("backfill done"));
     env.wait_drained(DRAIN).await;
-    let expected = applied_directly(&workload).await;
-    let model = model_of(&workload.events());
-    assert_same_core(&env.db, &expected).await;
-    assert_analytics(&env.db, &model).await;
+    assert_exact(&env.db, &workload).await;
 
     // Interrupted half-way, then run again: it resumes and ends the same.
     wreck_derived_tables(&env.db).await;
@@ -173,6 +164,5 @@ async fn backfill_restores_everything_and_resumes() {
         "{stdout}"
     );
     env.wait_drained(DRAIN).await;
-    assert_same_core(&env.db, &expected).await;
-    assert_analytics(&env.db, &model).await;
+    assert_exact(&env.db, &workload).await;
 }

@@ -446,10 +446,7 @@ async fn vault_moves_mark_their_triple_by_ids() {
         (&s, 0, vec![]),
     ];
     for (n, (term, vault_type, marked)) in cases.into_iter().enumerate() {
-        sqlx::query("DELETE FROM analytics_dirty")
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        db.execute("DELETE FROM analytics_dirty").await;
         let n = n as i64;
         apply_each(
             &rm,

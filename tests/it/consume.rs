@@ -7,7 +7,7 @@ use std::time::Duration;
 use testkit::workload::generate;
 
 use crate::support::proxy::Proxy;
-use crate::support::service::{Env, Writer, applied_directly, assert_same_core, json_body};
+use crate::support::service::{Env, Writer, assert_core_exact, json_body};
 
 const DRAIN: Duration = Duration::from_secs(90);
 
@@ -20,8 +20,7 @@ async fn streams_give_the_same_tables_as_direct_apply() {
     env.publish(&workload.entries).await;
     let writer = Writer::start(&env.writer_env("w1"));
     env.wait_drained(DRAIN).await;
-    let expected = applied_directly(&workload).await;
-    assert_same_core(&env.db, &expected).await;
+    assert_core_exact(&env.db, &workload).await;
     assert_eq!(
         env.db.scalar_i64("SELECT count(*) FROM dead_letter").await,
         0,
@@ -90,8 +89,7 @@ async fn a_killed_consumers_entries_are_reclaimed() {
 
     let second = Writer::start(&env.writer_env("second"));
     env.wait_drained(DRAIN).await;
-    let expected = applied_directly(&workload).await;
-    assert_same_core(&env.db, &expected).await;
+    assert_core_exact(&env.db, &workload).await;
     assert!(
         second
             .log()
@@ -160,8 +158,7 @@ async fn poison_entries_are_dead_lettered() {
             .await
             .unwrap();
     assert_eq!(raw, [0xff, 0xfe, 0x00]);
-    let expected = applied_directly(&workload).await;
-    assert_same_core(&env.db, &expected).await;
+    assert_core_exact(&env.db, &workload).await;
     // Dead letters in the last minutes show as degraded (the counts behind
     // /health refresh every two seconds).
     let started = std::time::Instant::now();
@@ -203,8 +200,7 @@ async fn three_writers_in_one_group() {
         .collect();
     env.publish(&workload.entries).await;
     env.wait_drained(DRAIN).await;
-    let expected = applied_directly(&workload).await;
-    assert_same_core(&env.db, &expected).await;
+    assert_core_exact(&env.db, &workload).await;
     let busy = writers
         .iter()
         .filter(|w| w.log().contains("batch committed and acknowledged"))
@@ -241,8 +237,7 @@ async fn recovers_from_a_postgres_outage_without_restart() {
         log.contains("circuit open"),
         "the outage was not noticed:\n{log}"
     );
-    let expected = applied_directly(&workload).await;
-    assert_same_core(&env.db, &expected).await;
+    assert_core_exact(&env.db, &workload).await;
 }
 
 /// An entry delivered more than MAX_DELIVERIES times is dead-lettered

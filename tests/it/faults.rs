@@ -3,23 +3,13 @@
 
 use std::time::Duration;
 
-use testkit::workload::{Workload, generate};
+use testkit::workload::generate;
 use writer::decode::decode_payload;
 
 use crate::support::private::{PrivatePostgres, PrivateRedis};
-use crate::support::service::{Env, Writer, applied_directly, assert_same_core};
-use testkit::model::Model;
+use crate::support::service::{Env, Writer, assert_core_exact, assert_exact};
 
 const DRAIN: Duration = Duration::from_secs(180);
-
-async fn assert_analytics_exact(env: &Env, workload: &Workload) {
-    let mut model = Model::default();
-    model.apply_all(&workload.events());
-    assert!(
-        env.db.dump_analytics().await == model.analytics(),
-        "analytics differ from invariants 6–8"
-    );
-}
 
 /// 50,000 events; the writer is SIGKILLed at 20 random moments and restarted
 /// each time; core and analytics tables end exact.
@@ -40,9 +30,7 @@ async fn crash_loop_twenty_kills() {
     );
     let _last = Writer::start(&vars);
     env.wait_drained(DRAIN).await;
-    let expected = applied_directly(&workload).await;
-    assert_same_core(&env.db, &expected).await;
-    assert_analytics_exact(&env, &workload).await;
+    assert_exact(&env.db, &workload).await;
     eprintln!("crash loop: 20 kills ({busy_kills} mid-stream), 50,000 events, tables exact");
 }
 
@@ -136,9 +124,7 @@ async fn survives_dependency_faults_without_restart() {
         "no statement timed out:\n{}",
         &log[log.len().saturating_sub(3000)..]
     );
-    let expected = applied_directly(&workload).await;
-    assert_same_core(&env.db, &expected).await;
-    assert_analytics_exact(&env, &workload).await;
+    assert_exact(&env.db, &workload).await;
     // Healthy again, and the lag it reports is real: Redis's own counter
     // can stay off by a constant after reloading its append-only file.
     let started = std::time::Instant::now();
@@ -322,8 +308,7 @@ async fn ten_thousand_hostile_messages() {
         env.db.scalar_i64("SELECT count(*) FROM dead_letter").await,
         hostile.len() as i64
     );
-    let expected = applied_directly(&workload).await;
-    assert_same_core(&env.db, &expected).await;
+    assert_core_exact(&env.db, &workload).await;
     let rss = peak_rss_mib(writer.child.id());
     assert!(rss < 200.0, "peak RSS {rss:.0} MiB");
     eprintln!(

@@ -2,6 +2,9 @@
 //! service tests). One test binary, so the crate links once; every test
 //! makes its own schema and streams, so they run in parallel.
 
+// Test support may panic: a failed set-up fails the test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 mod analytics;

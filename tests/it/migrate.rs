@@ -4,22 +4,8 @@
 use crate::support::CleanEnv;
 use crate::support::TestDb;
 
-const TABLES: &[&str] = &[
-    "atom_created_events",
-    "triple_created_events",
-    "deposited_events",
-    "redeemed_events",
-    "share_price_changed_events",
-    "generic_events",
-    "atom",
-    "triple",
-    "position",
-    "vault",
-    "term",
-    "triple_vault",
-    "triple_term",
-    "predicate_object",
-    "subject_predicate",
+/// Besides the read model ([`testkit::model::TABLES`]).
+const OPERATIONAL_TABLES: &[&str] = &[
     "dead_letter",
     "reorg_notices",
     "analytics_dirty",
@@ -30,13 +16,14 @@ const TABLES: &[&str] = &[
 async fn migrate_is_idempotent_and_schema_scoped() {
     let db = TestDb::new().await;
     // Again, and concurrently: nothing more to apply.
+    let name = db.name();
     let (a, b) = tokio::join!(
-        writer::migrate::run(&db.pool, &db.schema),
-        writer::migrate::run(&db.pool, &db.schema)
+        writer::migrate::run(&db.pool, &name),
+        writer::migrate::run(&db.pool, &name)
     );
     assert!(a.unwrap().is_empty());
     assert!(b.unwrap().is_empty());
-    for table in TABLES {
+    for table in testkit::model::TABLES.iter().chain(OPERATIONAL_TABLES) {
         let n = db
             .scalar_i64(&format!(
                 "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}' AND table_name = '{table}'",
@@ -154,17 +141,15 @@ async fn contract_columns_have_their_types() {
 #[tokio::test]
 async fn a_changed_migration_is_refused() {
     let db = TestDb::new().await;
-    sqlx::query("UPDATE schema_migrations SET checksum = 'x' WHERE version = 2")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let err = writer::migrate::run(&db.pool, &db.schema)
+    db.execute("UPDATE schema_migrations SET checksum = 'x' WHERE version = 2")
+        .await;
+    let err = writer::migrate::run(&db.pool, &db.name())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("migration 2"), "{err}");
 }
 
-/// `writer <args>` on `db`'s schema: (exit code, stdout, stderr).
+/// `writer <args>` on `schema`: (exit code, stdout, stderr).
 fn writer_cli(db: &TestDb, schema: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
         .args(args)
@@ -184,15 +169,29 @@ fn writer_cli(db: &TestDb, schema: &str, args: &[&str]) -> (Option<i32>, String,
     )
 }
 
+/// `writer migrate --check` on `schema` exits with `code` and prints `says`.
+fn assert_check_says(db: &TestDb, schema: &str, code: i32, says: &str) {
+    let (exit, out, err) = writer_cli(db, schema, &["migrate", "--check"]);
+    assert_eq!(exit, Some(code), "{out}{err}");
+    assert!(out.contains(says), "expected `{says}` in:\n{out}");
+}
+
+/// `writer run` refuses to start, promptly, saying `says`.
+fn assert_run_refuses(db: &TestDb, says: &str) {
+    let started = std::time::Instant::now();
+    let (exit, _, err) = writer_cli(db, &db.schema, &["run"]);
+    assert_eq!(exit, Some(1), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(err.contains(says), "expected `{says}` in:\n{err}");
+}
+
 /// A freshly migrated schema holds every contract table and column.
 #[tokio::test]
 async fn a_migrated_schema_holds_the_contract() {
     let db = TestDb::new().await;
-    let report = writer::migrate::check(&db.pool, &db.schema).await.unwrap();
+    let report = writer::migrate::check(&db.pool, &db.name()).await.unwrap();
     assert!(report.is_clean(), "{report:?}");
-    let (code, out, _) = writer_cli(&db, &db.schema, &["migrate", "--check"]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("matches this writer"), "{out}");
+    assert_check_says(&db, &db.schema, 0, "matches this writer");
 }
 
 /// A dropped contract column: `migrate --check` exits 1 naming it, and
@@ -200,23 +199,17 @@ async fn a_migrated_schema_holds_the_contract() {
 #[tokio::test]
 async fn a_dropped_contract_column_refuses_start() {
     let db = TestDb::new().await;
-    sqlx::query("ALTER TABLE position DROP COLUMN total_redeem_assets_for_receiver")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let (code, out, _) = writer_cli(&db, &db.schema, &["migrate", "--check"]);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains("drift: table position has no column total_redeem_assets_for_receiver"),
-        "{out}"
+    db.execute("ALTER TABLE position DROP COLUMN total_redeem_assets_for_receiver")
+        .await;
+    assert_check_says(
+        &db,
+        &db.schema,
+        1,
+        "drift: table position has no column total_redeem_assets_for_receiver",
     );
-    let started = std::time::Instant::now();
-    let (code, _, err) = writer_cli(&db, &db.schema, &["run"]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
-    assert!(
-        err.contains("table position has no column total_redeem_assets_for_receiver"),
-        "{err}"
+    assert_run_refuses(
+        &db,
+        "table position has no column total_redeem_assets_for_receiver",
     );
 }
 
@@ -227,9 +220,7 @@ async fn migrate_check_reports_without_changing_anything() {
     let db = TestDb::new().await;
     // A schema never migrated: everything pending; still not created.
     let fresh = format!("{}_fresh", db.schema);
-    let (code, out, _) = writer_cli(&db, &fresh, &["migrate", "--check"]);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("pending: migration 1 (event_log)"), "{out}");
+    assert_check_says(&db, &fresh, 1, "pending: migration 1 (event_log)");
     let created = db
         .scalar_i64(&format!(
             "SELECT count(*) FROM information_schema.schemata WHERE schema_name = '{fresh}'"
@@ -238,38 +229,31 @@ async fn migrate_check_reports_without_changing_anything() {
     assert_eq!(created, 0, "--check created the schema");
 
     // A migration newer than this binary: reported, and `run` refuses.
-    sqlx::query(
+    db.execute(
         "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'future', 'x')",
     )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let (code, out, _) = writer_cli(&db, &db.schema, &["migrate", "--check"]);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains("drift: migration 9999 is applied but unknown"),
-        "{out}"
+    .await;
+    assert_check_says(
+        &db,
+        &db.schema,
+        1,
+        "drift: migration 9999 is applied but unknown",
     );
-    let (code, _, err) = writer_cli(&db, &db.schema, &["run"]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("migration 9999"), "{err}");
+    assert_run_refuses(&db, "migration 9999");
     let ledger = db
         .scalar_i64("SELECT count(*) FROM schema_migrations")
         .await;
     assert_eq!(ledger, writer::migrate::MIGRATIONS.len() as i64 + 1);
 
-    sqlx::query("DELETE FROM schema_migrations WHERE version = 9999")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE schema_migrations SET checksum = 'x' WHERE version = 3")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let (code, out, _) = writer_cli(&db, &db.schema, &["migrate", "--check"]);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains("drift: migration 3 (analytics) was applied with different contents"),
-        "{out}"
+    db.execute(
+        "DELETE FROM schema_migrations WHERE version = 9999;
+         UPDATE schema_migrations SET checksum = 'x' WHERE version = 3",
+    )
+    .await;
+    assert_check_says(
+        &db,
+        &db.schema,
+        1,
+        "drift: migration 3 (analytics) was applied with different contents",
     );
 }

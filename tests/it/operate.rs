@@ -9,9 +9,7 @@ use testkit::workload::generate;
 
 use crate::support::TestDb;
 use crate::support::proxy::Proxy;
-use crate::support::service::{
-    Env, Writer, applied_directly, assert_same_core, free_port, json_body,
-};
+use crate::support::service::{Env, Writer, assert_core_exact, free_port, json_body};
 
 const DRAIN: Duration = Duration::from_secs(90);
 
@@ -146,8 +144,7 @@ async fn sigterm_mid_stream_loses_and_doubles_nothing() {
 
     let _again = Writer::start(&vars);
     env.wait_drained(DRAIN).await;
-    let expected = applied_directly(&workload).await;
-    assert_same_core(&env.db, &expected).await;
+    assert_core_exact(&env.db, &workload).await;
 }
 
 /// A second signal exits at once, even when the first shutdown is stuck
@@ -395,8 +392,8 @@ async fn two_schemas_stay_separate() {
     b.publish(&wb.entries).await;
     a.wait_drained(DRAIN).await;
     b.wait_drained(DRAIN).await;
-    assert_same_core(&a.db, &applied_directly(&wa).await).await;
-    assert_same_core(&b.db, &applied_directly(&wb).await).await;
+    assert_core_exact(&a.db, &wa).await;
+    assert_core_exact(&b.db, &wb).await;
     // Each schema holds only its own workload.
     let (na, nb) = (
         a.db.scalar_i64("SELECT count(*) FROM term").await,

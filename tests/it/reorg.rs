@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use testkit::workload::{Entry, Spec, Workload, generate};
-use writer::analytics::{Claim, refresh};
+use testkit::workload::{Entry, Spec, generate, stream_entries};
 use writer::apply::{EntryId, ReadModel, Source};
 use writer::config::RetryConfig;
 use writer::ingest::Ingest;
@@ -20,17 +19,10 @@ use writer::stream::StreamEntry;
 
 use crate::support::TestDb;
 use crate::support::service::{
-    Env, Writer, applied_directly, assert_analytics, assert_same_core, model_of,
+    Env, Writer, assert_analytics, assert_exact, assert_same_core, model_of,
 };
 
 const DRAIN: Duration = Duration::from_secs(120);
-
-/// The tables a workload must end in: its final chain applied directly.
-async fn assert_exact(db: &TestDb, workload: &Workload) {
-    let expected = applied_directly(workload).await;
-    assert_same_core(db, &expected).await;
-    assert_analytics(db, &model_of(&workload.canonical_events())).await;
-}
 
 async fn dead_letters(db: &TestDb) -> Vec<String> {
     db.rows("SELECT stream, error FROM dead_letter").await
@@ -391,46 +383,6 @@ async fn ingest_concurrently(db: &TestDb, deliveries: Vec<StreamEntry>, workers:
     }
 }
 
-/// The analytics worker's normal pass (no pruning) over every dirty mark.
-async fn drain_analytics(db: &TestDb) {
-    loop {
-        let r = refresh(
-            &db.pool,
-            &db.schema,
-            Claim::After {
-                after: "",
-                limit: 2_000,
-            },
-            &[],
-            false,
-        )
-        .await
-        .unwrap();
-        if r.triples == 0 {
-            return;
-        }
-    }
-}
-
-/// Stream entries for a workload published in `order`: ids increase per
-/// stream, as XADD gives them.
-fn as_stream_entries(order: &[&Entry]) -> Vec<StreamEntry> {
-    let streams: Vec<Arc<str>> = (0..5).map(|i| Arc::from(format!("s{i}"))).collect();
-    let mut next = [0u64; 5];
-    order
-        .iter()
-        .map(|e| {
-            next[e.stream] += 1;
-            StreamEntry {
-                stream: streams[e.stream].clone(),
-                id: format!("1700000000000-{}", next[e.stream]),
-                fields: vec![(e.field.to_owned(), e.payload.as_bytes().to_vec())],
-                deliveries: 1,
-            }
-        })
-        .collect()
-}
-
 fn check(seed: u64, reorgs: usize, depth: i64, workers: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -444,7 +396,7 @@ fn check(seed: u64, reorgs: usize, depth: i64, workers: usize) {
         assert_eq!(workload.reorgs.len(), reorgs);
         let mut rng = fastrand::Rng::with_seed(seed ^ 0xabc);
         let order = workload.interleaved(rng.u64(..));
-        let mut deliveries = as_stream_entries(&order);
+        let mut deliveries = stream_entries(order);
         // Redelivery (a restart, a reclaim): some entries, notices
         // included, are processed again, anywhere in the sequence.
         for _ in 0..deliveries.len() / 10 {
@@ -457,7 +409,9 @@ fn check(seed: u64, reorgs: usize, depth: i64, workers: usize) {
         rng.shuffle(&mut deliveries);
         let actual = TestDb::new().await;
         ingest_concurrently(&actual, deliveries, workers, rng.u64(..)).await;
-        drain_analytics(&actual).await;
+        testkit::drain_analytics(&actual.pool, &actual.schema)
+            .await
+            .unwrap();
         assert_exact(&actual, &workload).await;
     });
 }

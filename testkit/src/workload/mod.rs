@@ -27,10 +27,9 @@
 mod chain;
 mod publish;
 
-use std::fmt::Write as _;
-
 use writer::apply::ReadModel;
 use writer::event::ChainEvent;
+use writer::stream::StreamEntry;
 
 use chain::{Books, Chain};
 
@@ -254,6 +253,25 @@ impl Workload {
     }
 }
 
+/// `entries`, in the order given, as the service reads them: from streams
+/// `s0`…`s4`, with ids that increase per stream as XADD gives them.
+pub fn stream_entries<'e>(entries: impl IntoIterator<Item = &'e Entry>) -> Vec<StreamEntry> {
+    let streams: Vec<std::sync::Arc<str>> = (0..5).map(|i| format!("s{i}").into()).collect();
+    let mut next = [0u64; 5];
+    entries
+        .into_iter()
+        .map(|e| {
+            next[e.stream] += 1;
+            StreamEntry {
+                stream: streams[e.stream].clone(),
+                id: format!("1700000000000-{}", next[e.stream]),
+                fields: vec![(e.field.to_owned(), e.payload.as_bytes().to_vec())],
+                deliveries: 1,
+            }
+        })
+        .collect()
+}
+
 /// Generates the workload described by `spec`.
 pub fn generate(spec: &Spec) -> Workload {
     let mut rng = fastrand::Rng::with_seed(spec.seed);
@@ -317,15 +335,6 @@ fn random_bytes<const N: usize>(rng: &mut fastrand::Rng) -> [u8; N] {
     let mut out = [0u8; N];
     rng.fill(&mut out);
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(2 + bytes.len() * 2);
-    s.push_str("0x");
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// `a * b / d` with a 256-bit intermediate, rounded down.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use sha3::{Digest, Keccak256};
 
 use super::chain::{CHUNK_BYTES, Chain, Generated, KINDS, Kind, Value};
-use super::{Entry, Shape, hex};
+use super::{Entry, Shape};
 
 impl Chain {
     /// Publishes one block's events: per event type (unknown events on the
@@ -76,9 +76,9 @@ impl Chain {
     ) {
         let mut bodies: Vec<String> = chunk.iter().map(|e| self.body(e)).collect();
         let signature = if name == kind.event_name() {
-            hex(&Keccak256::digest(kind.signature().as_bytes()))
+            const_hex::encode_prefixed(Keccak256::digest(kind.signature().as_bytes()))
         } else {
-            hex(&Keccak256::digest(
+            const_hex::encode_prefixed(Keccak256::digest(
                 format!("{name}(address,uint256)").as_bytes(),
             ))
         };
@@ -143,14 +143,16 @@ impl Chain {
 
     pub(super) fn value_json(&mut self, v: &Value) -> String {
         match (self.spec.shape, v) {
-            (Shape::Rindexer, Value::Address(a)) => format!("\"{}\"", hex(a)),
-            (Shape::Rindexer, Value::Id(id)) => format!("\"{}\"", &hex(id)[2..]),
-            (Shape::Rindexer, Value::Bytes(b)) => format!("\"{}\"", &hex(b)[2..]),
+            (Shape::Rindexer, Value::Address(a)) => {
+                format!("\"{}\"", const_hex::encode_prefixed(a))
+            }
+            (Shape::Rindexer, Value::Id(id)) => format!("\"{}\"", const_hex::encode(id)),
+            (Shape::Rindexer, Value::Bytes(b)) => format!("\"{}\"", const_hex::encode(b)),
             (Shape::Rindexer, Value::Amount(n)) => format!("\"{n}\""),
             (Shape::Rindexer, Value::Small(n)) => n.to_string(),
             (Shape::Varied, Value::Address(a)) => self.varied_hex(a),
             (Shape::Varied, Value::Id(id)) => self.varied_hex(id),
-            (Shape::Varied, Value::Bytes(b)) => format!("\"{}\"", hex(b)),
+            (Shape::Varied, Value::Bytes(b)) => format!("\"{}\"", const_hex::encode_prefixed(b)),
             (Shape::Varied, Value::Amount(n)) => match self.enc.u8(..100) {
                 0..=9 => format!("\"0x{n:x}\""),
                 10..=14 => n.to_string(), // a JSON number, however large
@@ -161,11 +163,10 @@ impl Chain {
     }
 
     pub(super) fn varied_hex(&mut self, bytes: &[u8]) -> String {
-        let h = hex(bytes);
         match self.enc.u8(..100) {
-            0..=4 => format!("\"0x{}\"", h[2..].to_uppercase()),
-            5..=9 => format!("\"{}\"", &h[2..]),
-            _ => format!("\"{h}\""),
+            0..=4 => format!("\"0x{}\"", const_hex::encode_upper(bytes)),
+            5..=9 => format!("\"{}\"", const_hex::encode(bytes)),
+            _ => format!("\"{}\"", const_hex::encode_prefixed(bytes)),
         }
     }
 
@@ -179,11 +180,11 @@ impl Chain {
 
     pub(super) fn tx_info_json(&mut self, e: &Generated) -> String {
         let network = self.spec.network.clone();
-        let tx_hash = hex(&e.tx_hash);
-        let block_hash = hex(&self.block_hash_of(e));
+        let tx_hash = const_hex::encode_prefixed(e.tx_hash);
+        let block_hash = const_hex::encode_prefixed(self.block_hash_of(e));
         match self.spec.shape {
             Shape::Rindexer => {
-                let address = hex(&self.contract);
+                let address = const_hex::encode_prefixed(self.contract);
                 format!(
                     "{{\"chain_id\":1155,\"network\":\"{network}\",\"address\":\"{address}\",\"block_hash\":\"{block_hash}\",\"block_number\":{},\"block_timestamp\":null,\"transaction_hash\":\"{tx_hash}\",\"log_index\":\"0x{:x}\",\"transaction_index\":{}}}",
                     e.block, e.log_index, e.tx_index

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::{Connection, PgPool};
 use writer::apply::ReadModel;
 use writer::config::{DatabaseConfig, Secret};
+use writer::schema::Schema;
 
 pub fn database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
@@ -28,13 +29,21 @@ impl TestDb {
     /// A schema in the database at `url` (a private server, say).
     pub async fn new_at(url: &str) -> TestDb {
         let schema = unique_name("t");
-        let pool = writer::db::pool(&Self::config(url, &schema)).expect("pool");
-        writer::migrate::run(&pool, &schema).await.expect("migrate");
+        let config = Self::config(url, &schema);
+        let pool = writer::db::pool(&config).expect("pool");
+        writer::migrate::run(&pool, &config.schema)
+            .await
+            .expect("migrate");
         TestDb {
             schema,
             pool,
             url: url.to_owned(),
         }
+    }
+
+    /// The schema as the writer's library takes it.
+    pub fn name(&self) -> Schema {
+        Schema::parse(&self.schema).expect("a test schema name")
     }
 
     /// A new pool, for after the server dropped this one's connections.
@@ -45,7 +54,7 @@ impl TestDb {
     pub fn config(url: &str, schema: &str) -> DatabaseConfig {
         DatabaseConfig {
             url: Secret::new(url),
-            schema: schema.to_owned(),
+            schema: Schema::parse(schema).expect("a test schema name"),
             pool_size: 12,
             acquire_timeout: Duration::from_secs(30),
             statement_timeout: Duration::ZERO,
@@ -69,6 +78,14 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         rows.sort();
         rows
+    }
+
+    /// Runs `sql` (one or more statements): a test's set-up or damage.
+    pub async fn execute(&self, sql: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     pub async fn scalar_i64(&self, sql: &str) -> i64 {

@@ -1,7 +1,7 @@
 //! Private PostgreSQL and Redis servers for tests that stop, restart or
 //! break their dependencies: doing that to the shared local servers would
 //! disturb every other test running in parallel. Self-contained, so the
-//! soak harness (benches/soak.rs) includes the same file.
+//! bench harnesses (benches/common.rs) include the same file.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

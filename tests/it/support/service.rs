@@ -365,6 +365,19 @@ pub async fn applied_directly(workload: &Workload) -> TestDb {
     db
 }
 
+/// Asserts `db`'s core tables equal `workload`'s final chain applied
+/// directly.
+pub async fn assert_core_exact(db: &TestDb, workload: &Workload) {
+    assert_same_core(db, &applied_directly(workload).await).await;
+}
+
+/// Asserts `db` holds what `workload` must end in: its final chain's core
+/// tables and their analytics.
+pub async fn assert_exact(db: &TestDb, workload: &Workload) {
+    assert_core_exact(db, workload).await;
+    assert_analytics(db, &model_of(&workload.canonical_events())).await;
+}
+
 /// Asserts two schemas hold the same core tables.
 pub async fn assert_same_core(actual: &TestDb, expected: &TestDb) {
     let (a, b) = (actual.dump_core().await, expected.dump_core().await);
