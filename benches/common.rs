@@ -273,3 +273,233 @@ impl Drop for WriterProcess {
         let _ = self.0.wait();
     }
 }
+
+/// Rows in PostgreSQL's binary COPY format, for the ceiling measurement: what
+/// Postgres can take when nothing but the rows is asked of it.
+pub struct CopyRows {
+    buf: Vec<u8>,
+}
+
+impl Default for CopyRows {
+    fn default() -> Self {
+        let mut buf = b"PGCOPY\n\xff\r\n\0".to_vec();
+        buf.extend(0i32.to_be_bytes()); // flags
+        buf.extend(0i32.to_be_bytes()); // header extension
+        CopyRows { buf }
+    }
+}
+
+impl CopyRows {
+    pub fn row(&mut self, fields: i16) {
+        self.buf.extend(fields.to_be_bytes());
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        self.buf.extend((bytes.len() as i32).to_be_bytes());
+        self.buf.extend(bytes);
+    }
+
+    pub fn null(&mut self) {
+        self.buf.extend((-1i32).to_be_bytes());
+    }
+
+    pub fn text(&mut self, s: &str) {
+        self.field(s.as_bytes());
+    }
+
+    pub fn int8(&mut self, v: i64) {
+        self.field(&v.to_be_bytes());
+    }
+
+    pub fn opt_int8(&mut self, v: Option<i64>) {
+        match v {
+            Some(v) => self.int8(v),
+            None => self.null(),
+        }
+    }
+
+    pub fn int2(&mut self, v: i16) {
+        self.field(&v.to_be_bytes());
+    }
+
+    pub fn opt_text(&mut self, v: Option<&str>) {
+        match v {
+            Some(v) => self.text(v),
+            None => self.null(),
+        }
+    }
+
+    pub fn opt_bytea(&mut self, v: Option<&[u8]>) {
+        match v {
+            Some(v) => self.field(v),
+            None => self.null(),
+        }
+    }
+
+    /// A non-negative integer given in decimal, as NUMERIC: base-10000
+    /// digit groups, most significant first, no trailing zero groups.
+    pub fn numeric(&mut self, decimal: &str) {
+        let digits = decimal.as_bytes();
+        let mut groups: Vec<i16> = Vec::with_capacity(digits.len() / 4 + 1);
+        let mut end = digits.len();
+        while end > 0 {
+            let start = end.saturating_sub(4);
+            let group = digits[start..end]
+                .iter()
+                .fold(0i16, |acc, d| acc * 10 + i16::from(d - b'0'));
+            groups.push(group);
+            end = start;
+        }
+        groups.reverse();
+        let leading = groups.iter().take_while(|g| **g == 0).count();
+        groups.drain(..leading);
+        let weight = groups.len() as i16 - 1;
+        while groups.last() == Some(&0) {
+            groups.pop();
+        }
+        let weight = if groups.is_empty() { 0 } else { weight };
+        let mut bytes = Vec::with_capacity(8 + 2 * groups.len());
+        bytes.extend((groups.len() as i16).to_be_bytes());
+        bytes.extend(weight.to_be_bytes());
+        bytes.extend(0i16.to_be_bytes()); // sign: positive
+        bytes.extend(0i16.to_be_bytes()); // display scale
+        for g in groups {
+            bytes.extend(g.to_be_bytes());
+        }
+        self.field(&bytes);
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.extend((-1i16).to_be_bytes());
+        self.buf
+    }
+}
+
+/// The ceiling: `events` binary-COPYed into the five MultiVault event tables
+/// of a fresh schema (no cascade, no conflict handling). Returns the time it
+/// took.
+pub async fn copy_ceiling(
+    events: &[writer::event::ChainEvent<'_>],
+    database: &str,
+    schema: &str,
+) -> Duration {
+    use writer::event::EventKind;
+    let pool = pool_at(database, schema).await;
+    let chain_columns = "transaction_hash, log_index, block_number, block_hash, block_timestamp, \
+                         transaction_index, address, network";
+    let tables = [
+        (
+            "atom_created_events",
+            "creator, term_id, atom_data, raw_data, atom_wallet",
+        ),
+        (
+            "triple_created_events",
+            "creator, term_id, subject_id, predicate_id, object_id, counter_term_id",
+        ),
+        (
+            "deposited_events",
+            "sender, receiver, term_id, curve_id, assets, assets_after_fees, shares, total_shares, vault_type",
+        ),
+        (
+            "redeemed_events",
+            "sender, receiver, term_id, curve_id, shares, total_shares, assets, fees, vault_type",
+        ),
+        (
+            "share_price_changed_events",
+            "term_id, curve_id, share_price, total_assets, total_shares, vault_type",
+        ),
+    ];
+    let mut streams: Vec<CopyRows> = (0..5).map(|_| CopyRows::default()).collect();
+    for e in events {
+        let table = e.kind.table();
+        if table >= 5 {
+            continue;
+        }
+        let rows = &mut streams[table];
+        let own = [5i16, 6, 9, 9, 6][table];
+        rows.row(8 + own);
+        let c = &e.chain;
+        rows.text(c.transaction_hash.as_str());
+        rows.int8(c.log_index);
+        rows.int8(c.block_number);
+        rows.text(c.block_hash.as_str());
+        rows.opt_int8(c.block_timestamp);
+        rows.int8(c.transaction_index);
+        rows.text(c.address.as_str());
+        rows.text(&c.network);
+        match &e.kind {
+            EventKind::AtomCreated(a) => {
+                rows.text(a.creator.as_str());
+                rows.text(a.term_id.as_str());
+                rows.opt_text(a.atom_data.text());
+                rows.opt_bytea(a.atom_data.raw());
+                rows.text(a.atom_wallet.as_str());
+            }
+            EventKind::TripleCreated(t) => {
+                for v in [
+                    &t.creator.as_str(),
+                    &t.term_id.as_str(),
+                    &t.subject_id.as_str(),
+                    &t.predicate_id.as_str(),
+                    &t.object_id.as_str(),
+                    &t.counter_term_id.as_str(),
+                ] {
+                    rows.text(v);
+                }
+            }
+            EventKind::Deposited(d) => {
+                rows.text(d.sender.as_str());
+                rows.text(d.receiver.as_str());
+                rows.text(d.term_id.as_str());
+                for v in [
+                    &d.curve_id,
+                    &d.assets,
+                    &d.assets_after_fees,
+                    &d.shares,
+                    &d.total_shares,
+                ] {
+                    rows.numeric(v.as_str());
+                }
+                rows.int2(d.vault_type.code());
+            }
+            EventKind::Redeemed(r) => {
+                rows.text(r.sender.as_str());
+                rows.text(r.receiver.as_str());
+                rows.text(r.term_id.as_str());
+                for v in [&r.curve_id, &r.shares, &r.total_shares, &r.assets, &r.fees] {
+                    rows.numeric(v.as_str());
+                }
+                rows.int2(r.vault_type.code());
+            }
+            EventKind::SharePriceChanged(s) => {
+                rows.text(s.term_id.as_str());
+                for v in [
+                    &s.curve_id,
+                    &s.share_price,
+                    &s.total_assets,
+                    &s.total_shares,
+                ] {
+                    rows.numeric(v.as_str());
+                }
+                rows.int2(s.vault_type.code());
+            }
+            EventKind::Generic(_) => {}
+        }
+    }
+    let mut conn = pool.acquire().await.expect("connection");
+    let started = std::time::Instant::now();
+    for ((table, own), rows) in tables.iter().zip(streams) {
+        let statement = format!("COPY {table} ({chain_columns}, {own}) FROM STDIN (FORMAT binary)");
+        let mut copy = conn.copy_in_raw(&statement).await.expect("COPY");
+        copy.send(rows.finish()).await.expect("COPY data");
+        copy.finish().await.expect("COPY end");
+    }
+    let took = started.elapsed();
+    drop(conn);
+    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await;
+    took
+}

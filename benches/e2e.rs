@@ -61,6 +61,12 @@ struct Args {
     rate: u64,
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Writer processes in the consumer group.
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
+    /// Skip the ceiling measurement (a binary COPY of the same events).
+    #[arg(long)]
+    no_ceiling: bool,
     /// Extra settings for the writer, `NAME=value`.
     #[arg(long = "env")]
     env: Vec<String>,
@@ -96,31 +102,47 @@ async fn main() {
         .expect("redis (scripts/services.sh)");
     let db = pool(&schema).await;
 
-    let port = private::free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_writer"));
-    command
-        .arg("run")
-        .env("DATABASE_URL", database_url())
-        .env("REDIS_URL", redis_url())
-        .env("DATABASE_SCHEMA", &schema)
-        .env("REDIS_STREAMS", spec.streams.join(","))
-        .env("CONSUMER_GROUP", &group)
-        .env("CONSUMER_NAME", "bench")
-        .env("HTTP_HOST", "127.0.0.1")
-        .env("HTTP_PORT", port.to_string())
-        .env("LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for kv in &args.env {
-        if let Some((k, v)) = kv.split_once('=') {
-            command.env(k, v);
-        }
-    }
+    let ports: Vec<u16> = (0..args.writers.max(1))
+        .map(|_| private::free_port())
+        .collect();
+    let port = ports[0];
+    let commands: Vec<Command> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_writer"));
+            command
+                .arg("run")
+                .env("DATABASE_URL", database_url())
+                .env("REDIS_URL", redis_url())
+                .env("DATABASE_SCHEMA", &schema)
+                .env("REDIS_STREAMS", spec.streams.join(","))
+                .env("CONSUMER_GROUP", &group)
+                .env("CONSUMER_NAME", format!("bench{i}"))
+                .env("HTTP_HOST", "127.0.0.1")
+                .env("HTTP_PORT", port.to_string())
+                .env("LOG_LEVEL", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            for kv in &args.env {
+                if let Some((k, v)) = kv.split_once('=') {
+                    command.env(k, v);
+                }
+            }
+            command
+        })
+        .collect();
+    let spawn = |commands: Vec<Command>| -> Vec<WriterProcess> {
+        commands
+            .into_iter()
+            .map(|mut c| WriterProcess(c.spawn().expect("writer binary")))
+            .collect()
+    };
 
     let workload;
     let pg_cpu_start = cpu_seconds("postgres");
     let started;
-    let writer;
+    let writers;
     let mut published = 0usize;
     match args.mode {
         Mode::Backlog => {
@@ -136,12 +158,12 @@ async fn main() {
                 t.elapsed().as_secs_f64()
             );
             started = Instant::now();
-            writer = WriterProcess(command.spawn().expect("writer binary"));
+            writers = spawn(commands);
         }
         Mode::Steady => {
             spec.events = (args.rate * args.seconds) as usize;
             workload = generate(&spec);
-            writer = WriterProcess(command.spawn().expect("writer binary"));
+            writers = spawn(commands);
             // Let it create its groups and settle.
             while backlog(&mut conn, &spec, &group).await.is_none() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -169,11 +191,12 @@ async fn main() {
         }
     }
 
-    let pid = writer.0.id();
+    let pids: Vec<u32> = writers.iter().map(|w| w.0.id()).collect();
+    let peak_of = |pids: &[u32]| pids.iter().map(|&p| peak_rss_mib(p)).fold(0.0, f64::max);
     let mut streams_done = None;
     let mut peak_rss = 0.0f64;
     loop {
-        peak_rss = peak_rss.max(peak_rss_mib(pid));
+        peak_rss = peak_rss.max(peak_of(&pids));
         let pending = backlog(&mut conn, &spec, &group).await;
         if pending == Some(0) && streams_done.is_none() {
             streams_done = Some(started.elapsed());
@@ -184,11 +207,11 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
-    peak_rss = peak_rss.max(peak_rss_mib(pid));
-    let writer_cpu = process_cpu_seconds(pid);
+    peak_rss = peak_rss.max(peak_of(&pids));
+    let writer_cpu: f64 = pids.iter().map(|&p| process_cpu_seconds(p)).sum();
     let pg_cpu = cpu_seconds("postgres") - pg_cpu_start;
     let metrics = metrics_text(port).await;
-    drop(writer);
+    drop(writers);
 
     let unique = workload.unique_events;
     println!("\n== writer end to end ({:?}) ==", args.mode);
@@ -218,7 +241,15 @@ async fn main() {
             p99 * 1000.0
         );
     }
-    println!("peak RSS of the writer: {peak_rss:.1} MiB");
+    println!(
+        "peak RSS of the writer: {peak_rss:.1} MiB ({} writer process{})",
+        pids.len(),
+        if pids.len() == 1 {
+            ""
+        } else {
+            "es, the largest"
+        }
+    );
     println!("CPU: writer {writer_cpu:.1}s, postgres {pg_cpu:.1}s (all backends)");
     println!("where the time goes (sum over batches, seconds):");
     for (key, value) in samples(&metrics, "writer_stage_seconds_sum") {
@@ -256,6 +287,21 @@ async fn main() {
         for (table, d) in diff.iter().filter(|(_, d)| **d != 0) {
             println!("  {table}: {d} rows differ");
         }
+    }
+
+    if args.mode == Mode::Backlog && !args.no_ceiling {
+        let events = workload.canonical_events();
+        let copy_schema = format!("{tag}_copy");
+        let took = copy_ceiling(&events, &database_url(), &copy_schema).await;
+        let ceiling = events.len() as f64 / took.as_secs_f64();
+        let ours = unique as f64 / elapsed.as_secs_f64();
+        println!(
+            "ceiling: binary COPY of the same {} events into the five event tables alone: {:.2}s → {:.0} events/s; the writer ran at {:.0} % of it",
+            events.len(),
+            took.as_secs_f64(),
+            ceiling,
+            100.0 * ours / ceiling
+        );
     }
 
     if !args.keep {

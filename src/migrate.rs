@@ -49,8 +49,8 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         6,
-        "hot_updates",
-        include_str!("../migrations/0006_hot_updates.sql"),
+        "write_path",
+        include_str!("../migrations/0006_write_path.sql"),
     ),
 ];
 

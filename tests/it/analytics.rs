@@ -36,9 +36,8 @@ async fn analytics_converge_exactly() {
 async fn converges_after_repeated_sigkills() {
     let mut env = Env::new(22, 30_000).await;
     let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
     let vars = env.writer_env("w1");
-    let kills_mid_stream = env.kill_repeatedly(&vars, 8, 22).await;
+    let kills_mid_stream = env.kill_repeatedly(&vars, &workload.entries, 8, 22).await;
     assert!(
         kills_mid_stream >= 4,
         "only {kills_mid_stream} kills hit a busy writer"

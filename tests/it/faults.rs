@@ -17,13 +17,12 @@ const DRAIN: Duration = Duration::from_secs(180);
 async fn crash_loop_twenty_kills() {
     let mut env = Env::new(41, 50_000).await;
     let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
     let mut vars = env.writer_env("w1");
     // Each kill may hit the same page of pending entries (a slow start, as
     // under coverage instrumentation, makes it likely): twenty kills must
     // not make an entry look like poison by its delivery count alone.
     vars.insert("MAX_DELIVERIES".into(), "30".into());
-    let busy_kills = env.kill_repeatedly(&vars, 20, 41).await;
+    let busy_kills = env.kill_repeatedly(&vars, &workload.entries, 20, 41).await;
     assert!(
         busy_kills >= 10,
         "only {busy_kills} of 20 kills hit a busy writer"

@@ -110,17 +110,24 @@ impl Env {
         vars
     }
 
-    /// Starts a writer with `vars`, SIGKILLs it after a random 100–600 ms,
-    /// `kills` times. Returns how many kills hit it with work outstanding.
+    /// Publishes `entries` in `kills` slices; before each slice's writer is
+    /// SIGKILLed after a random 100–600 ms, the slice is XADDed, so every
+    /// kill can hit a writer with work in hand however fast it drains.
+    /// Returns how many kills hit it with work outstanding.
     pub async fn kill_repeatedly(
         &mut self,
         vars: &HashMap<String, String>,
+        entries: &[testkit::workload::Entry],
         kills: u32,
         seed: u64,
     ) -> u32 {
         let mut rng = fastrand::Rng::with_seed(seed);
+        let mut slices = entries.chunks(entries.len().div_ceil(kills.max(1) as usize).max(1));
         let (mut done, mut busy) = (0, 0);
         while done < kills {
+            if let Some(slice) = slices.next() {
+                self.publish(slice).await;
+            }
             let mut writer = Writer::start(vars);
             tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
             let backlog = self.backlog().await.unwrap_or(u64::MAX);
@@ -133,6 +140,9 @@ impl Env {
                 done += 1;
                 busy += u32::from(backlog > 0);
             }
+        }
+        for slice in slices {
+            self.publish(slice).await;
         }
         busy
     }
