@@ -11,31 +11,27 @@
 //! new shares are both visible in its statement): the vault's
 //! `position_count` moves by that much.
 
+use std::collections::BTreeMap;
+
 use sqlx::PgConnection;
 
 use super::events::Item;
-use crate::event::{ChainPosition, Deposited, Redeemed};
+use crate::event::{Amount, ChainPosition, Deposited, Redeemed};
 
 /// A position: account, term, curve (canonical decimal).
 pub type PositionKey = (String, String, String);
 
-/// Positions from new events: `$1..$8` = account, term, curve, deposited,
-/// redeemed, totalShares, block, log (one row per event). Returns, per
-/// vault, the change of its count of positions with shares (non-zero only).
+/// Positions from a batch, one row each (the batch's events added up per
+/// position in Rust): `$1..$3` = account, term, curve; `$4..$5` deposited
+/// and redeemed in the batch; `$6..$8` = totalShares, block, log of its
+/// newest event. Returns, per vault, the change of its count of positions
+/// with shares (non-zero only).
 const CASCADE: &str = r#"
-WITH moves AS (
+WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::numeric[], $4::text[]::numeric[],
         $5::text[]::numeric[], $6::text[]::numeric[], $7::int8[], $8::int8[])
-        AS m(account_id, term_id, curve_id, deposited, redeemed, total_shares, block_number,
+        AS b(account_id, term_id, curve_id, deposited, redeemed, total_shares, block_number,
              log_index)
-),
-batch AS (
-    SELECT DISTINCT ON (account_id, term_id, curve_id)
-        account_id, term_id, curve_id, total_shares, block_number, log_index,
-        sum(deposited) OVER w AS deposited, sum(redeemed) OVER w AS redeemed
-    FROM moves
-    WINDOW w AS (PARTITION BY account_id, term_id, curve_id)
-    ORDER BY account_id, term_id, curve_id, block_number DESC, log_index DESC
 ),
 old AS (
     SELECT p.account_id, p.term_id, p.curve_id, p.shares
@@ -126,6 +122,33 @@ WHERE p.account_id = k.account_id AND p.term_id = k.term_id AND p.curve_id = k.c
 /// (canonical decimal), change.
 pub(crate) type CountDelta = (String, String, i64);
 
+/// A batch's effect on one position.
+struct Moved<'b> {
+    deposited: Amount,
+    redeemed: Amount,
+    /// totalShares of its newest event, and where that event sits.
+    newest: (&'b ChainPosition<'b>, &'b Amount),
+}
+
+impl<'b> Moved<'b> {
+    fn add(
+        &mut self,
+        deposited: &Amount,
+        redeemed: &Amount,
+        at: &'b ChainPosition<'b>,
+        total_shares: &'b Amount,
+    ) -> Result<(), sqlx::Error> {
+        let overflow =
+            || sqlx::Error::Encode("a position's total exceeds 2^256-1 within one batch".into());
+        self.deposited = self.deposited.checked_add(deposited).ok_or_else(overflow)?;
+        self.redeemed = self.redeemed.checked_add(redeemed).ok_or_else(overflow)?;
+        if self.newest.0.order() < at.order() {
+            self.newest = (at, total_shares);
+        }
+        Ok(())
+    }
+}
+
 /// Updates the positions of new deposits and redeems; returns how each
 /// vault's count of positions with shares changed.
 pub(crate) async fn cascade(
@@ -136,44 +159,76 @@ pub(crate) async fn cascade(
     if deposits.is_empty() && redeems.is_empty() {
         return Ok(Vec::new());
     }
-    // One move per event: account, term, curve, deposited, redeemed,
-    // totalShares, and where it sits on the chain.
-    type Move<'m> = ([&'m str; 6], &'m ChainPosition<'m>);
-    let deposits = deposits.iter().map(|i| -> Move<'_> {
+    // One row per position, in key order (the order every batch locks
+    // position rows in).
+    let mut moved: BTreeMap<(&str, &str, &str), Moved<'_>> = BTreeMap::new();
+    let mut record =
+        |key, deposited: &Amount, redeemed: &Amount, at, total_shares| match moved.get_mut(&key) {
+            Some(m) => m.add(deposited, redeemed, at, total_shares),
+            None => {
+                moved.insert(
+                    key,
+                    Moved {
+                        deposited: *deposited,
+                        redeemed: *redeemed,
+                        newest: (at, total_shares),
+                    },
+                );
+                Ok(())
+            }
+        };
+    for i in deposits {
         let e = i.event;
-        let moved = [
-            e.receiver.as_str(),
-            e.term_id.as_str(),
-            e.curve_id.as_str(),
-            e.assets_after_fees.as_str(),
-            "0",
-            e.total_shares.as_str(),
-        ];
-        (moved, i.chain)
-    });
-    let redeems = redeems.iter().map(|i| -> Move<'_> {
+        let key = (e.receiver.as_str(), e.term_id.as_str(), e.curve_id.as_str());
+        record(
+            key,
+            &e.assets_after_fees,
+            &Amount::ZERO,
+            i.chain,
+            &e.total_shares,
+        )?;
+    }
+    for i in redeems {
         let e = i.event;
-        let moved = [
-            e.receiver.as_str(),
-            e.term_id.as_str(),
-            e.curve_id.as_str(),
-            "0",
-            e.assets.as_str(),
-            e.total_shares.as_str(),
-        ];
-        (moved, i.chain)
-    });
-    let moves: Vec<Move<'_>> = deposits.chain(redeems).collect();
-    let column = |n: usize| -> Vec<&str> { moves.iter().map(|m| m.0[n]).collect() };
+        let key = (e.receiver.as_str(), e.term_id.as_str(), e.curve_id.as_str());
+        record(key, &Amount::ZERO, &e.assets, i.chain, &e.total_shares)?;
+    }
+    let key = |n: usize| -> Vec<&str> {
+        moved
+            .keys()
+            .map(|k| match n {
+                0 => k.0,
+                1 => k.1,
+                _ => k.2,
+            })
+            .collect()
+    };
+    let deposited: Vec<&str> = moved.values().map(|m| m.deposited.as_str()).collect();
+    let redeemed: Vec<&str> = moved.values().map(|m| m.redeemed.as_str()).collect();
     sqlx::query_as(CASCADE)
-        .bind(column(0))
-        .bind(column(1))
-        .bind(column(2))
-        .bind(column(3))
-        .bind(column(4))
-        .bind(column(5))
-        .bind(moves.iter().map(|m| m.1.block_number).collect::<Vec<i64>>())
-        .bind(moves.iter().map(|m| m.1.log_index).collect::<Vec<i64>>())
+        .bind(key(0))
+        .bind(key(1))
+        .bind(key(2))
+        .bind(&deposited)
+        .bind(&redeemed)
+        .bind(
+            moved
+                .values()
+                .map(|m| m.newest.1.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            moved
+                .values()
+                .map(|m| m.newest.0.block_number)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            moved
+                .values()
+                .map(|m| m.newest.0.log_index)
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(conn)
         .await
 }

@@ -132,6 +132,34 @@ impl Amount {
         }
     }
 
+    /// The sum, if it is still a uint256: the only arithmetic the writer
+    /// does itself (a batch's deposits into one position, added up before
+    /// they reach Postgres).
+    pub fn checked_add(&self, other: &Amount) -> Option<Amount> {
+        let (a, b) = (self.as_str().as_bytes(), other.as_str().as_bytes());
+        let mut sum = [b'0'; MAX_DIGITS + 1];
+        let (mut i, mut j, mut n, mut carry) = (a.len(), b.len(), 0, 0u8);
+        while i > 0 || j > 0 || carry > 0 {
+            let mut digit = carry;
+            if i > 0 {
+                i -= 1;
+                digit += a[i] - b'0';
+            }
+            if j > 0 {
+                j -= 1;
+                digit += b[j] - b'0';
+            }
+            if n == sum.len() {
+                return None;
+            }
+            sum[n] = b'0' + digit % 10;
+            carry = digit / 10;
+            n += 1;
+        }
+        sum[..n].reverse();
+        Amount::from_decimal(std::str::from_utf8(&sum[..n]).ok()?).ok()
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII digits are ever written into `digits`.
         std::str::from_utf8(&self.digits[..self.len as usize]).expect("ascii digits")
@@ -153,6 +181,23 @@ impl fmt::Debug for Amount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checked_add_is_exact_and_bounded() {
+        let n = |s: &str| Amount::from_decimal(s).unwrap();
+        assert_eq!(n("0").checked_add(&n("0")), Some(n("0")));
+        assert_eq!(n("999").checked_add(&n("1")), Some(n("1000")));
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..10_000 {
+            let (a, b) = (rng.u128(..u128::MAX / 2), rng.u128(..u128::MAX / 2));
+            let sum = n(&a.to_string()).checked_add(&n(&b.to_string()));
+            assert_eq!(sum, Some(n(&(a + b).to_string())));
+        }
+        let max = n(MAX_DECIMAL);
+        assert_eq!(max.checked_add(&n("0")), Some(max));
+        assert_eq!(max.checked_add(&n("1")), None);
+        assert_eq!(max.checked_add(&max), None);
+    }
     use proptest::prelude::*;
 
     #[test]
