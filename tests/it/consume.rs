@@ -1,13 +1,12 @@
 //! `writer run` end to end: real Redis streams, real Postgres, the writer as
 //! a process (SPEC §3 "Consume", "ACK"; issue 3).
 
-use crate::support::CleanEnv;
 use std::time::Duration;
 
 use testkit::workload::generate;
 
 use crate::support::proxy::Proxy;
-use crate::support::service::{Env, Writer, assert_core_exact, json_body};
+use crate::support::service::{Env, Writer, assert_core_exact, json_body, writer_once};
 
 const DRAIN: Duration = Duration::from_secs(90);
 
@@ -302,25 +301,11 @@ async fn over_delivered_entries_are_dead_lettered_and_replayable() {
         0
     );
 
-    let list = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
-        .args(["dead-letters", "list"])
-        .clean_env()
-        .envs(&vars)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&list.stdout).contains(&id));
-    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
-        .args(["dead-letters", "replay"])
-        .clean_env()
-        .envs(&vars)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&replay.stdout);
-    assert!(
-        replay.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    let list = writer_once(&["dead-letters", "list"], &vars);
+    assert!(list.stdout.contains(&id), "{}", list.text());
+    let replay = writer_once(&["dead-letters", "replay"], &vars);
+    assert_eq!(replay.code, Some(0), "{}", replay.text());
+    let out = &replay.stdout;
     assert!(out.contains("1 applied, 0 still failing"), "{out}");
     assert_eq!(
         env.db

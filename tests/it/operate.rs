@@ -1,15 +1,14 @@
 //! Operating the writer: /health, /metrics, admin auth, graceful shutdown,
 //! schema isolation, secrets, logs, documentation (issue 5).
 
-use crate::support::CleanEnv;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::workload::generate;
 
 use crate::support::TestDb;
+use crate::support::private::RedisProcess;
 use crate::support::proxy::Proxy;
-use crate::support::service::{Env, Writer, assert_core_exact, free_port, json_body};
+use crate::support::service::{Env, Writer, assert_core_exact, free_port, json_body, writer_once};
 
 const DRAIN: Duration = Duration::from_secs(90);
 
@@ -224,55 +223,6 @@ async fn admin_endpoints_need_the_token() {
     assert_eq!(guarded.get("/metrics", None).await.unwrap().0, 200);
 }
 
-/// A Redis of the test's own that requires a password.
-struct PasswordRedis {
-    child: Child,
-    port: u16,
-}
-
-impl PasswordRedis {
-    async fn start(password: &str) -> PasswordRedis {
-        let port = free_port();
-        let dir = std::env::temp_dir();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--requirepass",
-                password,
-            ])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                dir.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/services.sh)");
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(started.elapsed() < Duration::from_secs(10));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        PasswordRedis { child, port }
-    }
-}
-
-impl Drop for PasswordRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// No password from DATABASE_URL or REDIS_URL appears in logs, errors,
 /// /health, /metrics, admin output or check-config.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,10 +232,27 @@ async fn passwords_never_leak() {
         "redis-Secret-0815",
         "admin-token-for-the-test",
     );
-    let redis = PasswordRedis::start(redis_secret).await;
+    let port = free_port();
+    let dir = std::env::temp_dir();
+    let _redis = RedisProcess::start(
+        port,
+        &[
+            "--port",
+            &port.to_string(),
+            "--requirepass",
+            redis_secret,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    )
+    .await;
     let env = Env::new(36, 500).await;
     let workload = generate(&env.spec);
-    let redis_url = format!("redis://:{redis_secret}@127.0.0.1:{}", redis.port);
+    let redis_url = format!("redis://:{redis_secret}@127.0.0.1:{port}");
     let client = writer::redis_client::open(&redis_url, &Default::default()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let () = env
@@ -342,28 +309,17 @@ async fn passwords_never_leak() {
     ] {
         seen.push(writer.get(path, Some(token)).await.unwrap().1);
     }
-    let check = Command::new(env!("CARGO_BIN_EXE_writer"))
-        .arg("check-config")
-        .clean_env()
-        .envs(&vars)
-        .output()
-        .unwrap();
-    seen.push(String::from_utf8_lossy(&check.stdout).into_owned());
-    seen.push(String::from_utf8_lossy(&check.stderr).into_owned());
+    let check = writer_once(&["check-config"], &vars);
+    seen.extend([check.stdout, check.stderr]);
     let mut bad = vars.clone();
     bad.insert("BATCH_SIZE".into(), "zero".into());
     bad.insert(
         "DATABASE_URL".into(),
         format!("postgresql://u:{db_secret}@[broken"),
     );
-    let failed = Command::new(env!("CARGO_BIN_EXE_writer"))
-        .arg("check-config")
-        .clean_env()
-        .envs(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(failed.status.code(), Some(2));
-    seen.push(String::from_utf8_lossy(&failed.stderr).into_owned());
+    let failed = writer_once(&["check-config"], &bad);
+    assert_eq!(failed.code, Some(2));
+    seen.push(failed.stderr);
 
     assert!(
         seen[0].contains("Postgres is failing") || seen[0].contains("retrying"),

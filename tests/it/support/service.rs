@@ -3,6 +3,7 @@
 
 use super::CleanEnv;
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -320,6 +321,74 @@ impl Drop for Writer {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A secret file as a container runtime mounts one (the `*_FILE`
+/// settings), in a directory of its own that goes with it.
+pub struct SecretFile(PathBuf);
+
+impl SecretFile {
+    pub fn new(content: &str) -> SecretFile {
+        let dir = std::env::temp_dir().join(unique_name("secrets"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = SecretFile(dir.join("secret"));
+        file.replace(content);
+        file
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+
+    /// Replaces the content the way a container runtime does: a new file
+    /// renamed over the old one.
+    pub fn replace(&self, content: &str) {
+        let next = self.0.with_extension("next");
+        std::fs::write(&next, format!("{content}\n")).unwrap();
+        std::fs::rename(&next, &self.0).unwrap();
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A `writer` command that ran to its end: its exit code and output.
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Everything it printed: stdout, then stderr.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `writer <args>` to its end with exactly `vars` set (and PATH).
+pub fn writer_once<K, V>(args: &[&str], vars: impl IntoIterator<Item = (K, V)>) -> Finished
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_writer"))
+        .args(args)
+        .clean_env()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(vars)
+        .output()
+        .expect("run writer");
+    Finished {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
