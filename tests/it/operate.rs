@@ -8,38 +8,24 @@ use testkit::workload::generate;
 use crate::support::TestDb;
 use crate::support::private::RedisProcess;
 use crate::support::proxy::Proxy;
-use crate::support::service::{Env, Writer, assert_core_exact, free_port, json_body, writer_once};
-
-const DRAIN: Duration = Duration::from_secs(90);
+use crate::support::service::{
+    Env, Writer, assert_core_exact, eventually, free_port, healthy_and_idle, json_body, writer_once,
+};
 
 /// /health is 200 with every field; Postgres unreachable makes it 503
 /// within seconds, and it returns to 200 after Postgres does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_postgres() {
     let mut env = Env::new(31, 500).await;
-    let workload = generate(&env.spec);
     let proxy = Proxy::to_postgres(&env.db.url).await;
-    let vars = env.writer_env_through(&proxy, "w1");
-    let writer = Writer::start(&vars);
-    env.publish(&workload.entries).await;
-    env.wait_drained(DRAIN).await;
+    let (writer, _) = env
+        .consume_workload(&env.writer_env_through(&proxy, "w1"))
+        .await;
 
     // Stream figures are refreshed every two seconds.
-    let started = Instant::now();
-    let health = loop {
-        let h = writer.wait_health(200, Duration::from_secs(10)).await;
-        let idle = h["streams"].as_object().is_some_and(|s| {
-            s.len() == 5 && s.values().all(|v| v["lag"] == 0 && v["pending"] == 0)
-        });
-        if idle && h["status"] == "healthy" {
-            break h;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "never idle and healthy: {h}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let health = writer
+        .wait_health_until(Duration::from_secs(15), healthy_and_idle)
+        .await;
     for field in [
         "healthy",
         "status",
@@ -74,11 +60,8 @@ async fn health_follows_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_every_stage() {
     let mut env = Env::new(32, 2_000).await;
-    let workload = generate(&env.spec);
-    let writer = Writer::start(&env.writer_env("w1"));
-    env.publish(&workload.entries).await;
     env.publish_raw(2, &[("payload", b"not json")]).await;
-    env.wait_drained(DRAIN).await;
+    let (writer, _) = env.consume_workload(&env.writer_env("w1")).await;
     tokio::time::sleep(Duration::from_millis(2500)).await; // one refresh of polled gauges
     let (code, text) = writer.get("/metrics", None).await.unwrap();
     assert_eq!(code, 200);
@@ -113,20 +96,22 @@ async fn metrics_cover_every_stage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_loses_and_doubles_nothing() {
     let mut env = Env::new(33, 30_000).await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let vars = env.writer_env("w1");
     let mut writer = Writer::start(&vars);
-    let started = Instant::now();
-    while env
-        .db
-        .scalar_i64("SELECT count(*) FROM deposited_events")
-        .await
-        < 500
-    {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        async || match env
+            .db
+            .scalar_i64("SELECT count(*) FROM deposited_events")
+            .await
+        {
+            applied if applied >= 500 => Ok(()),
+            applied => Err(format!("only {applied} deposits applied")),
+        },
+    )
+    .await;
     writer.signal("TERM");
     let signalled = Instant::now();
     let status = writer
@@ -142,7 +127,7 @@ async fn sigterm_mid_stream_loses_and_doubles_nothing() {
     assert!(writer.log().contains("in-flight batches finished"));
 
     let _again = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert_core_exact(&env.db, &workload).await;
 }
 
@@ -151,13 +136,12 @@ async fn sigterm_mid_stream_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let mut env = Env::new(34, 3_000).await;
-    let workload = generate(&env.spec);
     let proxy = Proxy::to_postgres(&env.db.url).await;
     let mut vars = env.writer_env_through(&proxy, "w1");
     vars.insert("SHUTDOWN_TIMEOUT_MS".into(), "60000".into());
     let mut writer = Writer::start(&vars);
     writer.wait_http(Duration::from_secs(20)).await;
-    env.publish(&workload.entries).await;
+    env.publish_workload().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -284,15 +268,15 @@ async fn passwords_never_leak() {
     vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "300".into());
     let writer = Writer::start(&vars);
     writer.wait_http(Duration::from_secs(20)).await;
-    let started = Instant::now();
-    while env.db.scalar_i64("SELECT count(*) FROM dead_letter").await == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{}",
-            writer.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        async || match env.db.scalar_i64("SELECT count(*) FROM dead_letter").await {
+            0 => Err(format!("nothing dead-lettered:\n{}", writer.log())),
+            _ => Ok(()),
+        },
+    )
+    .await;
     // Errors on purpose: Postgres away for a moment.
     proxy.cut();
     let (_, unhealthy) = writer.get("/health", None).await.unwrap();
@@ -341,13 +325,12 @@ async fn passwords_never_leak() {
 async fn two_schemas_stay_separate() {
     let mut a = Env::new(37, 2_000).await;
     let mut b = Env::new(38, 2_500).await;
-    let (wa, wb) = (generate(&a.spec), generate(&b.spec));
     let _writer_a = Writer::start(&a.writer_env("a"));
     let _writer_b = Writer::start(&b.writer_env("b"));
-    a.publish(&wa.entries).await;
-    b.publish(&wb.entries).await;
-    a.wait_drained(DRAIN).await;
-    b.wait_drained(DRAIN).await;
+    let wa = a.publish_workload().await;
+    let wb = b.publish_workload().await;
+    a.wait_drained().await;
+    b.wait_drained().await;
     assert_core_exact(&a.db, &wa).await;
     assert_core_exact(&b.db, &wb).await;
     // Each schema holds only its own workload.

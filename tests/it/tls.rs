@@ -18,8 +18,6 @@ use crate::support::db::{TestDb, database_url, unique_name};
 use crate::support::private::{PrivatePostgres, PrivateRedis, RedisProcess, free_port};
 use crate::support::service::{Env, SecretFile, Writer, assert_exact, redis_url, writer_once};
 
-const DRAIN: Duration = Duration::from_secs(120);
-
 /// Certificates made with the openssl CLI in a directory of the test's own.
 struct Pki {
     dir: PathBuf,
@@ -326,8 +324,7 @@ fn said_once(text: &str, phrase: &str) {
 async fn postgres_sslmode_require_encrypts_every_backend() {
     let mut env = Env::new(61, 3_000).await;
     let role = Role::create().await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let mut vars = env.writer_env("w1");
     vars.insert(
         "DATABASE_URL".into(),
@@ -340,7 +337,7 @@ async fn postgres_sslmode_require_encrypts_every_backend() {
         "# postgres TLS: require: TLS; the server's certificate is not checked",
     );
     let writer = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     let (backends, all_ssl) = role.backends().await;
     assert!(backends > 0, "the writer has no backend");
     assert!(all_ssl, "a backend of the writer does not use SSL");
@@ -393,8 +390,7 @@ async fn postgres_verify_full_with_the_right_root_works() {
     let mut env = Env::new(62, 2_000).await;
     let role = Role::create().await;
     let root = local_server_certificate().await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let mut vars = env.writer_env("w1");
     vars.insert(
         "DATABASE_URL".into(),
@@ -407,7 +403,7 @@ async fn postgres_verify_full_with_the_right_root_works() {
         ),
     );
     let _writer = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     let (backends, all_ssl) = role.backends().await;
     assert!(
         backends > 0 && all_ssl,
@@ -513,49 +509,90 @@ async fn postgres_password_rotation_through_the_url_file() {
         .await
         .unwrap();
     let url_with = |password: &str| edit_url(&pg.url(), Some("rotating"), Some(password), None, "");
-    let file = SecretFile::new(&url_with("first-password-1"));
-
-    let workload = generate(&env.spec);
-    let (first, second) = workload.entries.split_at(workload.entries.len() / 2);
     let mut vars = env.writer_env("w1");
-    vars.remove("DATABASE_URL");
-    vars.insert("DATABASE_URL_FILE".into(), file.path().into());
     vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "500".into());
-    let mut writer = Writer::start(&vars);
-    env.publish(first).await;
-    env.wait_drained(DRAIN).await;
+    let rotation = Rotation {
+        setting: "DATABASE_URL",
+        urls: [url_with("first-password-1"), url_with("second-password-2")],
+    };
+    let writer = rotation
+        .consume_across(
+            &mut env,
+            vars,
+            async |env| {
+                sqlx::query("ALTER ROLE rotating PASSWORD 'second-password-2'")
+                    .execute(&env.db.pool)
+                    .await
+                    .unwrap();
+            },
+            async |env| {
+                let terminated: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rotating') t",
+                )
+                .fetch_one(&env.db.pool)
+                .await
+                .unwrap();
+                assert!(terminated > 0, "the writer had no backend to terminate");
+            },
+        )
+        .await;
 
-    sqlx::query("ALTER ROLE rotating PASSWORD 'second-password-2'")
-        .execute(&env.db.pool)
-        .await
-        .unwrap();
-    file.replace(&url_with("second-password-2"));
-    let terminated: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rotating') t",
-    )
-    .fetch_one(&env.db.pool)
-    .await
-    .unwrap();
-    assert!(terminated > 0, "the writer had no backend to terminate");
     assert!(
         sqlx::PgConnection::connect(&url_with("first-password-1"))
             .await
             .is_err(),
         "the old password still works"
     );
-    env.publish(second).await;
-    env.wait_drained(DRAIN).await;
-
-    assert!(writer.is_running(), "the writer stopped:\n{}", writer.log());
     let (backends, _) = ssl_backends(&pg.url(), "rotating").await;
     assert!(backends > 0, "the writer did not reconnect");
-    assert_exact(&env.db, &workload).await;
     let log = writer.log();
     assert!(log.contains("DATABASE_URL_FILE changed"), "{log}");
     assert!(
         !log.contains("password-1") && !log.contains("password-2"),
         "a password was logged:\n{log}"
     );
+}
+
+/// A password rotated while the writer runs, with its URL read from
+/// `{setting}_FILE`: from `urls[0]` to `urls[1]`.
+struct Rotation {
+    setting: &'static str,
+    urls: [String; 2],
+}
+
+impl Rotation {
+    /// The writer (started with `vars`, its URL from the file) consumes half
+    /// of a workload; `change_password` makes the server take the new
+    /// password, the file is rewritten the way a container runtime does it,
+    /// `drop_connections` ends the writer's connections; the writer consumes
+    /// the rest without a restart and the tables end exact. Returns the
+    /// writer, still running.
+    async fn consume_across(
+        &self,
+        env: &mut Env,
+        mut vars: HashMap<String, String>,
+        change_password: impl AsyncFnOnce(&mut Env),
+        drop_connections: impl AsyncFnOnce(&mut Env),
+    ) -> Writer {
+        let file = SecretFile::new(&self.urls[0]);
+        vars.remove(self.setting);
+        vars.insert(format!("{}_FILE", self.setting), file.path().into());
+        let workload = generate(&env.spec);
+        let (first, second) = workload.entries.split_at(workload.entries.len() / 2);
+        let mut writer = Writer::start(&vars);
+        env.publish(first).await;
+        env.wait_drained().await;
+
+        change_password(env).await;
+        file.replace(&self.urls[1]);
+        drop_connections(env).await;
+        env.publish(second).await;
+        env.wait_drained().await;
+
+        assert!(writer.is_running(), "the writer stopped:\n{}", writer.log());
+        assert_exact(&env.db, &workload).await;
+        writer
+    }
 }
 
 /// Redis that speaks only TLS: `rediss://` with REDIS_CA_CERT consumes a
@@ -571,8 +608,7 @@ async fn redis_over_tls_with_its_ca_consumes_exactly() {
         ..RedisTls::default()
     };
     let mut env = Env::new_with_tls(64, 3_000, &database_url(), &redis.url(), &tls).await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let mut vars = env.writer_env("w1");
     vars.insert("REDIS_CA_CERT".into(), ca.cert.display().to_string());
     let check = writer_once(&["check-config"], &vars);
@@ -586,7 +622,7 @@ async fn redis_over_tls_with_its_ca_consumes_exactly() {
         ),
     );
     let _writer = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert_exact(&env.db, &workload).await;
 }
 
@@ -646,8 +682,7 @@ async fn redis_mutual_tls_with_a_client_certificate() {
         client_key: Some(client.key.clone()),
     };
     let mut env = Env::new_with_tls(65, 2_000, &database_url(), &redis.url(), &tls).await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let mut vars = env.writer_env("w1");
     vars.insert("REDIS_CA_CERT".into(), ca.cert.display().to_string());
     vars.insert(
@@ -656,7 +691,7 @@ async fn redis_mutual_tls_with_a_client_certificate() {
     );
     vars.insert("REDIS_CLIENT_KEY".into(), client.key.display().to_string());
     let _writer = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert_exact(&env.db, &workload).await;
 }
 
@@ -682,34 +717,34 @@ async fn redis_password_rotation_through_the_url_file() {
         .await
         .unwrap();
     let url_with = |password: &str| format!("redis://writer:{password}@127.0.0.1:{}", redis.port);
-    let file = SecretFile::new(&url_with("first-pass-1"));
+    let rotation = Rotation {
+        setting: "REDIS_URL",
+        urls: [url_with("first-pass-1"), url_with("second-pass-2")],
+    };
+    let vars = env.writer_env("w1");
+    let writer = rotation
+        .consume_across(
+            &mut env,
+            vars,
+            async |env| {
+                let () = acl("second-pass-2")
+                    .query_async(&mut env.redis)
+                    .await
+                    .unwrap();
+            },
+            async |env| {
+                let killed: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("USER")
+                    .arg("writer")
+                    .query_async(&mut env.redis)
+                    .await
+                    .unwrap();
+                assert!(killed > 0, "the writer had no connection to kill");
+            },
+        )
+        .await;
 
-    let workload = generate(&env.spec);
-    let (first, second) = workload.entries.split_at(workload.entries.len() / 2);
-    let mut vars = env.writer_env("w1");
-    vars.remove("REDIS_URL");
-    vars.insert("REDIS_URL_FILE".into(), file.path().into());
-    let mut writer = Writer::start(&vars);
-    env.publish(first).await;
-    env.wait_drained(DRAIN).await;
-
-    let () = acl("second-pass-2")
-        .query_async(&mut env.redis)
-        .await
-        .unwrap();
-    file.replace(&url_with("second-pass-2"));
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("USER")
-        .arg("writer")
-        .query_async(&mut env.redis)
-        .await
-        .unwrap();
-    assert!(killed > 0, "the writer had no connection to kill");
-    env.publish(second).await;
-    env.wait_drained(DRAIN).await;
-
-    assert!(writer.is_running(), "the writer stopped:\n{}", writer.log());
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut env.redis)
@@ -719,7 +754,6 @@ async fn redis_password_rotation_through_the_url_file() {
         clients.contains("user=writer"),
         "the writer did not reconnect:\n{clients}"
     );
-    assert_exact(&env.db, &workload).await;
     let log = writer.log();
     assert!(
         !log.contains("pass-1") && !log.contains("pass-2"),
