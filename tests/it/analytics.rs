@@ -124,9 +124,10 @@ async fn backfill_restores_everything_and_resumes() {
             .db
             .scalar_i64("SELECT coalesce(max(terms_done), 0) FROM backfill_progress WHERE finished_at IS NULL")
             .await;
-        match done >= total / 2 {
-            true => Ok(()),
-            false => Err(format!("backfill did not get half-way: {done} of {total} terms")),
+        if done >= total / 2 {
+            Ok(())
+        } else {
+            Err(format!("backfill did not get half-way: {done} of {total} terms"))
         }
     })
     .await;

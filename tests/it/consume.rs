@@ -135,9 +135,10 @@ async fn poison_entries_are_dead_lettered() {
         async || {
             let (code, body) = writer.get("/health", None).await.unwrap();
             assert_eq!(code, 200, "{body}");
-            match json_body(&body)["status"] == "degraded" {
-                true => Ok(()),
-                false => Err(format!("recent dead letters do not show: {body}")),
+            if json_body(&body)["status"] == "degraded" {
+                Ok(())
+            } else {
+                Err(format!("recent dead letters do not show: {body}"))
             }
         },
     )

@@ -9,7 +9,8 @@ use crate::support::TestDb;
 use crate::support::private::RedisProcess;
 use crate::support::proxy::Proxy;
 use crate::support::service::{
-    Env, Writer, assert_core_exact, eventually, free_port, healthy_and_idle, json_body, writer_once,
+    Env, Writer, assert_core_exact, eventually, free_port, healthy_and_idle, json_body, poll,
+    writer_once,
 };
 
 /// /health is 200 with every field; Postgres unreachable makes it 503
@@ -268,15 +269,17 @@ async fn passwords_never_leak() {
     vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "300".into());
     let writer = Writer::start(&vars);
     writer.wait_http(Duration::from_secs(20)).await;
-    eventually(
+    let dead_lettered = async || match env.db.scalar_i64("SELECT count(*) FROM dead_letter").await {
+        0 => Err("nothing dead-lettered".to_owned()),
+        _ => Ok(()),
+    };
+    poll(
         Duration::from_secs(30),
         Duration::from_millis(50),
-        async || match env.db.scalar_i64("SELECT count(*) FROM dead_letter").await {
-            0 => Err(format!("nothing dead-lettered:\n{}", writer.log())),
-            _ => Ok(()),
-        },
+        dead_lettered,
     )
-    .await;
+    .await
+    .unwrap_or_else(|seen| writer.fail_with_log(seen));
     // Errors on purpose: Postgres away for a moment.
     proxy.cut();
     let (_, unhealthy) = writer.get("/health", None).await.unwrap();

@@ -23,21 +23,34 @@ use super::proxy::Proxy;
 /// instrumentation) need about a minute.
 pub const DRAIN: Duration = Duration::from_secs(180);
 
-/// Polls `probe` every `every` until it returns `Ok`; fails the test with
-/// the probe's last `Err` (what is not so yet) once `within` has passed.
-pub async fn eventually<T>(
+/// Polls `probe` every `every` until it returns `Ok`; once `within` has
+/// passed, the probe's last `Err`: what is not so yet.
+pub async fn poll<T>(
     within: Duration,
     every: Duration,
     mut probe: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
+) -> Result<T, String> {
     let started = Instant::now();
     loop {
         match probe().await {
-            Ok(done) => return done,
-            Err(seen) => assert!(started.elapsed() < within, "{seen} (after {within:?})"),
+            Ok(done) => return Ok(done),
+            Err(seen) if started.elapsed() >= within => {
+                return Err(format!("{seen} (after {within:?})"));
+            }
+            Err(_) => tokio::time::sleep(every).await,
         }
-        tokio::time::sleep(every).await;
     }
+}
+
+/// [`poll`], failing the test with what is not so yet.
+pub async fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    poll(within, every, probe)
+        .await
+        .unwrap_or_else(|seen| panic!("{seen}"))
 }
 
 pub fn redis_url() -> String {
@@ -341,18 +354,21 @@ impl Writer {
         http_get(self.port, path, bearer).await
     }
 
+    /// Fails the test: what is not so, then this writer's log.
+    pub fn fail_with_log(&self, seen: String) -> ! {
+        panic!("{seen}\n{}", self.log())
+    }
+
     /// Waits until /health answers `code`; returns its body.
     pub async fn wait_health(&self, code: u16, within: Duration) -> serde_json::Value {
-        eventually(within, Duration::from_millis(100), async || {
+        poll(within, Duration::from_millis(100), async || {
             match self.get("/health", None).await {
                 Some((c, body)) if c == code => Ok(json_body(&body)),
-                answer => Err(format!(
-                    "/health answered {answer:?}, not {code}:\n{}",
-                    self.log()
-                )),
+                answer => Err(format!("/health answered {answer:?}, not {code}")),
             }
         })
         .await
+        .unwrap_or_else(|seen| self.fail_with_log(seen))
     }
 
     /// Waits until /health answers 200 with a body that satisfies `done`;
@@ -362,26 +378,28 @@ impl Writer {
         within: Duration,
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        eventually(within, Duration::from_millis(200), async || {
+        poll(within, Duration::from_millis(200), async || {
             let h = self.wait_health(200, Duration::from_secs(30)).await;
             if done(&h) {
                 Ok(h)
             } else {
-                Err(format!("/health: {h}\n{}", self.log()))
+                Err(format!("/health: {h}"))
             }
         })
         .await
+        .unwrap_or_else(|seen| self.fail_with_log(seen))
     }
 
     /// Waits until /health answers at all.
     pub async fn wait_http(&self, within: Duration) {
-        eventually(within, Duration::from_millis(50), async || {
+        poll(within, Duration::from_millis(50), async || {
             match self.get("/health", None).await {
                 Some(_) => Ok(()),
-                None => Err(format!("HTTP did not come up:\n{}", self.log())),
+                None => Err("HTTP did not come up".to_owned()),
             }
         })
-        .await;
+        .await
+        .unwrap_or_else(|seen| self.fail_with_log(seen));
     }
 }
 
