@@ -319,6 +319,12 @@ pub enum Kind {
         max: u64,
         set: fn(&mut Config, Duration),
     },
+    /// A PEM file's path, given to `set` once `read` found the file holds
+    /// what it should: connections read it again (a rotated certificate).
+    Pem {
+        read: fn(&Path) -> Result<Vec<u8>, String>,
+        set: fn(&mut Config, PathBuf),
+    },
     /// Anything else: `apply` parses the (trimmed) text and stores it, or
     /// says what is wrong — without repeating the value if it is secret.
     Text {
@@ -443,6 +449,11 @@ impl Setting {
                 set(config, Duration::from_millis(n));
                 n.to_string()
             }
+            Kind::Pem { read, set } => {
+                read(Path::new(text))?;
+                set(config, text.into());
+                text.to_owned()
+            }
             Kind::Text { apply } => {
                 apply(config, text)?;
                 text.to_owned()
@@ -460,7 +471,7 @@ impl Setting {
         match self.kind {
             Kind::Count { min, max, .. } => format!("{} ({})", self.doc, range(min, max, "")),
             Kind::Millis { min, max, .. } => format!("{} ({})", self.doc, range(min, max, " ms")),
-            Kind::Text { .. } => self.doc.to_owned(),
+            Kind::Pem { .. } | Kind::Text { .. } => self.doc.to_owned(),
         }
     }
 }
@@ -562,34 +573,25 @@ pub const SETTINGS: &[Setting] = &[
     .or_file("REDIS_URL_FILE", |c, path| c.redis.url_file = Some(path)),
     Setting::new(
         "REDIS_CA_CERT",
-        Kind::Text {
-            apply: |c, path| {
-                crate::tls::read_certificates(Path::new(path))?;
-                c.redis.tls.ca_cert = Some(path.into());
-                Ok(())
-            },
+        Kind::Pem {
+            read: crate::tls::read_certificates,
+            set: |c, path| c.redis.tls.ca_cert = Some(path),
         },
         "PEM file of the CA(s) that signed the Redis server's certificate (`rediss://`); unset: the system's root CAs",
     ),
     Setting::new(
         "REDIS_CLIENT_CERT",
-        Kind::Text {
-            apply: |c, path| {
-                crate::tls::read_certificates(Path::new(path))?;
-                c.redis.tls.client_cert = Some(path.into());
-                Ok(())
-            },
+        Kind::Pem {
+            read: crate::tls::read_certificates,
+            set: |c, path| c.redis.tls.client_cert = Some(path),
         },
         "PEM file of the client certificate (chain) for mutual TLS with Redis; with REDIS_CLIENT_KEY",
     ),
     Setting::new(
         "REDIS_CLIENT_KEY",
-        Kind::Text {
-            apply: |c, path| {
-                crate::tls::read_private_key(Path::new(path))?;
-                c.redis.tls.client_key = Some(path.into());
-                Ok(())
-            },
+        Kind::Pem {
+            read: crate::tls::read_private_key,
+            set: |c, path| c.redis.tls.client_key = Some(path),
         },
         "PEM file of REDIS_CLIENT_CERT's private key",
     ),

@@ -200,59 +200,60 @@ mod tests {
     }
     use proptest::prelude::*;
 
+    /// `parse` gives each input's expected text or error.
+    fn check(
+        parse: fn(&str) -> Result<Amount, AmountError>,
+        cases: &[(&str, Result<&str, AmountError>)],
+    ) {
+        for (input, expected) in cases {
+            let got = parse(input);
+            assert_eq!(
+                got.as_ref().map(Amount::as_str),
+                expected.as_ref().copied(),
+                "{input}"
+            );
+        }
+    }
+
     #[test]
     fn decimal_bounds() {
-        assert_eq!(Amount::from_decimal("0").unwrap().as_str(), "0");
-        assert_eq!(Amount::from_decimal("000").unwrap().as_str(), "0");
-        assert_eq!(Amount::from_decimal("0042").unwrap().as_str(), "42");
-        assert_eq!(
-            Amount::from_decimal(MAX_DECIMAL).unwrap().as_str(),
-            MAX_DECIMAL
-        );
         let over = "115792089237316195423570985008687907853269984665640564039457584007913129639936";
-        assert_eq!(Amount::from_decimal(over), Err(AmountError::Overflow));
-        assert_eq!(
-            Amount::from_decimal(&"9".repeat(79)),
-            Err(AmountError::Overflow)
+        check(
+            Amount::from_decimal,
+            &[
+                ("0", Ok("0")),
+                ("000", Ok("0")),
+                ("0042", Ok("42")),
+                (MAX_DECIMAL, Ok(MAX_DECIMAL)),
+                (over, Err(AmountError::Overflow)),
+                (&"9".repeat(79), Err(AmountError::Overflow)),
+                ("-1", Err(AmountError::Negative)),
+                ("1.5", Err(AmountError::NotInteger)),
+                ("1e18", Err(AmountError::NotInteger)),
+                ("12a", Err(AmountError::InvalidDigit)),
+                ("", Err(AmountError::Empty)),
+                ("+1", Err(AmountError::InvalidDigit)),
+            ],
         );
-        assert_eq!(Amount::from_decimal("-1"), Err(AmountError::Negative));
-        assert_eq!(Amount::from_decimal("1.5"), Err(AmountError::NotInteger));
-        assert_eq!(Amount::from_decimal("1e18"), Err(AmountError::NotInteger));
-        assert_eq!(Amount::from_decimal("12a"), Err(AmountError::InvalidDigit));
-        assert_eq!(Amount::from_decimal(""), Err(AmountError::Empty));
-        assert_eq!(Amount::from_decimal("+1"), Err(AmountError::InvalidDigit));
     }
 
     #[test]
     fn hex_bounds() {
-        assert_eq!(Amount::from_hex_digits("0").unwrap().as_str(), "0");
-        assert_eq!(Amount::from_hex_digits("ff").unwrap().as_str(), "255");
-        assert_eq!(Amount::from_hex_digits("FF").unwrap().as_str(), "255");
-        assert_eq!(
-            Amount::from_hex_digits(&"f".repeat(64)).unwrap().as_str(),
-            MAX_DECIMAL
-        );
-        assert_eq!(
-            Amount::from_hex_digits(&format!("000{}", "f".repeat(64)))
-                .unwrap()
-                .as_str(),
-            MAX_DECIMAL
-        );
-        assert_eq!(
-            Amount::from_hex_digits(&format!("1{}", "0".repeat(64))),
-            Err(AmountError::Overflow)
-        );
-        assert_eq!(
-            Amount::from_hex_digits("xyz"),
-            Err(AmountError::InvalidDigit)
-        );
-        assert_eq!(Amount::from_hex_digits(""), Err(AmountError::Empty));
-        // 10^19 crosses a chunk boundary: the lower chunk must be zero-padded.
-        assert_eq!(
-            Amount::from_hex_digits("8ac7230489e80000")
-                .unwrap()
-                .as_str(),
-            "10000000000000000000"
+        check(
+            Amount::from_hex_digits,
+            &[
+                ("0", Ok("0")),
+                ("ff", Ok("255")),
+                ("FF", Ok("255")),
+                (&"f".repeat(64), Ok(MAX_DECIMAL)),
+                (&format!("000{}", "f".repeat(64)), Ok(MAX_DECIMAL)),
+                (&format!("1{}", "0".repeat(64)), Err(AmountError::Overflow)),
+                ("xyz", Err(AmountError::InvalidDigit)),
+                ("", Err(AmountError::Empty)),
+                // 10^19 crosses a chunk boundary: the lower chunk must be
+                // zero-padded.
+                ("8ac7230489e80000", Ok("10000000000000000000")),
+            ],
         );
     }
 

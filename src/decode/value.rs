@@ -75,22 +75,6 @@ impl Hash32 {
     pub fn to_bytes(&self) -> [u8; 32] {
         const_hex::decode_to_array(self.0).expect("a Hash32 holds 64 hex digits")
     }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("ascii hex")
-    }
-}
-
-impl fmt::Display for Hash32 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for Hash32 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A 20-byte account or contract address in EIP-55 checksummed form.
@@ -151,23 +135,33 @@ impl Address {
         }
         Address(out)
     }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("ascii hex")
-    }
 }
 
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// `as_str`, `Display` and `Debug` for the types that hold their canonical
+/// text as ASCII bytes: each shows as that text.
+macro_rules! shown_as_text {
+    ($($value:ident),*) => {$(
+        impl $value {
+            pub fn as_str(&self) -> &str {
+                std::str::from_utf8(&self.0).expect("ascii hex")
+            }
+        }
+
+        impl fmt::Display for $value {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl fmt::Debug for $value {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
 }
 
-impl fmt::Debug for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+shown_as_text!(Hash32, Address);
 
 /// Decodes variable-length hex bytes (`0x` optional, even length).
 pub fn decode_hex_bytes(text: &str) -> Result<Vec<u8>, HexError> {

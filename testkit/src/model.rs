@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use writer::event::{ChainEvent, EventKind};
+use writer::event::{Address, Amount, ChainEvent, EventKind, Hash32, VaultType};
 
 /// The read model's tables (SPEC §2): events, current state, analytics.
 pub const TABLES: &[&str] = &[
@@ -167,40 +167,18 @@ impl Model {
                     *entry = value;
                 }
             }
-            EventKind::Deposited(d) => {
-                self.position_event(
-                    d.receiver.to_string(),
-                    d.term_id.to_string(),
-                    d.curve_id.to_string(),
-                    at,
-                    n(&d.total_shares),
-                    n(&d.assets_after_fees),
-                    0,
-                );
-                self.vault_event(
-                    d.term_id.to_string(),
-                    d.curve_id.to_string(),
-                    at,
-                    d.vault_type.code(),
-                );
-            }
-            EventKind::Redeemed(r) => {
-                self.position_event(
-                    r.receiver.to_string(),
-                    r.term_id.to_string(),
-                    r.curve_id.to_string(),
-                    at,
-                    n(&r.total_shares),
-                    0,
-                    n(&r.assets),
-                );
-                self.vault_event(
-                    r.term_id.to_string(),
-                    r.curve_id.to_string(),
-                    at,
-                    r.vault_type.code(),
-                );
-            }
+            EventKind::Deposited(d) => self.position_event(
+                (&d.receiver, &d.term_id, &d.curve_id, d.vault_type),
+                at,
+                n(&d.total_shares),
+                (n(&d.assets_after_fees), 0),
+            ),
+            EventKind::Redeemed(r) => self.position_event(
+                (&r.receiver, &r.term_id, &r.curve_id, r.vault_type),
+                at,
+                n(&r.total_shares),
+                (0, n(&r.assets)),
+            ),
             EventKind::SharePriceChanged(s) => {
                 let v = self.vault_event(
                     s.term_id.to_string(),
@@ -219,20 +197,20 @@ impl Model {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A Deposited or Redeemed on the vault of `term` and `curve`: the
+    /// receiver's position takes `total` shares if the event is its newest,
+    /// and adds up the assets deposited and redeemed; the vault is seen too.
     fn position_event(
         &mut self,
-        account: String,
-        term: String,
-        curve: String,
+        (account, term, curve, vault_type): (&Address, &Hash32, &Amount, VaultType),
         at: (i64, i64),
         total: u128,
-        dep: u128,
-        red: u128,
+        (dep, red): (u128, u128),
     ) {
+        self.vault_event(term.to_string(), curve.to_string(), at, vault_type.code());
         let p = self
             .positions
-            .entry((account, term, curve))
+            .entry((account.to_string(), term.to_string(), curve.to_string()))
             .or_insert(Position {
                 at,
                 shares: total,

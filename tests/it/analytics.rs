@@ -3,24 +3,19 @@
 
 use crate::support::CleanEnv;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testkit::workload::generate;
 
 use crate::support::TestDb;
-use crate::support::service::{Env, Writer, assert_analytics, assert_exact, model_of};
-
-const DRAIN: Duration = Duration::from_secs(120);
+use crate::support::service::{Env, Writer, assert_analytics, assert_exact, eventually, model_of};
 
 /// After a workload drains, all four analytics tables equal the
 /// from-scratch computation of invariants 6–8.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analytics_converge_exactly() {
     let mut env = Env::new(21, 5_000).await;
-    let workload = generate(&env.spec);
-    let _writer = Writer::start(&env.writer_env("w1"));
-    env.publish(&workload.entries).await;
-    env.wait_drained(DRAIN).await;
+    let (_writer, workload) = env.consume_workload(&env.writer_env("w1")).await;
     let events = workload.events();
     assert_analytics(&env.db, &model_of(&events)).await;
     let checkpoint = env
@@ -37,13 +32,13 @@ async fn converges_after_repeated_sigkills() {
     let mut env = Env::new(22, 30_000).await;
     let workload = generate(&env.spec);
     let vars = env.writer_env("w1");
-    let kills_mid_stream = env.kill_repeatedly(&vars, &workload.entries, 8, 22).await;
+    let kills_mid_stream = env
+        .drain_through_kills(&vars, &workload.entries, 8, 22)
+        .await;
     assert!(
         kills_mid_stream >= 4,
         "only {kills_mid_stream} kills hit a busy writer"
     );
-    let _writer = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
     assert_exact(&env.db, &workload).await;
 }
 
@@ -52,14 +47,11 @@ async fn converges_after_repeated_sigkills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_channel_loses_nothing() {
     let mut env = Env::new(23, 6_000).await;
-    let workload = generate(&env.spec);
     let mut vars = env.writer_env("w1");
     vars.insert("ANALYTICS_CHANNEL_CAPACITY".into(), "1".into());
     vars.insert("MIN_BATCH_INTERVAL_MS".into(), "200".into());
     vars.insert("ANALYTICS_SWEEP_INTERVAL_MS".into(), "1000".into());
-    let writer = Writer::start(&vars);
-    env.publish(&workload.entries).await;
-    env.wait_drained(DRAIN).await;
+    let (writer, workload) = env.consume_workload(&vars).await;
     let (_, metrics) = writer.get("/metrics", None).await.unwrap();
     let dropped: f64 = metrics
         .lines()
@@ -109,7 +101,7 @@ async fn backfill_restores_everything_and_resumes() {
     let vars = env.writer_env("w1");
     let _writer = Writer::start(&vars);
     env.publish(first).await;
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     wreck_derived_tables(&env.db).await;
 
     // Backfill while the service applies the second half.
@@ -122,28 +114,25 @@ async fn backfill_restores_everything_and_resumes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("backfill done"));
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert_exact(&env.db, &workload).await;
 
     // Interrupted half-way, then run again: it resumes and ends the same.
     wreck_derived_tables(&env.db).await;
     let total = env.db.scalar_i64("SELECT count(*) FROM term").await;
     let mut run = backfill(&vars, &["--from-term", "0x00", "--batch-size", "20"]);
-    let started = Instant::now();
-    loop {
+    eventually(Duration::from_secs(60), Duration::from_millis(10), async || {
         let done = env
             .db
             .scalar_i64("SELECT coalesce(max(terms_done), 0) FROM backfill_progress WHERE finished_at IS NULL")
             .await;
         if done >= total / 2 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("backfill did not get half-way: {done} of {total} terms"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "backfill made no progress"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     run.kill().unwrap();
     run.wait().unwrap();
     let unfinished = env
@@ -162,6 +151,6 @@ async fn backfill_restores_everything_and_resumes() {
         out.status.success() && stdout.contains("resuming after"),
         "{stdout}"
     );
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert_exact(&env.db, &workload).await;
 }

@@ -1,25 +1,22 @@
 //! `writer run` end to end: real Redis streams, real Postgres, the writer as
 //! a process (SPEC §3 "Consume", "ACK"; issue 3).
 
-use crate::support::CleanEnv;
 use std::time::Duration;
 
-use testkit::workload::generate;
+use testkit::workload::{Entry, Workload, generate};
 
+use crate::support::TestDb;
 use crate::support::proxy::Proxy;
-use crate::support::service::{Env, Writer, assert_core_exact, json_body};
-
-const DRAIN: Duration = Duration::from_secs(90);
+use crate::support::service::{Env, Writer, assert_core_exact, eventually, json_body, writer_once};
 
 /// A generated workload XADDed to the five streams ends in exactly the
 /// tables the same events give when applied directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_give_the_same_tables_as_direct_apply() {
     let mut env = Env::new(11, 4_000).await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let writer = Writer::start(&env.writer_env("w1"));
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert_core_exact(&env.db, &workload).await;
     assert_eq!(
         env.db.scalar_i64("SELECT count(*) FROM dead_letter").await,
@@ -34,48 +31,26 @@ async fn streams_give_the_same_tables_as_direct_apply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumers_entries_are_reclaimed() {
     let mut env = Env::new(12, 4_000).await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
-
+    let workload = env.publish_workload().await;
     // A consumer that reads a share of the stream and dies without ACKing.
-    let group = env.group.clone();
-    for s in &env.spec.streams.clone() {
-        let _: redis::Value = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(s)
-            .arg(&group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut env.redis)
-            .await
-            .unwrap();
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&group)
-            .arg("ghost")
-            .arg("COUNT")
-            .arg(150)
-            .arg("STREAMS")
-            .arg(s)
-            .arg(">")
-            .query_async(&mut env.redis)
-            .await
-            .unwrap();
+    for s in env.spec.streams.clone() {
+        env.ghost_reads(&s, 150).await;
     }
 
-    // A real writer, SIGKILLed while it works through the rest.
+    // A real writer, SIGKILLed while it works through the rest (once it
+    // applied a share, or after 30 s).
     let mut first = Writer::start(&env.writer_env("first"));
-    let started = std::time::Instant::now();
-    loop {
-        let applied = env
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while env
             .db
             .scalar_i64("SELECT count(*) FROM deposited_events")
-            .await;
-        if applied > 200 || started.elapsed() > Duration::from_secs(30) {
-            break;
+            .await
+            <= 200
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
     first.signal("KILL");
     first
         .wait_exit(Duration::from_secs(5))
@@ -88,7 +63,7 @@ async fn a_killed_consumers_entries_are_reclaimed() {
     );
 
     let second = Writer::start(&env.writer_env("second"));
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert_core_exact(&env.db, &workload).await;
     assert!(
         second
@@ -108,12 +83,7 @@ async fn poison_entries_are_dead_lettered() {
     let (first, second) = workload.entries.split_at(workload.entries.len() / 2);
     env.publish(first).await;
 
-    let good = &workload
-        .entries
-        .iter()
-        .find(|e| e.payload.contains("\"event_name\":\"Deposited\"") && !e.duplicate)
-        .unwrap()
-        .payload;
+    let good = &a_deposit(&workload).payload;
     let poison: Vec<(&str, Vec<u8>, &str)> = vec![
         ("payload", b"{\"event_name\": \"Deposited\", ".to_vec(), "payload: invalid JSON"),
         ("payload", good.replace("\"termId\"", "\"termIdX\"").into_bytes(), "termId: missing or null"),
@@ -136,13 +106,11 @@ async fn poison_entries_are_dead_lettered() {
     env.publish(second).await;
 
     let mut writer = Writer::start(&env.writer_env("w1"));
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert!(writer.is_running(), "{}", writer.log());
 
     for (id, (_, _, reason)) in ids.iter().zip(&poison) {
-        let error: String = sqlx::query_scalar("SELECT error FROM dead_letter WHERE entry_id = $1")
-            .bind(id)
-            .fetch_one(&env.db.pool)
+        let error = dead_letter_error(&env.db, id)
             .await
             .unwrap_or_else(|e| panic!("{id} not dead-lettered: {e}"));
         assert!(error.contains(reason), "{id}: {error} lacks {reason}");
@@ -161,19 +129,37 @@ async fn poison_entries_are_dead_lettered() {
     assert_core_exact(&env.db, &workload).await;
     // Dead letters in the last minutes show as degraded (the counts behind
     // /health refresh every two seconds).
-    let started = std::time::Instant::now();
-    loop {
-        let (code, body) = writer.get("/health", None).await.unwrap();
-        assert_eq!(code, 200, "{body}");
-        if json_body(&body)["status"] == "degraded" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "recent dead letters do not show: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        async || {
+            let (code, body) = writer.get("/health", None).await.unwrap();
+            assert_eq!(code, 200, "{body}");
+            if json_body(&body)["status"] == "degraded" {
+                Ok(())
+            } else {
+                Err(format!("recent dead letters do not show: {body}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// A Deposited entry of `workload` (not a duplicate).
+fn a_deposit(workload: &Workload) -> &Entry {
+    workload
+        .entries
+        .iter()
+        .find(|e| e.payload.contains("\"event_name\":\"Deposited\"") && !e.duplicate)
+        .expect("a Deposited entry")
+}
+
+/// The error the dead letter of entry `id` records.
+async fn dead_letter_error(db: &TestDb, id: &str) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT error FROM dead_letter WHERE entry_id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
 }
 
 fn overflowing_share_price() -> String {
@@ -193,13 +179,12 @@ fn overflowing_share_price() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_writers_in_one_group() {
     let mut env = Env::new(14, 6_000).await;
-    let workload = generate(&env.spec);
     let writers: Vec<Writer> = ["a", "b", "c"]
         .iter()
         .map(|n| Writer::start(&env.writer_env(n)))
         .collect();
-    env.publish(&workload.entries).await;
-    env.wait_drained(DRAIN).await;
+    let workload = env.publish_workload().await;
+    env.wait_drained().await;
     assert_core_exact(&env.db, &workload).await;
     let busy = writers
         .iter()
@@ -216,12 +201,11 @@ async fn three_writers_in_one_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_from_a_postgres_outage_without_restart() {
     let mut env = Env::new(15, 6_000).await;
-    let workload = generate(&env.spec);
     let proxy = Proxy::to_postgres(&env.db.url).await;
     let vars = env.writer_env_through(&proxy, "w1");
     let mut writer = Writer::start(&vars);
     writer.wait_http(Duration::from_secs(30)).await;
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     proxy.cut();
@@ -230,7 +214,7 @@ async fn recovers_from_a_postgres_outage_without_restart() {
     assert_eq!(code, 503, "health must report the outage");
     proxy.restore();
 
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert!(writer.is_running());
     let log = writer.log();
     assert!(
@@ -246,38 +230,16 @@ async fn recovers_from_a_postgres_outage_without_restart() {
 async fn over_delivered_entries_are_dead_lettered_and_replayable() {
     let mut env = Env::new(16, 50).await;
     let workload = generate(&env.spec);
-    let entry = workload
-        .entries
-        .iter()
-        .find(|e| e.payload.contains("\"event_name\":\"Deposited\"") && !e.duplicate)
-        .unwrap();
+    let entry = a_deposit(&workload);
     let id = env
         .publish_raw(2, &[("payload", entry.payload.as_bytes())])
         .await;
     let stream = env.spec.streams[2].clone();
-    let group = env.group.clone();
-    let _: redis::Value = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(&group)
-        .arg("0")
-        .query_async(&mut env.redis)
-        .await
-        .unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(&group)
-        .arg("ghost")
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut env.redis)
-        .await
-        .unwrap();
+    env.ghost_reads(&stream, 1).await;
     for i in 0..6 {
         let _: redis::Value = redis::cmd("XCLAIM")
             .arg(&stream)
-            .arg(&group)
+            .arg(&env.group)
             .arg(format!("ghost{i}"))
             .arg(0)
             .arg(&id)
@@ -288,10 +250,8 @@ async fn over_delivered_entries_are_dead_lettered_and_replayable() {
     let mut vars = env.writer_env("w1");
     vars.insert("MAX_DELIVERIES".into(), "3".into());
     let writer = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
-    let error: String = sqlx::query_scalar("SELECT error FROM dead_letter WHERE entry_id = $1")
-        .bind(&id)
-        .fetch_one(&env.db.pool)
+    env.wait_drained().await;
+    let error = dead_letter_error(&env.db, &id)
         .await
         .unwrap_or_else(|e| panic!("not dead-lettered ({e}):\n{}", writer.log()));
     assert!(error.contains("more than MAX_DELIVERIES (3)"), "{error}");
@@ -302,25 +262,11 @@ async fn over_delivered_entries_are_dead_lettered_and_replayable() {
         0
     );
 
-    let list = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
-        .args(["dead-letters", "list"])
-        .clean_env()
-        .envs(&vars)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&list.stdout).contains(&id));
-    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_writer"))
-        .args(["dead-letters", "replay"])
-        .clean_env()
-        .envs(&vars)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&replay.stdout);
-    assert!(
-        replay.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    let list = writer_once(&["dead-letters", "list"], &vars);
+    assert!(list.stdout.contains(&id), "{}", list.text());
+    let replay = writer_once(&["dead-letters", "replay"], &vars);
+    assert_eq!(replay.code, Some(0), "{}", replay.text());
+    let out = &replay.stdout;
     assert!(out.contains("1 applied, 0 still failing"), "{out}");
     assert_eq!(
         env.db

@@ -7,9 +7,9 @@ use testkit::workload::generate;
 use writer::decode::decode_payload;
 
 use crate::support::private::{PrivatePostgres, PrivateRedis};
-use crate::support::service::{Env, Writer, assert_core_exact, assert_exact};
-
-const DRAIN: Duration = Duration::from_secs(180);
+use crate::support::service::{
+    Env, Writer, assert_core_exact, assert_exact, eventually, healthy_and_idle,
+};
 
 /// 50,000 events; the writer is SIGKILLed at 20 random moments and restarted
 /// each time; core and analytics tables end exact.
@@ -22,13 +22,13 @@ async fn crash_loop_twenty_kills() {
     // under coverage instrumentation, makes it likely): twenty kills must
     // not make an entry look like poison by its delivery count alone.
     vars.insert("MAX_DELIVERIES".into(), "30".into());
-    let busy_kills = env.kill_repeatedly(&vars, &workload.entries, 20, 41).await;
+    let busy_kills = env
+        .drain_through_kills(&vars, &workload.entries, 20, 41)
+        .await;
     assert!(
         busy_kills >= 10,
         "only {busy_kills} of 20 kills hit a busy writer"
     );
-    let _last = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
     assert_exact(&env.db, &workload).await;
     eprintln!("crash loop: 20 kills ({busy_kills} mid-stream), 50,000 events, tables exact");
 }
@@ -112,7 +112,7 @@ async fn survives_dependency_faults_without_restart() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     blocker.rollback().await.unwrap();
 
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert!(
         writer.is_running() && writer.child.id() == pid,
         "the writer had to restart"
@@ -126,50 +126,38 @@ async fn survives_dependency_faults_without_restart() {
     assert_exact(&env.db, &workload).await;
     // Healthy again, and the lag it reports is real: Redis's own counter
     // can stay off by a constant after reloading its append-only file.
-    let started = std::time::Instant::now();
-    loop {
-        let h = writer.wait_health(200, Duration::from_secs(10)).await;
-        let idle = h["streams"]
-            .as_object()
-            .is_some_and(|s| s.values().all(|v| v["lag"] == 0 && v["pending"] == 0));
-        if idle && h["status"] == "healthy" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "still not healthy and idle: {h}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    writer
+        .wait_health_until(Duration::from_secs(20), healthy_and_idle)
+        .await;
     // And Redis's own counter was repaired (its raw XINFO lag is right).
-    let started = std::time::Instant::now();
-    loop {
-        let mut raw_lag = 0;
-        for s in env.spec.streams.clone() {
-            let groups: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&s)
-                .query_async(&mut env.redis)
-                .await
-                .unwrap();
-            for g in groups {
-                if let Some(i) = g
-                    .iter()
-                    .position(|v| *v == redis::Value::BulkString(b"lag".to_vec()))
-                {
-                    raw_lag += redis::from_redis_value::<i64>(g[i + 1].clone()).unwrap_or(-1);
+    eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(300),
+        async || {
+            let mut raw_lag = 0;
+            for s in env.spec.streams.clone() {
+                let groups: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&s)
+                    .query_async(&mut env.redis)
+                    .await
+                    .unwrap();
+                for g in groups {
+                    if let Some(i) = g
+                        .iter()
+                        .position(|v| *v == redis::Value::BulkString(b"lag".to_vec()))
+                    {
+                        raw_lag += redis::from_redis_value::<i64>(g[i + 1].clone()).unwrap_or(-1);
+                    }
                 }
             }
-        }
-        if raw_lag == 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "Redis still reports lag {raw_lag}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+            match raw_lag {
+                0 => Ok(()),
+                _ => Err(format!("Redis still reports lag {raw_lag}")),
+            }
+        },
+    )
+    .await;
     assert_eq!(
         env.db.scalar_i64("SELECT count(*) FROM dead_letter").await,
         0,
@@ -181,67 +169,62 @@ async fn survives_dependency_faults_without_restart() {
 fn hostile(valid: &[String], n: usize, seed: u64) -> Vec<Vec<u8>> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut out = Vec::with_capacity(n);
-    let big = format!("0x1{}", "0".repeat(64));
+    // A value made hostile: (where it starts, what it starts with instead).
+    let edits = [
+        ("\"termId\":\"", "\"termId\":{\"x\":\"".to_owned()),
+        ("\"termId\":", "\"termId\":true,\"y\":".to_owned()),
+        (
+            "\"assets\":",
+            format!("\"assets\":\"0x1{}\",\"y\":", "0".repeat(64)),
+        ),
+        (
+            "\"totalShares\":",
+            format!("\"totalShares\":{},\"y\":", "9".repeat(90)),
+        ),
+        ("\"network\":\"", "\"network\":\"nul\\u0000".to_owned()),
+        ("\"vaultType\":", "\"vaultType\":-7,\"y\":".to_owned()),
+        (
+            "\"block_number\":",
+            "\"block_number\":\"0x\",\"y\":".to_owned(),
+        ),
+        (
+            "\"transaction_hash\":\"0x",
+            "\"transaction_hash\":\"0xZ".to_owned(),
+        ),
+        ("\"event_data\":", "\"event_data\":7,\"z\":".to_owned()),
+        // About 1 MB of garbage hex in a field.
+        (
+            "\"termId\":\"",
+            format!("\"termId\":\"{}", "zz".repeat(500_000)),
+        ),
+    ];
+    let megabyte = edits.len() - 1;
     while out.len() < n {
         let base = &valid[rng.usize(..valid.len())];
-        let candidate: Vec<u8> = match rng.u8(..14) {
-            0 => base
-                .replacen("\"termId\":\"", "\"termId\":{\"x\":\"", 1)
-                .into_bytes(),
-            1 => base
-                .replacen("\"termId\":", "\"termId\":true,\"y\":", 1)
-                .into_bytes(),
-            2 => base
-                .replacen("\"assets\":", &format!("\"assets\":\"{big}\",\"y\":"), 1)
-                .into_bytes(),
-            3 => base
-                .replacen(
-                    "\"totalShares\":",
-                    &format!("\"totalShares\":{},\"y\":", "9".repeat(90)),
-                    1,
-                )
-                .into_bytes(),
-            4 => base
-                .replacen("\"network\":\"", "\"network\":\"nul\\u0000", 1)
-                .into_bytes(),
-            5 => {
+        // 0–9 an edit (the megabyte one only a few times in 10,000), 10–12
+        // broken bytes or nesting, the rest cut in half.
+        let candidate: Vec<u8> = match usize::from(rng.u8(..14)) {
+            i if i < megabyte || (i == megabyte && out.len() % 500 == 7) => {
+                let (from, to) = &edits[i];
+                base.replacen(from, to, 1).into_bytes()
+            }
+            10 => {
                 let mut b = base.clone().into_bytes();
                 let at = rng.usize(..b.len());
                 b.insert(at, 0);
                 b
             }
-            6 => {
+            11 => {
                 let mut b = base.clone().into_bytes();
                 b.extend_from_slice(&[0xff, 0xfe, 0xc3]);
                 b
             }
-            7 if out.len() % 500 == 7 => {
-                // About 1 MB of garbage hex in a field.
-                base.replacen(
-                    "\"termId\":\"",
-                    &format!("\"termId\":\"{}", "zz".repeat(500_000)),
-                    1,
-                )
-                .into_bytes()
-            }
-            8 => format!(
+            12 => format!(
                 "{{\"event_name\":\"Deposited\",\"event_data\":{}{}}}",
                 "[".repeat(5000),
                 "]".repeat(5000)
             )
             .into_bytes(),
-            9 => base
-                .replacen("\"vaultType\":", "\"vaultType\":-7,\"y\":", 1)
-                .into_bytes(),
-            10 => base
-                .replacen("\"block_number\":", "\"block_number\":\"0x\",\"y\":", 1)
-                .into_bytes(),
-            11 => base
-                .replacen("\"transaction_hash\":\"0x", "\"transaction_hash\":\"0xZ", 1)
-                .into_bytes(),
-            12 => base
-                .replacen("\"event_data\":", "\"event_data\":7,\"z\":", 1)
-                .into_bytes(),
             _ => base.as_bytes()[..base.len() / 2].to_vec(),
         };
         // Only what really fails validation counts as hostile here.
@@ -300,7 +283,7 @@ async fn ten_thousand_hostile_messages() {
         let (code, _) = writer.get("/health", None).await.expect("health answers");
         assert_eq!(code, 200, "unhealthy under hostile input");
     }
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     let (code, body) = writer.get("/health", None).await.unwrap();
     assert_eq!(code, 200, "{body}");
     assert_eq!(

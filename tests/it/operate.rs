@@ -1,46 +1,32 @@
 //! Operating the writer: /health, /metrics, admin auth, graceful shutdown,
 //! schema isolation, secrets, logs, documentation (issue 5).
 
-use crate::support::CleanEnv;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::workload::generate;
 
 use crate::support::TestDb;
+use crate::support::private::RedisProcess;
 use crate::support::proxy::Proxy;
-use crate::support::service::{Env, Writer, assert_core_exact, free_port, json_body};
-
-const DRAIN: Duration = Duration::from_secs(90);
+use crate::support::service::{
+    Env, Writer, assert_core_exact, eventually, free_port, healthy_and_idle, json_body, poll,
+    writer_once,
+};
 
 /// /health is 200 with every field; Postgres unreachable makes it 503
 /// within seconds, and it returns to 200 after Postgres does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_postgres() {
     let mut env = Env::new(31, 500).await;
-    let workload = generate(&env.spec);
     let proxy = Proxy::to_postgres(&env.db.url).await;
-    let vars = env.writer_env_through(&proxy, "w1");
-    let writer = Writer::start(&vars);
-    env.publish(&workload.entries).await;
-    env.wait_drained(DRAIN).await;
+    let (writer, _) = env
+        .consume_workload(&env.writer_env_through(&proxy, "w1"))
+        .await;
 
     // Stream figures are refreshed every two seconds.
-    let started = Instant::now();
-    let health = loop {
-        let h = writer.wait_health(200, Duration::from_secs(10)).await;
-        let idle = h["streams"].as_object().is_some_and(|s| {
-            s.len() == 5 && s.values().all(|v| v["lag"] == 0 && v["pending"] == 0)
-        });
-        if idle && h["status"] == "healthy" {
-            break h;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "never idle and healthy: {h}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let health = writer
+        .wait_health_until(Duration::from_secs(15), healthy_and_idle)
+        .await;
     for field in [
         "healthy",
         "status",
@@ -75,11 +61,8 @@ async fn health_follows_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_every_stage() {
     let mut env = Env::new(32, 2_000).await;
-    let workload = generate(&env.spec);
-    let writer = Writer::start(&env.writer_env("w1"));
-    env.publish(&workload.entries).await;
     env.publish_raw(2, &[("payload", b"not json")]).await;
-    env.wait_drained(DRAIN).await;
+    let (writer, _) = env.consume_workload(&env.writer_env("w1")).await;
     tokio::time::sleep(Duration::from_millis(2500)).await; // one refresh of polled gauges
     let (code, text) = writer.get("/metrics", None).await.unwrap();
     assert_eq!(code, 200);
@@ -114,20 +97,22 @@ async fn metrics_cover_every_stage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_loses_and_doubles_nothing() {
     let mut env = Env::new(33, 30_000).await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let vars = env.writer_env("w1");
     let mut writer = Writer::start(&vars);
-    let started = Instant::now();
-    while env
-        .db
-        .scalar_i64("SELECT count(*) FROM deposited_events")
-        .await
-        < 500
-    {
-        assert!(started.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        async || match env
+            .db
+            .scalar_i64("SELECT count(*) FROM deposited_events")
+            .await
+        {
+            applied if applied >= 500 => Ok(()),
+            applied => Err(format!("only {applied} deposits applied")),
+        },
+    )
+    .await;
     writer.signal("TERM");
     let signalled = Instant::now();
     let status = writer
@@ -143,7 +128,7 @@ async fn sigterm_mid_stream_loses_and_doubles_nothing() {
     assert!(writer.log().contains("in-flight batches finished"));
 
     let _again = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert_core_exact(&env.db, &workload).await;
 }
 
@@ -152,13 +137,12 @@ async fn sigterm_mid_stream_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let mut env = Env::new(34, 3_000).await;
-    let workload = generate(&env.spec);
     let proxy = Proxy::to_postgres(&env.db.url).await;
     let mut vars = env.writer_env_through(&proxy, "w1");
     vars.insert("SHUTDOWN_TIMEOUT_MS".into(), "60000".into());
     let mut writer = Writer::start(&vars);
     writer.wait_http(Duration::from_secs(20)).await;
-    env.publish(&workload.entries).await;
+    env.publish_workload().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -224,55 +208,6 @@ async fn admin_endpoints_need_the_token() {
     assert_eq!(guarded.get("/metrics", None).await.unwrap().0, 200);
 }
 
-/// A Redis of the test's own that requires a password.
-struct PasswordRedis {
-    child: Child,
-    port: u16,
-}
-
-impl PasswordRedis {
-    async fn start(password: &str) -> PasswordRedis {
-        let port = free_port();
-        let dir = std::env::temp_dir();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--requirepass",
-                password,
-            ])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                dir.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/services.sh)");
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(started.elapsed() < Duration::from_secs(10));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        PasswordRedis { child, port }
-    }
-}
-
-impl Drop for PasswordRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// No password from DATABASE_URL or REDIS_URL appears in logs, errors,
 /// /health, /metrics, admin output or check-config.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,10 +217,27 @@ async fn passwords_never_leak() {
         "redis-Secret-0815",
         "admin-token-for-the-test",
     );
-    let redis = PasswordRedis::start(redis_secret).await;
+    let port = free_port();
+    let dir = std::env::temp_dir();
+    let _redis = RedisProcess::start(
+        port,
+        &[
+            "--port",
+            &port.to_string(),
+            "--requirepass",
+            redis_secret,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    )
+    .await;
     let env = Env::new(36, 500).await;
     let workload = generate(&env.spec);
-    let redis_url = format!("redis://:{redis_secret}@127.0.0.1:{}", redis.port);
+    let redis_url = format!("redis://:{redis_secret}@127.0.0.1:{port}");
     let client = writer::redis_client::open(&redis_url, &Default::default()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let () = env
@@ -317,15 +269,17 @@ async fn passwords_never_leak() {
     vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "300".into());
     let writer = Writer::start(&vars);
     writer.wait_http(Duration::from_secs(20)).await;
-    let started = Instant::now();
-    while env.db.scalar_i64("SELECT count(*) FROM dead_letter").await == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{}",
-            writer.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dead_lettered = async || match env.db.scalar_i64("SELECT count(*) FROM dead_letter").await {
+        0 => Err("nothing dead-lettered".to_owned()),
+        _ => Ok(()),
+    };
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        dead_lettered,
+    )
+    .await
+    .unwrap_or_else(|seen| writer.fail_with_log(seen));
     // Errors on purpose: Postgres away for a moment.
     proxy.cut();
     let (_, unhealthy) = writer.get("/health", None).await.unwrap();
@@ -342,28 +296,17 @@ async fn passwords_never_leak() {
     ] {
         seen.push(writer.get(path, Some(token)).await.unwrap().1);
     }
-    let check = Command::new(env!("CARGO_BIN_EXE_writer"))
-        .arg("check-config")
-        .clean_env()
-        .envs(&vars)
-        .output()
-        .unwrap();
-    seen.push(String::from_utf8_lossy(&check.stdout).into_owned());
-    seen.push(String::from_utf8_lossy(&check.stderr).into_owned());
+    let check = writer_once(&["check-config"], &vars);
+    seen.extend([check.stdout, check.stderr]);
     let mut bad = vars.clone();
     bad.insert("BATCH_SIZE".into(), "zero".into());
     bad.insert(
         "DATABASE_URL".into(),
         format!("postgresql://u:{db_secret}@[broken"),
     );
-    let failed = Command::new(env!("CARGO_BIN_EXE_writer"))
-        .arg("check-config")
-        .clean_env()
-        .envs(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(failed.status.code(), Some(2));
-    seen.push(String::from_utf8_lossy(&failed.stderr).into_owned());
+    let failed = writer_once(&["check-config"], &bad);
+    assert_eq!(failed.code, Some(2));
+    seen.push(failed.stderr);
 
     assert!(
         seen[0].contains("Postgres is failing") || seen[0].contains("retrying"),
@@ -385,13 +328,12 @@ async fn passwords_never_leak() {
 async fn two_schemas_stay_separate() {
     let mut a = Env::new(37, 2_000).await;
     let mut b = Env::new(38, 2_500).await;
-    let (wa, wb) = (generate(&a.spec), generate(&b.spec));
     let _writer_a = Writer::start(&a.writer_env("a"));
     let _writer_b = Writer::start(&b.writer_env("b"));
-    a.publish(&wa.entries).await;
-    b.publish(&wb.entries).await;
-    a.wait_drained(DRAIN).await;
-    b.wait_drained(DRAIN).await;
+    let wa = a.publish_workload().await;
+    let wb = b.publish_workload().await;
+    a.wait_drained().await;
+    b.wait_drained().await;
     assert_core_exact(&a.db, &wa).await;
     assert_core_exact(&b.db, &wb).await;
     // Each schema holds only its own workload.

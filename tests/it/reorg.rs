@@ -7,7 +7,7 @@
 //! analytics (`testkit::model`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use testkit::workload::{Entry, Spec, generate, stream_entries};
@@ -19,10 +19,16 @@ use writer::stream::StreamEntry;
 
 use crate::support::TestDb;
 use crate::support::service::{
-    Env, Writer, assert_analytics, assert_exact, assert_same_core, model_of,
+    Env, Writer, assert_analytics, assert_exact, assert_same_core, eventually, model_of,
 };
 
-const DRAIN: Duration = Duration::from_secs(120);
+/// An environment for a real-shape (rindexer) workload with `reorgs`
+/// reorgs, each a flip-back with probability `flip_back_ratio`.
+async fn rindexer_env(seed: u64, events: usize, reorgs: usize, flip_back_ratio: f64) -> Env {
+    let mut spec = Spec::rindexer(seed, events, reorgs);
+    spec.flip_back_ratio = flip_back_ratio;
+    Env::for_spec(spec).await
+}
 
 async fn dead_letters(db: &TestDb) -> Vec<String> {
     db.rows("SELECT stream, error FROM dead_letter").await
@@ -34,10 +40,10 @@ async fn dead_letters(db: &TestDb) -> Vec<String> {
 /// dead-lettered, and every copy of every notice is recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_on_every_stream_leave_only_the_final_chain() {
-    let mut spec = Spec::rindexer(31, 4_000, 2);
-    spec.flip_back_ratio = 0.0;
-    let mut env = Env::for_spec(spec).await;
-    let workload = generate(&env.spec);
+    let mut env = rindexer_env(31, 4_000, 2, 0.0).await;
+    // Everything queued before the writer starts: each stream holds its
+    // abandoned entries ahead of its copy of the notice.
+    let workload = env.publish_workload().await;
     let abandoned: usize = workload
         .entries
         .iter()
@@ -45,11 +51,8 @@ async fn notices_on_every_stream_leave_only_the_final_chain() {
         .map(|e| e.events)
         .sum();
     assert!(abandoned > 20, "{abandoned}");
-    // Everything queued before the writer starts: each stream holds its
-    // abandoned entries ahead of its copy of the notice.
-    env.publish(&workload.entries).await;
     let writer = Writer::start(&env.writer_env("w1"));
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
 
     assert_exact(&env.db, &workload).await;
     assert_eq!(dead_letters(&env.db).await, Vec::<String>::new());
@@ -94,9 +97,7 @@ fn metric(text: &str, name: &str) -> f64 {
 /// only after its stream's notice was handled, and must not come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_writers_and_a_late_reclaimed_abandoned_entry() {
-    let mut spec = Spec::rindexer(32, 3_000, 2);
-    spec.flip_back_ratio = 0.0;
-    let mut env = Env::for_spec(spec).await;
+    let mut env = rindexer_env(32, 3_000, 2, 0.0).await;
     let workload = generate(&env.spec);
     let order = workload.interleaved(5);
     env.publish(order.iter().copied()).await;
@@ -110,16 +111,8 @@ async fn three_writers_and_a_late_reclaimed_abandoned_entry() {
         .iter()
         .position(|e| e.abandoned && !e.duplicate)
         .expect("an abandoned deposit entry");
+    env.create_group(&stream).await;
     let mut redis = env.redis.clone();
-    let () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(&env.group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
     let streams = [Arc::<str>::from(stream.as_str())];
     let mut read = writer::stream::read_group(
         &mut redis,
@@ -158,29 +151,25 @@ async fn three_writers_and_a_late_reclaimed_abandoned_entry() {
 
     // The notice on the deposited stream is handled while the dead
     // consumer still holds the abandoned entry.
-    let started = Instant::now();
-    loop {
+    eventually(Duration::from_secs(60), Duration::from_millis(50), async || {
         let notices = env
             .db
             .scalar_i64(&format!(
                 "SELECT count(*) FROM reorg_notices n JOIN streams s ON s.id = n.stream_id WHERE s.name = '{stream}'"
             ))
             .await;
-        if notices > 0 {
-            break;
+        match notices {
+            0 => Err("no notice handled".to_owned()),
+            _ => Ok(()),
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no notice handled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     assert_eq!(
         pending_of(&mut redis, &stream, &env.group, "sigkilled").await,
         [held]
     );
 
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert!(
         pending_of(&mut redis, &stream, &env.group, "sigkilled")
             .await
@@ -218,9 +207,7 @@ async fn pending_of(
 /// fork A; a copy of a notice delivered again changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flip_back_and_a_redelivered_notice() {
-    let mut spec = Spec::rindexer(33, 2_500, 1);
-    spec.flip_back_ratio = 1.0;
-    let mut env = Env::for_spec(spec).await;
+    let mut env = rindexer_env(33, 2_500, 1, 1.0).await;
     let workload = generate(&env.spec);
     assert!(workload.reorgs[0].flip_back);
     let notices: Vec<&Entry> = workload.entries.iter().filter(|e| e.notice).collect();
@@ -228,7 +215,7 @@ async fn a_flip_back_and_a_redelivered_notice() {
     assert_eq!(notices[0].payload, notices[5].payload, "same message_id");
     let _writer = Writer::start(&env.writer_env("w1"));
     env.publish(&workload.entries).await;
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert_exact(&env.db, &workload).await;
     assert_eq!(
         env.db
@@ -287,7 +274,7 @@ async fn rindexer_sample_through_the_streams() {
             .await;
     }
     let _writer = Writer::start(&env.writer_env("w1"));
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     assert_eq!(dead_letters(&env.db).await, Vec::<String>::new());
 
     let events: Vec<_> = payloads

@@ -6,21 +6,17 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgPool};
-use testkit::workload::{Workload, generate};
+use testkit::workload::generate;
 use writer::config::RedisTls;
 
 use crate::support::db::{TestDb, database_url, unique_name};
-use testkit::model::Model;
 
-use crate::support::CleanEnv;
-use crate::support::private::{PrivatePostgres, PrivateRedis, free_port};
-use crate::support::service::{Env, Writer, applied_directly, assert_same_core, redis_url};
-
-const DRAIN: Duration = Duration::from_secs(120);
+use crate::support::private::{PrivatePostgres, PrivateRedis, RedisProcess, free_port};
+use crate::support::service::{Env, SecretFile, Writer, assert_exact, redis_url, writer_once};
 
 /// Certificates made with the openssl CLI in a directory of the test's own.
 struct Pki {
@@ -53,12 +49,14 @@ impl Pki {
         );
     }
 
-    /// A self-signed CA.
-    fn ca(&self, name: &str) -> Issued {
-        let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
-        self.openssl(&[
+    /// `openssl req` with a new P-256 key, `{name}.key`, for `/CN={name}`:
+    /// `-x509` for a self-signed certificate, `-new` for a signing request;
+    /// either written to `out`.
+    fn request(&self, name: &str, kind: &str, out: &str, extra: &[&str]) {
+        let (key, subject) = (format!("{name}.key"), format!("/CN={name}"));
+        let mut args = vec![
             "req",
-            "-x509",
+            kind,
             "-newkey",
             "ec",
             "-pkeyopt",
@@ -67,16 +65,29 @@ impl Pki {
             "-keyout",
             &key,
             "-out",
-            &cert,
-            "-days",
-            "2",
+            out,
             "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
+            &subject,
+        ];
+        args.extend(extra);
+        self.openssl(&args);
+    }
+
+    /// A self-signed CA.
+    fn ca(&self, name: &str) -> Issued {
+        self.request(
+            name,
+            "-x509",
+            &format!("{name}.pem"),
+            &[
+                "-days",
+                "2",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
         self.files(name)
     }
 
@@ -91,26 +102,8 @@ impl Pki {
             ),
         )
         .unwrap();
-        let (cert, key, request) = (
-            format!("{name}.pem"),
-            format!("{name}.key"),
-            format!("{name}.csr"),
-        );
-        self.openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &request,
-            "-subj",
-            &format!("/CN={name}"),
-        ]);
+        let (cert, request) = (format!("{name}.pem"), format!("{name}.csr"));
+        self.request(name, "-new", &request, &[]);
         self.openssl(&[
             "x509",
             "-req",
@@ -149,60 +142,39 @@ impl Drop for Pki {
 /// A private redis-server that speaks only TLS (`--port 0`).
 struct TlsRedis {
     port: u16,
-    child: Child,
+    _server: RedisProcess,
 }
 
 impl TlsRedis {
     async fn start(pki: &Pki, ca: &Issued, server: &Issued, client_certificates: bool) -> TlsRedis {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--tls-cert-file")
-            .arg(&server.cert)
-            .arg("--tls-key-file")
-            .arg(&server.key)
-            .arg("--tls-ca-cert-file")
-            .arg(&ca.cert)
-            .args([
-                "--tls-auth-clients",
-                if client_certificates { "yes" } else { "no" },
-            ])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&pki.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        TlsRedis { port, child }
+        let path = |p: &Path| p.to_str().expect("a UTF-8 path").to_owned();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&server.cert),
+            "--tls-key-file",
+            &path(&server.key),
+            "--tls-ca-cert-file",
+            &path(&ca.cert),
+            "--tls-auth-clients",
+            if client_certificates { "yes" } else { "no" },
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &path(&pki.dir),
+        ];
+        let _server = RedisProcess::start(port, &args).await;
+        TlsRedis { port, _server }
     }
 
     fn url(&self) -> String {
         format!("rediss://localhost:{}", self.port)
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -302,23 +274,6 @@ async fn local_server_certificate() -> PathBuf {
     PathBuf::from(path)
 }
 
-/// Runs `writer <command>` with exactly `vars`; its exit code and output.
-fn writer_once(command: &str, vars: &HashMap<String, String>) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_writer"))
-        .arg(command)
-        .clean_env()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(vars)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
 /// Settings for a writer that is expected to stop at start.
 fn doomed_vars(database: &str, redis: &str) -> HashMap<String, String> {
     [
@@ -345,23 +300,20 @@ async fn run_fails(vars: &HashMap<String, String>) -> String {
     log
 }
 
+/// `writer migrate` stops with exit code 1; its output.
+fn migrate_fails(vars: &HashMap<String, String>) -> String {
+    let out = writer_once(&["migrate"], vars);
+    let text = out.text();
+    assert_eq!(out.code, Some(1), "{text}");
+    text
+}
+
 /// `phrase` appears exactly once in `text` (a cause is not repeated).
 fn said_once(text: &str, phrase: &str) {
     assert_eq!(
         text.matches(phrase).count(),
         1,
         "`{phrase}` not said once in:\n{text}"
-    );
-}
-
-async fn assert_exact(env: &Env, workload: &Workload) {
-    let expected = applied_directly(workload).await;
-    assert_same_core(&env.db, &expected).await;
-    let mut model = Model::default();
-    model.apply_all(&workload.events());
-    assert!(
-        env.db.dump_analytics().await == model.analytics(),
-        "analytics differ from invariants 6–8"
     );
 }
 
@@ -372,25 +324,24 @@ async fn assert_exact(env: &Env, workload: &Workload) {
 async fn postgres_sslmode_require_encrypts_every_backend() {
     let mut env = Env::new(61, 3_000).await;
     let role = Role::create().await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let mut vars = env.writer_env("w1");
     vars.insert(
         "DATABASE_URL".into(),
         edit_url(&env.db.url, Some(&role.name), None, None, "sslmode=require"),
     );
     vars.insert("DATABASE_SLOW_STATEMENT_MS".into(), "1".into());
-    let (_, config) = writer_once("check-config", &vars);
+    let config = writer_once(&["check-config"], &vars).text();
     said_once(
         &config,
         "# postgres TLS: require: TLS; the server's certificate is not checked",
     );
     let writer = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     let (backends, all_ssl) = role.backends().await;
     assert!(backends > 0, "the writer has no backend");
     assert!(all_ssl, "a backend of the writer does not use SSL");
-    assert_exact(&env, &workload).await;
+    assert_exact(&env.db, &workload).await;
     let log = writer.log();
     assert!(
         log.contains("slow statement") && log.contains("elapsed"),
@@ -439,8 +390,7 @@ async fn postgres_verify_full_with_the_right_root_works() {
     let mut env = Env::new(62, 2_000).await;
     let role = Role::create().await;
     let root = local_server_certificate().await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let mut vars = env.writer_env("w1");
     vars.insert(
         "DATABASE_URL".into(),
@@ -453,13 +403,13 @@ async fn postgres_verify_full_with_the_right_root_works() {
         ),
     );
     let _writer = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     let (backends, all_ssl) = role.backends().await;
     assert!(
         backends > 0 && all_ssl,
         "{backends} backends, all SSL: {all_ssl}"
     );
-    assert_exact(&env, &workload).await;
+    assert_exact(&env.db, &workload).await;
 }
 
 /// `verify-full` with a CA that did not sign the server's certificate, or
@@ -479,8 +429,7 @@ async fn postgres_verify_full_refuses_a_foreign_ca_and_a_wrong_host_name() {
         &format!("sslmode=verify-full&sslrootcert={}", foreign.cert.display()),
     );
     let vars = doomed_vars(&foreign_url, &redis_url());
-    let (code, migrate) = writer_once("migrate", &vars);
-    assert_eq!(code, Some(1), "{migrate}");
+    let migrate = migrate_fails(&vars);
     let run = run_fails(&vars).await;
     for text in [&migrate, &run] {
         said_once(text, "presented a TLS certificate that neither sslrootcert");
@@ -496,8 +445,7 @@ async fn postgres_verify_full_refuses_a_foreign_ca_and_a_wrong_host_name() {
         Some("127.0.0.1"),
         &format!("sslmode=verify-full&sslrootcert={}", root.display()),
     );
-    let (code, text) = writer_once("migrate", &doomed_vars(&by_address, &redis_url()));
-    assert_eq!(code, Some(1), "{text}");
+    let text = migrate_fails(&doomed_vars(&by_address, &redis_url()));
     said_once(
         &text,
         "presented a TLS certificate that does not name `127.0.0.1`",
@@ -528,8 +476,7 @@ async fn postgres_refusals_are_said_once() {
         None,
         "sslmode=require",
     );
-    let (code, text) = writer_once("migrate", &doomed_vars(&require, &redis_url()));
-    assert_eq!(code, Some(1), "{text}");
+    let text = migrate_fails(&doomed_vars(&require, &redis_url()));
     said_once(
         &text,
         "does not accept TLS connections, but sslmode=require in DATABASE_URL requires TLS",
@@ -538,8 +485,7 @@ async fn postgres_refusals_are_said_once() {
 
     let wrong = edit_url(&pg.url(), Some("app"), Some("wrong-password-3"), None, "");
     let vars = doomed_vars(&wrong, &redis_url());
-    let (code, migrate) = writer_once("migrate", &vars);
-    assert_eq!(code, Some(1), "{migrate}");
+    let migrate = migrate_fails(&vars);
     let run = run_fails(&vars).await;
     for text in [&migrate, &run] {
         said_once(
@@ -562,62 +508,91 @@ async fn postgres_password_rotation_through_the_url_file() {
         .execute(&env.db.pool)
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(unique_name("secrets"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("database-url");
     let url_with = |password: &str| edit_url(&pg.url(), Some("rotating"), Some(password), None, "");
-    write_secret(&file, &url_with("first-password-1"));
-
-    let workload = generate(&env.spec);
-    let (first, second) = workload.entries.split_at(workload.entries.len() / 2);
     let mut vars = env.writer_env("w1");
-    vars.remove("DATABASE_URL");
-    vars.insert("DATABASE_URL_FILE".into(), file.display().to_string());
     vars.insert("DATABASE_ACQUIRE_TIMEOUT_MS".into(), "500".into());
-    let mut writer = Writer::start(&vars);
-    env.publish(first).await;
-    env.wait_drained(DRAIN).await;
+    let rotation = Rotation {
+        setting: "DATABASE_URL",
+        urls: [url_with("first-password-1"), url_with("second-password-2")],
+    };
+    let writer = rotation
+        .consume_across(
+            &mut env,
+            vars,
+            async |env| {
+                sqlx::query("ALTER ROLE rotating PASSWORD 'second-password-2'")
+                    .execute(&env.db.pool)
+                    .await
+                    .unwrap();
+            },
+            async |env| {
+                let terminated: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rotating') t",
+                )
+                .fetch_one(&env.db.pool)
+                .await
+                .unwrap();
+                assert!(terminated > 0, "the writer had no backend to terminate");
+            },
+        )
+        .await;
 
-    sqlx::query("ALTER ROLE rotating PASSWORD 'second-password-2'")
-        .execute(&env.db.pool)
-        .await
-        .unwrap();
-    write_secret(&file, &url_with("second-password-2"));
-    let terminated: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rotating') t",
-    )
-    .fetch_one(&env.db.pool)
-    .await
-    .unwrap();
-    assert!(terminated > 0, "the writer had no backend to terminate");
     assert!(
         sqlx::PgConnection::connect(&url_with("first-password-1"))
             .await
             .is_err(),
         "the old password still works"
     );
-    env.publish(second).await;
-    env.wait_drained(DRAIN).await;
-
-    assert!(writer.is_running(), "the writer stopped:\n{}", writer.log());
     let (backends, _) = ssl_backends(&pg.url(), "rotating").await;
     assert!(backends > 0, "the writer did not reconnect");
-    assert_exact(&env, &workload).await;
     let log = writer.log();
     assert!(log.contains("DATABASE_URL_FILE changed"), "{log}");
     assert!(
         !log.contains("password-1") && !log.contains("password-2"),
         "a password was logged:\n{log}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Replaces a secret file the way a container runtime does: a new file
-/// renamed over the old one.
-fn write_secret(path: &Path, content: &str) {
-    let next = path.with_extension("next");
-    std::fs::write(&next, format!("{content}\n")).unwrap();
-    std::fs::rename(&next, path).unwrap();
+/// A password rotated while the writer runs, with its URL read from
+/// `{setting}_FILE`: from `urls[0]` to `urls[1]`.
+struct Rotation {
+    setting: &'static str,
+    urls: [String; 2],
+}
+
+impl Rotation {
+    /// The writer (started with `vars`, its URL from the file) consumes half
+    /// of a workload; `change_password` makes the server take the new
+    /// password, the file is rewritten the way a container runtime does it,
+    /// `drop_connections` ends the writer's connections; the writer consumes
+    /// the rest without a restart and the tables end exact. Returns the
+    /// writer, still running.
+    async fn consume_across(
+        &self,
+        env: &mut Env,
+        mut vars: HashMap<String, String>,
+        change_password: impl AsyncFnOnce(&mut Env),
+        drop_connections: impl AsyncFnOnce(&mut Env),
+    ) -> Writer {
+        let file = SecretFile::new(&self.urls[0]);
+        vars.remove(self.setting);
+        vars.insert(format!("{}_FILE", self.setting), file.path().into());
+        let workload = generate(&env.spec);
+        let (first, second) = workload.entries.split_at(workload.entries.len() / 2);
+        let mut writer = Writer::start(&vars);
+        env.publish(first).await;
+        env.wait_drained().await;
+
+        change_password(env).await;
+        file.replace(&self.urls[1]);
+        drop_connections(env).await;
+        env.publish(second).await;
+        env.wait_drained().await;
+
+        assert!(writer.is_running(), "the writer stopped:\n{}", writer.log());
+        assert_exact(&env.db, &workload).await;
+        writer
+    }
 }
 
 /// Redis that speaks only TLS: `rediss://` with REDIS_CA_CERT consumes a
@@ -633,12 +608,12 @@ async fn redis_over_tls_with_its_ca_consumes_exactly() {
         ..RedisTls::default()
     };
     let mut env = Env::new_with_tls(64, 3_000, &database_url(), &redis.url(), &tls).await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let mut vars = env.writer_env("w1");
     vars.insert("REDIS_CA_CERT".into(), ca.cert.display().to_string());
-    let (code, config) = writer_once("check-config", &vars);
-    assert_eq!(code, Some(0), "{config}");
+    let check = writer_once(&["check-config"], &vars);
+    let config = check.text();
+    assert_eq!(check.code, Some(0), "{config}");
     said_once(
         &config,
         &format!(
@@ -647,8 +622,8 @@ async fn redis_over_tls_with_its_ca_consumes_exactly() {
         ),
     );
     let _writer = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
-    assert_exact(&env, &workload).await;
+    env.wait_drained().await;
+    assert_exact(&env.db, &workload).await;
 }
 
 /// Without REDIS_CA_CERT (the system's roots do not know the test CA), or
@@ -707,8 +682,7 @@ async fn redis_mutual_tls_with_a_client_certificate() {
         client_key: Some(client.key.clone()),
     };
     let mut env = Env::new_with_tls(65, 2_000, &database_url(), &redis.url(), &tls).await;
-    let workload = generate(&env.spec);
-    env.publish(&workload.entries).await;
+    let workload = env.publish_workload().await;
     let mut vars = env.writer_env("w1");
     vars.insert("REDIS_CA_CERT".into(), ca.cert.display().to_string());
     vars.insert(
@@ -717,8 +691,8 @@ async fn redis_mutual_tls_with_a_client_certificate() {
     );
     vars.insert("REDIS_CLIENT_KEY".into(), client.key.display().to_string());
     let _writer = Writer::start(&vars);
-    env.wait_drained(DRAIN).await;
-    assert_exact(&env, &workload).await;
+    env.wait_drained().await;
+    assert_exact(&env.db, &workload).await;
 }
 
 /// Rotation on Redis: the writer's ACL user gets a new password,
@@ -742,38 +716,35 @@ async fn redis_password_rotation_through_the_url_file() {
         .query_async(&mut env.redis)
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(unique_name("secrets"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("redis-url");
     let url_with = |password: &str| format!("redis://writer:{password}@127.0.0.1:{}", redis.port);
-    write_secret(&file, &url_with("first-pass-1"));
+    let rotation = Rotation {
+        setting: "REDIS_URL",
+        urls: [url_with("first-pass-1"), url_with("second-pass-2")],
+    };
+    let vars = env.writer_env("w1");
+    let writer = rotation
+        .consume_across(
+            &mut env,
+            vars,
+            async |env| {
+                let () = acl("second-pass-2")
+                    .query_async(&mut env.redis)
+                    .await
+                    .unwrap();
+            },
+            async |env| {
+                let killed: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("USER")
+                    .arg("writer")
+                    .query_async(&mut env.redis)
+                    .await
+                    .unwrap();
+                assert!(killed > 0, "the writer had no connection to kill");
+            },
+        )
+        .await;
 
-    let workload = generate(&env.spec);
-    let (first, second) = workload.entries.split_at(workload.entries.len() / 2);
-    let mut vars = env.writer_env("w1");
-    vars.remove("REDIS_URL");
-    vars.insert("REDIS_URL_FILE".into(), file.display().to_string());
-    let mut writer = Writer::start(&vars);
-    env.publish(first).await;
-    env.wait_drained(DRAIN).await;
-
-    let () = acl("second-pass-2")
-        .query_async(&mut env.redis)
-        .await
-        .unwrap();
-    write_secret(&file, &url_with("second-pass-2"));
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("USER")
-        .arg("writer")
-        .query_async(&mut env.redis)
-        .await
-        .unwrap();
-    assert!(killed > 0, "the writer had no connection to kill");
-    env.publish(second).await;
-    env.wait_drained(DRAIN).await;
-
-    assert!(writer.is_running(), "the writer stopped:\n{}", writer.log());
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut env.redis)
@@ -783,11 +754,9 @@ async fn redis_password_rotation_through_the_url_file() {
         clients.contains("user=writer"),
         "the writer did not reconnect:\n{clients}"
     );
-    assert_exact(&env, &workload).await;
     let log = writer.log();
     assert!(
         !log.contains("pass-1") && !log.contains("pass-2"),
         "a password was logged:\n{log}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

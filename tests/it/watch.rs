@@ -1,14 +1,12 @@
 //! What an operator sees (issue 13): entries lost from a stream before the
 //! group read them, `starting` before readiness, progress lines.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testkit::workload::generate;
 
 use crate::support::proxy::Proxy;
-use crate::support::service::{Env, Writer};
-
-const DRAIN: Duration = Duration::from_secs(90);
+use crate::support::service::{Env, Writer, eventually, healthy_and_idle, json_body};
 
 /// The `writer_stream_entries_lost_total` sample of `stream` (None if absent).
 async fn lost_metric(writer: &Writer, stream: &str) -> Option<u64> {
@@ -18,34 +16,6 @@ async fn lost_metric(writer: &Writer, stream: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
-}
-
-/// Waits until /health (200) satisfies `done`; returns the body.
-async fn wait_health_until(
-    writer: &Writer,
-    within: Duration,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        let h = writer.wait_health(200, Duration::from_secs(30)).await;
-        if done(&h) {
-            return h;
-        }
-        assert!(
-            started.elapsed() < within,
-            "/health never got there: {h}\n{}",
-            writer.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn healthy_and_idle(h: &serde_json::Value) -> bool {
-    h["status"] == "healthy"
-        && h["streams"]
-            .as_object()
-            .is_some_and(|s| s.len() == 5 && s.values().all(|v| v["lag"] == 0 && v["pending"] == 0))
 }
 
 async fn xlen(env: &mut Env, stream: &str) -> u64 {
@@ -72,18 +42,19 @@ async fn trim(env: &mut Env, stream: &str, maxlen: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_entries_trimmed_while_running_are_reported() {
     let mut env = Env::new(61, 1_000).await;
-    let workload = generate(&env.spec);
-    let writer = Writer::start(&env.writer_env("w1"));
-    env.publish(&workload.entries).await;
-    env.wait_drained(DRAIN).await;
-    wait_health_until(&writer, Duration::from_secs(20), healthy_and_idle).await;
+    let (writer, workload) = env.consume_workload(&env.writer_env("w1")).await;
+    writer
+        .wait_health_until(Duration::from_secs(20), healthy_and_idle)
+        .await;
 
     // Read, then trimmed (what MAXLEN does to a stream that is kept up with).
     for s in env.spec.streams.clone() {
         trim(&mut env, &s, 0).await;
     }
     tokio::time::sleep(Duration::from_millis(4500)).await; // two looks
-    let h = wait_health_until(&writer, Duration::from_secs(10), healthy_and_idle).await;
+    let h = writer
+        .wait_health_until(Duration::from_secs(10), healthy_and_idle)
+        .await;
     for s in &env.spec.streams {
         assert_eq!(h["streams"][s]["lost"], 0, "{h}");
         assert_eq!(lost_metric(&writer, s).await, Some(0), "{s}");
@@ -107,10 +78,9 @@ async fn unread_entries_trimmed_while_running_are_reported() {
     pipe.cmd("XTRIM").arg(&stream).arg("MAXLEN").arg(5).ignore();
     let () = pipe.query_async(&mut env.redis).await.unwrap();
 
-    let h = wait_health_until(&writer, Duration::from_secs(15), |h| {
-        h["status"] == "degraded"
-    })
-    .await;
+    let h = writer
+        .wait_health_until(Duration::from_secs(15), |h| h["status"] == "degraded")
+        .await;
     assert_eq!(h["streams"][&stream]["lost"], 45, "{h}");
     let reasons = h["reasons"].to_string();
     assert!(reasons.contains(&stream) && reasons.contains("45"), "{h}");
@@ -139,7 +109,7 @@ async fn unread_entries_trimmed_while_down_are_reported_once() {
     let vars = env.writer_env("w1");
     let mut writer = Writer::start(&vars);
     env.publish(&workload.entries[..half]).await;
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     writer.signal("TERM");
     assert_eq!(
         writer
@@ -165,10 +135,11 @@ async fn unread_entries_trimmed_while_down_are_reported_once() {
     assert!(before - 3 >= expected);
 
     let writer = Writer::start(&vars);
-    let h = wait_health_until(&writer, Duration::from_secs(30), |h| {
-        h["streams"][&stream]["lost"].as_u64().unwrap_or(0) > 0
-    })
-    .await;
+    let h = writer
+        .wait_health_until(Duration::from_secs(30), |h| {
+            h["streams"][&stream]["lost"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
     assert_eq!(h["status"], "degraded", "{h}");
     assert_eq!(h["streams"][&stream]["lost"], expected, "{h}");
     assert!(h["reasons"].to_string().contains(&stream), "{h}");
@@ -181,7 +152,7 @@ async fn unread_entries_trimmed_while_down_are_reported_once() {
     other_vars.insert("DATABASE_POOL_SIZE".into(), "4".into());
     let other = Writer::start(&other_vars);
     other.wait_health(200, Duration::from_secs(20)).await;
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     tokio::time::sleep(Duration::from_millis(4500)).await;
     assert_eq!(lost_metric(&other, &stream).await, Some(0));
     assert_eq!(lost_metric(&writer, &stream).await, Some(expected));
@@ -189,7 +160,9 @@ async fn unread_entries_trimmed_while_down_are_reported_once() {
     drop(other);
     // Nor does a restart.
     let again = Writer::start(&vars);
-    let h = wait_health_until(&again, Duration::from_secs(20), healthy_and_idle).await;
+    let h = again
+        .wait_health_until(Duration::from_secs(20), healthy_and_idle)
+        .await;
     assert_eq!(h["streams"][&stream]["lost"], 0, "{h}");
 }
 
@@ -234,7 +207,7 @@ async fn progress_lines_under_load_and_none_while_idle() {
     let progress = |log: &str| log.matches("progress: ").count();
     assert_eq!(progress(&writer.log()), 0, "idle before any input");
     env.publish(&workload.entries).await;
-    env.wait_drained(DRAIN).await;
+    env.wait_drained().await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let log = writer.log();
     let line = log
@@ -278,41 +251,45 @@ async fn a_deleted_and_recreated_stream_is_reported() {
     env.publish(&entries).await;
     let lag_of = |h: &serde_json::Value| h["streams"][&stream]["lag"].as_u64().unwrap_or(0);
     let mut last = 0;
-    let started = Instant::now();
-    let lag = loop {
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let (_, body) = writer.get("/health", None).await.unwrap();
-        let lag = lag_of(&crate::support::service::json_body(&body));
-        if lag > 0 && lag == last {
-            break lag;
-        }
-        last = lag;
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "lag never settled: {body}"
-        );
-    };
+    // Settled: two looks, one refresh (two seconds) apart, agree.
+    let lag = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(2500),
+        async || {
+            let (_, body) = writer.get("/health", None).await.unwrap();
+            let lag = lag_of(&json_body(&body));
+            if lag > 0 && lag == last {
+                return Ok(lag);
+            }
+            last = lag;
+            Err(format!("lag never settled: {body}"))
+        },
+    )
+    .await;
     let _: u64 = redis::cmd("DEL")
         .arg(&stream)
         .query_async(&mut env.redis)
         .await
         .unwrap();
     env.publish(&entries[..1]).await;
-    let started = Instant::now();
-    loop {
-        let (_, body) = writer.get("/health", None).await.unwrap();
-        let h = crate::support::service::json_body(&body);
-        if h["streams"][&stream]["lost"].as_u64().unwrap_or(0) > 0 {
-            assert_eq!(h["streams"][&stream]["lost"], lag, "{h}");
-            assert!(
-                h["reasons"].to_string().contains("deleted or evicted"),
-                "{h}"
-            );
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "{h}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let h = eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        async || {
+            let (_, body) = writer.get("/health", None).await.unwrap();
+            let h = json_body(&body);
+            match h["streams"][&stream]["lost"].as_u64().unwrap_or(0) {
+                0 => Err(format!("nothing lost yet: {h}")),
+                _ => Ok(h),
+            }
+        },
+    )
+    .await;
+    assert_eq!(h["streams"][&stream]["lost"], lag, "{h}");
+    assert!(
+        h["reasons"].to_string().contains("deleted or evicted"),
+        "{h}"
+    );
     assert_eq!(lost_metric(&writer, &stream).await, Some(lag));
     proxy.restore();
     writer.wait_health(200, Duration::from_secs(30)).await;

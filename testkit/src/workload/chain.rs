@@ -377,16 +377,11 @@ impl Chain {
         let assets = tx.rng.u128(ONE / 100..ONE * 30);
         let minted = self.mint(creator, term, 1, 0, after_fees(assets));
         self.share_price(tx, term, 1, 0);
-        tx.emit(
-            Kind::Atom,
-            vec![
-                ("creator", Value::Address(self.accounts[creator])),
-                ("termId", Value::Id(term)),
-                ("atomData", Value::Bytes(data)),
-                ("atomWallet", Value::Address(wallet)),
-            ],
-        );
-        self.deposited(tx, (creator, creator), (term, 1, 0), assets, minted);
+        let fields = vec![
+            ("atomData", Value::Bytes(data)),
+            ("atomWallet", Value::Address(wallet)),
+        ];
+        self.created(tx, Kind::Atom, (creator, term, 0), fields, (assets, minted));
     }
 
     pub(super) fn create_triple(&mut self, tx: &mut Tx) {
@@ -417,17 +412,45 @@ impl Chain {
         }
         self.create_vault(counter, 1);
         self.share_price(tx, counter, 1, 2);
-        tx.emit(
+        let fields = vec![
+            ("subjectId", Value::Id(subject)),
+            ("predicateId", Value::Id(predicate)),
+            ("objectId", Value::Id(object)),
+        ];
+        self.created(
+            tx,
             Kind::Triple,
-            vec![
-                ("creator", Value::Address(self.accounts[creator])),
-                ("termId", Value::Id(term)),
-                ("subjectId", Value::Id(subject)),
-                ("predicateId", Value::Id(predicate)),
-                ("objectId", Value::Id(object)),
-            ],
+            (creator, term, 1),
+            fields,
+            (assets, minted),
         );
-        self.deposited(tx, (creator, creator), (term, 1, 1), assets, minted);
+    }
+
+    /// A creation event (`creator` and `termId`, then the kind's own
+    /// `fields`), then the creator's deposit of `assets` into the new
+    /// vault on curve 1, minting `minted` (shares, total shares): what the
+    /// contract emits for one created term.
+    fn created(
+        &self,
+        tx: &mut Tx,
+        kind: Kind,
+        (creator, term, vault_type): (usize, [u8; 32], u8),
+        fields: Vec<(&'static str, Value)>,
+        (assets, minted): (u128, (u128, u128)),
+    ) {
+        let mut all = vec![
+            ("creator", Value::Address(self.accounts[creator])),
+            ("termId", Value::Id(term)),
+        ];
+        all.extend(fields);
+        tx.emit(kind, all);
+        self.deposited(
+            tx,
+            (creator, creator),
+            (term, 1, vault_type),
+            assets,
+            minted,
+        );
     }
 
     pub(super) fn pick_vault(&self, tx: &mut Tx) -> ([u8; 32], u8, u32) {

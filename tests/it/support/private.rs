@@ -173,12 +173,50 @@ impl Drop for PrivatePostgres {
     }
 }
 
+/// A `redis-server` of the caller's own on 127.0.0.1, killed when dropped.
+pub struct RedisProcess {
+    child: Child,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` with `args` and waits until `port` (one of
+    /// the ports `args` name) accepts connections.
+    pub async fn start(port: u16, args: &[&str]) -> RedisProcess {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1"])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh)");
+        let server = RedisProcess { child };
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A throwaway Redis on a free port that keeps its data across restarts
 /// (append-only file, fsync on every write).
 pub struct PrivateRedis {
     pub port: u16,
     dir: PathBuf,
-    child: Option<Child>,
+    server: Option<RedisProcess>,
 }
 
 impl PrivateRedis {
@@ -188,7 +226,7 @@ impl PrivateRedis {
         let mut r = PrivateRedis {
             port: free_port(),
             dir,
-            child: None,
+            server: None,
         };
         r.start_again().await;
         r
@@ -199,41 +237,26 @@ impl PrivateRedis {
     }
 
     pub async fn start_again(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        self.child = Some(child);
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let port = self.port.to_string();
+        let dir = self.dir.to_str().expect("a UTF-8 temporary directory");
+        let args = [
+            "--port",
+            &port,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--dir",
+            dir,
+        ];
+        self.server = Some(RedisProcess::start(self.port, &args).await);
     }
 
     /// Kills the server (SIGKILL): only what the append-only file holds survives.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server = None;
     }
 }
 

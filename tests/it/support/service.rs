@@ -3,6 +3,7 @@
 
 use super::CleanEnv;
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +17,41 @@ use writer::event::ChainEvent;
 use super::db::{TestDb, database_url, unique_name};
 pub use super::private::free_port;
 use super::proxy::Proxy;
+
+/// How long a test waits for a writer to drain its streams: the largest
+/// workloads (50,000 events, killed and restarted, under coverage
+/// instrumentation) need about a minute.
+pub const DRAIN: Duration = Duration::from_secs(180);
+
+/// Polls `probe` every `every` until it returns `Ok`; once `within` has
+/// passed, the probe's last `Err`: what is not so yet.
+pub async fn poll<T>(
+    within: Duration,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let started = Instant::now();
+    loop {
+        match probe().await {
+            Ok(done) => return Ok(done),
+            Err(seen) if started.elapsed() >= within => {
+                return Err(format!("{seen} (after {within:?})"));
+            }
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
+/// [`poll`], failing the test with what is not so yet.
+pub async fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    poll(within, every, probe)
+        .await
+        .unwrap_or_else(|seen| panic!("{seen}"))
+}
 
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -110,11 +146,12 @@ impl Env {
         vars
     }
 
-    /// Publishes `entries` in `kills` slices; before each slice's writer is
-    /// SIGKILLed after a random 100–600 ms, the slice is XADDed, so every
-    /// kill can hit a writer with work in hand however fast it drains.
-    /// Returns how many kills hit it with work outstanding.
-    pub async fn kill_repeatedly(
+    /// Publishes `entries` in `kills` slices and, before each slice is
+    /// done, SIGKILLs the writer started for it after a random 100–600 ms
+    /// (so every kill can hit a writer with work in hand, however fast it
+    /// drains); then one last writer drains everything. Returns how many
+    /// kills hit a writer with work outstanding.
+    pub async fn drain_through_kills(
         &mut self,
         vars: &HashMap<String, String>,
         entries: &[testkit::workload::Entry],
@@ -144,7 +181,56 @@ impl Env {
         for slice in slices {
             self.publish(slice).await;
         }
+        let _last = Writer::start(vars);
+        self.wait_drained().await;
         busy
+    }
+
+    /// The usual run: a writer started with `vars`, this environment's
+    /// workload published to it, everything drained.
+    pub async fn consume_workload(&mut self, vars: &HashMap<String, String>) -> (Writer, Workload) {
+        let writer = Writer::start(vars);
+        let workload = self.publish_workload().await;
+        self.wait_drained().await;
+        (writer, workload)
+    }
+
+    /// XADDs the workload generated for this environment's spec; returns it.
+    pub async fn publish_workload(&mut self) -> Workload {
+        let workload = testkit::workload::generate(&self.spec);
+        self.publish(&workload.entries).await;
+        workload
+    }
+
+    /// Creates the group on `stream` and has a consumer `ghost` read up to
+    /// `count` entries that it never acknowledges: a consumer that died.
+    pub async fn ghost_reads(&mut self, stream: &str, count: usize) {
+        self.create_group(stream).await;
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg("ghost")
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(">")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+    }
+
+    /// Creates this test's consumer group on `stream`, from its start.
+    pub async fn create_group(&mut self, stream: &str) {
+        let () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
     }
 
     /// XADDs entries, pipelined.
@@ -184,23 +270,22 @@ impl Env {
 
     /// Waits until every entry is acknowledged and the analytics backlog is
     /// empty.
-    pub async fn wait_drained(&mut self, timeout: Duration) {
-        let started = Instant::now();
-        loop {
+    pub async fn wait_drained(&mut self) {
+        eventually(DRAIN, Duration::from_millis(100), async || {
             let backlog = self.backlog().await;
             let dirty = self
                 .db
                 .scalar_i64("SELECT count(*) FROM analytics_dirty")
                 .await;
             if backlog == Some(0) && dirty == 0 {
-                return;
+                Ok(())
+            } else {
+                Err(format!(
+                    "not drained: stream backlog {backlog:?}, dirty {dirty}"
+                ))
             }
-            assert!(
-                started.elapsed() < timeout,
-                "not drained after {timeout:?}: stream backlog {backlog:?}, dirty {dirty}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
     }
 }
 
@@ -279,35 +364,52 @@ impl Writer {
         http_get(self.port, path, bearer).await
     }
 
+    /// Fails the test: what is not so, then this writer's log.
+    pub fn fail_with_log(&self, seen: String) -> ! {
+        panic!("{seen}\n{}", self.log())
+    }
+
     /// Waits until /health answers `code`; returns its body.
     pub async fn wait_health(&self, code: u16, within: Duration) -> serde_json::Value {
-        let started = Instant::now();
-        loop {
-            if let Some((c, body)) = self.get("/health", None).await
-                && c == code
-            {
-                return json_body(&body);
+        poll(within, Duration::from_millis(100), async || {
+            match self.get("/health", None).await {
+                Some((c, body)) if c == code => Ok(json_body(&body)),
+                answer => Err(format!("/health answered {answer:?}, not {code}")),
             }
-            assert!(
-                started.elapsed() < within,
-                "/health did not answer {code} within {within:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
+        .unwrap_or_else(|seen| self.fail_with_log(seen))
+    }
+
+    /// Waits until /health answers 200 with a body that satisfies `done`;
+    /// returns the body.
+    pub async fn wait_health_until(
+        &self,
+        within: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        poll(within, Duration::from_millis(200), async || {
+            let h = self.wait_health(200, Duration::from_secs(30)).await;
+            if done(&h) {
+                Ok(h)
+            } else {
+                Err(format!("/health: {h}"))
+            }
+        })
+        .await
+        .unwrap_or_else(|seen| self.fail_with_log(seen))
     }
 
     /// Waits until /health answers at all.
-    pub async fn wait_http(&self, timeout: Duration) {
-        let started = Instant::now();
-        while self.get("/health", None).await.is_none() {
-            assert!(
-                started.elapsed() < timeout,
-                "HTTP did not come up:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    pub async fn wait_http(&self, within: Duration) {
+        poll(within, Duration::from_millis(50), async || {
+            match self.get("/health", None).await {
+                Some(_) => Ok(()),
+                None => Err("HTTP did not come up".to_owned()),
+            }
+        })
+        .await
+        .unwrap_or_else(|seen| self.fail_with_log(seen));
     }
 }
 
@@ -330,6 +432,83 @@ impl Drop for Writer {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A secret file as a container runtime mounts one (the `*_FILE`
+/// settings), in a directory of its own that goes with it.
+pub struct SecretFile(PathBuf);
+
+impl SecretFile {
+    pub fn new(content: &str) -> SecretFile {
+        let dir = std::env::temp_dir().join(unique_name("secrets"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = SecretFile(dir.join("secret"));
+        file.replace(content);
+        file
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+
+    /// Replaces the content the way a container runtime does: a new file
+    /// renamed over the old one.
+    pub fn replace(&self, content: &str) {
+        let next = self.0.with_extension("next");
+        std::fs::write(&next, format!("{content}\n")).unwrap();
+        std::fs::rename(&next, &self.0).unwrap();
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// /health's verdict with nothing to do: healthy, and every one of the
+/// five streams without lag or pending entries.
+pub fn healthy_and_idle(h: &serde_json::Value) -> bool {
+    h["status"] == "healthy"
+        && h["streams"]
+            .as_object()
+            .is_some_and(|s| s.len() == 5 && s.values().all(|v| v["lag"] == 0 && v["pending"] == 0))
+}
+
+/// A `writer` command that ran to its end: its exit code and output.
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Everything it printed: stdout, then stderr.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `writer <args>` to its end with exactly `vars` set (and PATH).
+pub fn writer_once<K, V>(args: &[&str], vars: impl IntoIterator<Item = (K, V)>) -> Finished
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_writer"))
+        .args(args)
+        .clean_env()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(vars)
+        .output()
+        .expect("run writer");
+    Finished {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
