@@ -164,6 +164,9 @@ pub struct RedisConfig {
     pub group: String,
     pub consumer: String,
     pub batch_size: usize,
+    /// Payload bytes per transaction, at most: what bounds a batch's memory
+    /// when entries carry many events each.
+    pub batch_max_bytes: usize,
     /// How long one `XREADGROUP` blocks; short, so shutdown is prompt.
     pub block: Duration,
     /// Pending entries idle this long belong to a dead consumer and are reclaimed.
@@ -645,6 +648,12 @@ pub const SETTINGS: &[Setting] = &[
     )
     .default("500"),
     Setting::new(
+        "BATCH_MAX_BYTES",
+        Kind::count(1_024..=268_435_456, |c, n| c.redis.batch_max_bytes = fits(n)),
+        "payload bytes applied per transaction, at most: bounds the memory of batches whose entries carry many events (a larger entry is a batch of its own)",
+    )
+    .default("2097152"),
+    Setting::new(
         "BATCH_TIMEOUT_MS",
         Kind::millis(1..=10_000, |c, d| c.redis.block = d),
         "XREADGROUP BLOCK time: how long a read waits for entries",
@@ -737,9 +746,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting::new(
         "ANALYTICS_CHANNEL_CAPACITY",
         Kind::count(1..=1_000_000, |c, n| c.analytics.channel_capacity = fits(n)),
-        "committed batches queued for the analytics worker before messages are dropped (dirty marks keep them)",
+        "committed batches queued for the analytics worker before messages are dropped (dirty marks keep them; each message holds its batch's triple ids, so this bounds memory)",
     )
-    .default("1024"),
+    .default("128"),
     Setting::new(
         "MAX_MESSAGES_PER_SECOND",
         Kind::count(1..=100_000_000, |c, n| c.analytics.max_terms_per_second = fits(n)),
@@ -1071,6 +1080,7 @@ mod tests {
         assert_eq!(c.database.acquire_timeout, Duration::from_secs(5));
         assert_eq!(c.redis.streams.len(), 5);
         assert_eq!(c.redis.batch_size, 500);
+        assert_eq!(c.redis.batch_max_bytes, 2 << 20);
         assert_eq!(c.redis.group, "writer");
         assert!(!c.redis.consumer.is_empty());
         assert_eq!(c.http_addr, SocketAddr::from(([0, 0, 0, 0], 8080)));

@@ -2,8 +2,10 @@
 //! dead consumers with `XAUTOCLAIM`, applies each batch ([`Ingest`]), and
 //! ACKs its entries only after their transaction committed (ADR 0003).
 //!
-//! Concurrency: at most `WORKERS` batches are in flight; the reader takes a
-//! permit before each read, so a slow database slows reading instead of
+//! Concurrency: at most `WORKERS` batches apply at once (each in its own
+//! transaction), and at most `WORKERS` more wait, read and decoded, for their
+//! turn: the reader reads ahead while batches apply, so no connection waits
+//! for Redis or for decoding, and a slow database slows reading instead of
 //! piling entries up in memory. While the circuit breaker is open the reader
 //! and claimer pause; the batch that tripped it keeps retrying and closes it.
 
@@ -67,8 +69,13 @@ struct Shared {
     ingest: Ingest,
     analytics: AnalyticsSender,
     state: Arc<ConsumerState>,
-    /// One per batch allowed in flight (`WORKERS`).
+    /// One per batch applying at a time (`WORKERS`): each holds a database
+    /// connection for its transaction.
     permits: Arc<Semaphore>,
+    /// One per batch read but not yet applying (`WORKERS` of them): the
+    /// reader reads ahead while batches apply, so a connection never waits
+    /// for Redis or for decoding, and memory stays bounded.
+    lookahead: Arc<Semaphore>,
     tracker: TaskTracker,
     abort: CancellationToken,
 }
@@ -102,6 +109,7 @@ impl Consumer {
                 analytics,
                 state,
                 permits: Arc::new(Semaphore::new(workers)),
+                lookahead: Arc::new(Semaphore::new(workers)),
                 tracker: TaskTracker::new(),
                 abort,
             }),
@@ -167,7 +175,7 @@ impl Shared {
 
     async fn acquire(&self, cancel: &CancellationToken) -> Option<OwnedSemaphorePermit> {
         tokio::select! {
-            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            permit = self.lookahead.clone().acquire_owned() => permit.ok(),
             _ = cancel.cancelled() => None,
         }
     }
@@ -185,6 +193,13 @@ impl Shared {
             .collect();
         let block_ms = self.config.block.as_millis() as u64;
         let new_ids = vec![">"; self.streams.len()];
+        // New entries are read one stream at a time, in turn, without
+        // blocking: a read is one batch of one event type (memory bounded
+        // by the batch, cascades that touch fewer tables). When a whole
+        // round finds nothing, one blocking read over every stream (a
+        // little of each) waits for the next entry.
+        let n = self.streams.len();
+        let (mut turn, mut empty_reads) = (0usize, 0usize);
         while !cancel.is_cancelled() {
             if !self.ingest.circuit.wait_closed(&cancel).await {
                 break;
@@ -209,12 +224,18 @@ impl Shared {
             let reading_pending = !pending.is_empty();
             let (pending_streams, pending_ids): (Vec<Arc<str>>, Vec<&str>);
             // Pending entries are there already: no blocking for them.
-            let (streams, ids, block) = if reading_pending {
+            let rotating = !reading_pending && empty_reads < n;
+            let (streams, ids, block, count) = if reading_pending {
                 pending_streams = pending.iter().map(|(s, _)| s.clone()).collect();
                 pending_ids = pending.iter().map(|(_, id)| id.as_str()).collect();
-                (&pending_streams[..], &pending_ids[..], None)
+                let count = self.config.batch_size;
+                (&pending_streams[..], &pending_ids[..], None, count)
+            } else if rotating {
+                let stream = &self.streams[turn..turn + 1];
+                (stream, &new_ids[..1], None, self.config.batch_size)
             } else {
-                (&self.streams[..], &new_ids[..], Some(block_ms))
+                let count = self.config.batch_size.div_ceil(n);
+                (&self.streams[..], &new_ids[..], Some(block_ms), count)
             };
             let result = stream::read_group(
                 c,
@@ -222,10 +243,22 @@ impl Shared {
                 &self.config.consumer,
                 streams,
                 ids,
-                self.config.batch_size,
+                count,
                 block,
             )
             .await;
+            if let Ok(entries) = &result
+                && !reading_pending
+            {
+                empty_reads = if entries.is_empty() {
+                    empty_reads + 1
+                } else {
+                    0
+                };
+                if rotating {
+                    turn = (turn + 1) % n;
+                }
+            }
             match result {
                 Ok(mut entries) => {
                     self.state.redis_healthy.store(true, Ordering::Relaxed);
@@ -328,13 +361,25 @@ impl Shared {
         }
         let mut permit = Some(permit);
         while !entries.is_empty() {
-            let rest = entries.split_off(entries.len().min(self.config.batch_size));
+            // At most BATCH_SIZE entries and BATCH_MAX_BYTES of payload (at
+            // least one entry).
+            let mut bytes = 0;
+            let fit = entries
+                .iter()
+                .take(self.config.batch_size)
+                .take_while(|e| {
+                    bytes += e.fields.iter().map(|(_, v)| v.len()).sum::<usize>();
+                    bytes <= self.config.batch_max_bytes
+                })
+                .count()
+                .max(1);
+            let rest = entries.split_off(fit);
             let batch = std::mem::replace(&mut entries, rest);
             let permit = match permit.take() {
                 Some(p) => p,
                 // The batch must run even during shutdown: its entries are
-                // already delivered to us. Wait for a permit regardless.
-                None => match self.permits.clone().acquire_owned().await {
+                // already delivered to us. Wait for a place regardless.
+                None => match self.lookahead.clone().acquire_owned().await {
                     Ok(p) => p,
                     Err(_) => return,
                 },
@@ -345,8 +390,22 @@ impl Shared {
         }
     }
 
-    async fn process_batch(self: Arc<Self>, batch: Vec<StreamEntry>, permit: OwnedSemaphorePermit) {
-        let processed = self.ingest.process(&batch, &self.abort).await;
+    /// Decodes a batch while it waits for its turn (holding a lookahead
+    /// place), then applies it holding a worker's permit, ACKs and notifies.
+    async fn process_batch(
+        self: Arc<Self>,
+        batch: Vec<StreamEntry>,
+        lookahead: OwnedSemaphorePermit,
+    ) {
+        let decoded = self.ingest.decode(&batch);
+        // The batch must run even during shutdown: its entries are already
+        // delivered to us.
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        drop(lookahead);
+        let processed = self.ingest.apply(&decoded, &self.abort).await;
+        drop(decoded);
         if let Some(processed) = processed {
             let committed_ms = now_ms();
             let end_to_end = metrics::histogram!("writer_end_to_end_seconds");

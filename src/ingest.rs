@@ -104,6 +104,9 @@ fn decode_entry<'e>(entry: &'e StreamEntry, max_deliveries: u32) -> Decoded<'e> 
     d
 }
 
+/// A batch of entries, decoded: what [`Ingest::apply`] works on.
+pub struct Batch<'e>(Vec<Decoded<'e>>);
+
 impl Ingest {
     /// Decodes, applies and dead-letters one batch. Returns None only if
     /// `abort` fired while Postgres kept failing: then nothing may be ACKed.
@@ -112,19 +115,32 @@ impl Ingest {
         entries: &[StreamEntry],
         abort: &CancellationToken,
     ) -> Option<Processed> {
+        self.apply(&self.decode(entries), abort).await
+    }
+
+    /// Decodes and validates a batch's entries (CPU only: the consumer does
+    /// it before the batch's turn to use a database connection comes).
+    pub fn decode<'e>(&self, entries: &'e [StreamEntry]) -> Batch<'e> {
         let started = Instant::now();
-        let decoded: Vec<Decoded<'_>> = entries
+        let decoded = entries
             .iter()
             .filter(|e| !e.fields.is_empty())
             .map(|e| decode_entry(e, self.max_deliveries))
             .collect();
         metrics::histogram!("writer_stage_seconds", "stage" => "decode")
             .record(started.elapsed().as_secs_f64());
+        Batch(decoded)
+    }
 
+    /// Applies and dead-letters a decoded batch, retrying while Postgres
+    /// fails. Returns None only if `abort` fired meanwhile: then nothing may
+    /// be ACKed.
+    pub async fn apply(&self, batch: &Batch<'_>, abort: &CancellationToken) -> Option<Processed> {
+        let decoded = &batch.0;
         let mut backoff = Backoff::new(&self.retry);
         loop {
             let escalate = backoff.attempts() >= self.retry.max_retries;
-            match self.attempt(&decoded, escalate, abort).await {
+            match self.attempt(decoded, escalate, abort).await {
                 Ok(processed) => {
                     self.circuit.record_success();
                     return Some(processed);

@@ -101,20 +101,22 @@ impl EventTable {
         let names = names.join(", ");
         let feeds = self.feeds;
         // Ordinals of the events not inserted, and whether they were live:
-        // in the common case (all new) nothing comes back.
+        // in the common case (all new) nothing comes back. `orphaned` is
+        // usually empty; `NOT IN` over it is a hashed lookup per row.
         let insert = format!(
             "WITH e AS (
     SELECT * FROM unnest({params}) WITH ORDINALITY AS e({names}, ord)
 ),
-live AS (
-    SELECT * FROM e WHERE NOT {ORPHANED}
+orphaned AS (
+    SELECT e.ord FROM e WHERE {ORPHANED}
 ),
 ins AS (
-    INSERT INTO {table} ({names}) SELECT {names} FROM live
+    INSERT INTO {table} ({names})
+    SELECT {names} FROM e WHERE e.ord NOT IN (SELECT ord FROM orphaned)
     ON CONFLICT (transaction_hash, log_index) DO NOTHING
     RETURNING transaction_hash, log_index
 )
-SELECT e.ord, EXISTS (SELECT 1 FROM live l WHERE l.ord = e.ord) AS live
+SELECT e.ord, e.ord NOT IN (SELECT ord FROM orphaned) AS live
 FROM e
 WHERE NOT EXISTS (SELECT 1 FROM ins
                   WHERE ins.transaction_hash = e.transaction_hash AND ins.log_index = e.log_index)"

@@ -290,7 +290,9 @@ impl ReadModel {
         let mut conn = self.pool.acquire().await?;
         metrics::histogram!("writer_db_acquire_seconds").record(acquire.elapsed().as_secs_f64());
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let stage = Instant::now();
         lock_reorg(&mut tx, &self.schema, false).await?;
+        let stage = record_stage("reorg_lock", stage);
 
         // 1. Event rows, without term locks: batches write in parallel, and
         //    each learns which of its events are new.
@@ -339,7 +341,9 @@ impl ReadModel {
             .chain(prices.iter().map(|i| i.event.term_id.as_str()))
             .chain(rebuild.terms())
             .collect();
+        let stage = record_stage("events", stage);
         lock_terms(&mut tx, &self.schema, &touched).await?;
+        let stage = record_stage("term_locks", stage);
 
         // 3. The cascade, one statement per table.
         atom::cascade(&mut tx, &kinds.atoms, &atoms.new).await?;
@@ -361,10 +365,9 @@ impl ReadModel {
         crate::analytics::mark(&mut tx, &dirty).await?;
         let mut dirty_triples: Vec<String> = dirty.iter().map(|t| (*t).to_owned()).collect();
         dirty_triples.extend(rebuild.run(&mut tx, &self.schema).await?);
-        let commit = Instant::now();
+        let stage = record_stage("cascade", stage);
         tx.commit().await?;
-        metrics::histogram!("writer_stage_seconds", "stage" => "commit")
-            .record(commit.elapsed().as_secs_f64());
+        record_stage("commit", stage);
 
         let inserted = KindCounts(written.map(|w| w.new.len() as u64));
         let orphaned: u64 = written.iter().map(|w| w.orphaned).sum();
@@ -421,6 +424,15 @@ impl ReadModel {
         }
         Ok(out)
     }
+}
+
+/// Records the time since `since` as a stage of a batch
+/// (`writer_stage_seconds{stage}`); returns now, where the next stage starts.
+fn record_stage(stage: &'static str, since: Instant) -> Instant {
+    let now = Instant::now();
+    metrics::histogram!("writer_stage_seconds", "stage" => stage)
+        .record(now.duration_since(since).as_secs_f64());
+    now
 }
 
 /// The items at `indexes`.
