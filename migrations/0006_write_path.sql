@@ -5,14 +5,16 @@
 -- entries, less WAL. These rows are updated far more often than inserted
 -- (a vault by most events that name it, a term by every price of its
 -- vaults). Takes effect for pages written from now on.
-ALTER TABLE position SET (fillfactor = 80);
-ALTER TABLE vault SET (fillfactor = 80);
-ALTER TABLE term SET (fillfactor = 80);
-ALTER TABLE triple_vault SET (fillfactor = 80);
-ALTER TABLE triple_term SET (fillfactor = 80);
-ALTER TABLE predicate_object SET (fillfactor = 80);
-ALTER TABLE subject_predicate SET (fillfactor = 80);
-ALTER TABLE analytics_dirty SET (fillfactor = 80);
+DO $$
+DECLARE
+    t TEXT;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['position', 'vault', 'term', 'triple_vault', 'triple_term',
+        'predicate_object', 'subject_predicate', 'analytics_dirty']
+    LOOP
+        EXECUTE format('ALTER TABLE %I SET (fillfactor = 80)', t);
+    END LOOP;
+END $$;
 
 -- Every event row goes into its table's indexes; besides the primary key
 -- they serve only rebuilds (reorgs, replaced events, backfill), which look
@@ -20,15 +22,15 @@ ALTER TABLE analytics_dirty SET (fillfactor = 80);
 -- the B-trees on text keys they replace, so cheaper to maintain on every
 -- insert. Same for the positions, looked up by vault only when one is
 -- rebuilt.
-DROP INDEX atom_created_events_term_id;
-CREATE INDEX atom_created_events_term_id ON atom_created_events USING hash (term_id);
-DROP INDEX triple_created_events_term_id;
-CREATE INDEX triple_created_events_term_id ON triple_created_events USING hash (term_id);
-DROP INDEX deposited_events_vault;
-CREATE INDEX deposited_events_term_id ON deposited_events USING hash (term_id);
-DROP INDEX redeemed_events_vault;
-CREATE INDEX redeemed_events_term_id ON redeemed_events USING hash (term_id);
-DROP INDEX share_price_changed_events_vault;
-CREATE INDEX share_price_changed_events_term_id ON share_price_changed_events USING hash (term_id);
-DROP INDEX position_vault;
-CREATE INDEX position_term_id ON position USING hash (term_id);
+DROP INDEX atom_created_events_term_id, triple_created_events_term_id, deposited_events_vault,
+    redeemed_events_vault, share_price_changed_events_vault, position_vault;
+DO $$
+DECLARE
+    t TEXT;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['atom_created_events', 'triple_created_events', 'deposited_events',
+        'redeemed_events', 'share_price_changed_events', 'position']
+    LOOP
+        EXECUTE format('CREATE INDEX %I ON %I USING hash (term_id)', t || '_term_id', t);
+    END LOOP;
+END $$;

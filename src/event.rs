@@ -91,6 +91,23 @@ pub struct SharePriceChanged {
     pub vault_type: VaultType,
 }
 
+/// The events that move a vault: Deposited, Redeemed, SharePriceChanged.
+pub trait VaultEvent {
+    /// The vault (term, curve) and its type.
+    fn vault(&self) -> (&Hash32, &Amount, VaultType);
+}
+
+macro_rules! vault_events {
+    ($($kind:ty),+) => {$(
+        impl VaultEvent for $kind {
+            fn vault(&self) -> (&Hash32, &Amount, VaultType) {
+                (&self.term_id, &self.curve_id, self.vault_type)
+            }
+        }
+    )+};
+}
+vault_events!(Deposited, Redeemed, SharePriceChanged);
+
 /// An event the writer stores but does not interpret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generic<'a> {

@@ -29,7 +29,7 @@ use crate::lock::{self, Domain, LockSet};
 /// changed.
 macro_rules! triple_rows {
     () => {
-        r#"
+        concat!(r#"
 WITH t AS (
     SELECT term_id, counter_term_id FROM triple WHERE term_id = ANY($1::text[])
 ),
@@ -63,16 +63,9 @@ vault_rows AS (
         market_cap
     FROM per_curve
     ORDER BY term_id, curve_id
-    ON CONFLICT (term_id, counter_term_id, curve_id) DO UPDATE SET
-        total_shares = EXCLUDED.total_shares,
-        total_assets = EXCLUDED.total_assets,
-        position_count = EXCLUDED.position_count,
-        market_cap = EXCLUDED.market_cap,
-        updated_at = now()
-    WHERE (tv.total_shares, tv.total_assets, tv.position_count, tv.market_cap)
-        IS DISTINCT FROM (EXCLUDED.total_shares, EXCLUDED.total_assets,
-                          EXCLUDED.position_count, EXCLUDED.market_cap)
-),
+    ON CONFLICT (term_id, counter_term_id, curve_id) "#,
+    update_changed!(tv: total_shares, total_assets, position_count, market_cap),
+    r#"),
 per_triple AS (
     SELECT t.term_id, t.counter_term_id,
         coalesce(sum(c.total_assets), 0) AS total_assets,
@@ -91,17 +84,85 @@ term_rows AS (
     SELECT term_id, counter_term_id, total_assets, total_market_cap, total_position_count
     FROM per_triple
     ORDER BY term_id
-    ON CONFLICT (term_id, counter_term_id) DO UPDATE SET
-        total_assets = EXCLUDED.total_assets,
-        total_market_cap = EXCLUDED.total_market_cap,
-        total_position_count = EXCLUDED.total_position_count,
-        updated_at = now()
-    WHERE (tt.total_assets, tt.total_market_cap, tt.total_position_count)
-        IS DISTINCT FROM (EXCLUDED.total_assets, EXCLUDED.total_market_cap,
-                          EXCLUDED.total_position_count)
-    RETURNING tt.term_id, tt.total_market_cap, tt.total_position_count
+    ON CONFLICT (term_id, counter_term_id) "#,
+    update_changed!(tt: total_assets, total_market_cap, total_position_count),
+    r#"    RETURNING tt.term_id, tt.total_market_cap, tt.total_position_count
 )
-"#
+"#)
+    };
+}
+
+/// `cte AS (…)`: the rows of one pair table (`table`, keyed by the
+/// triple columns `a` and `b`) moved by the `deltas` of its triples. The
+/// two pair tables differ only in their key.
+macro_rules! pair_deltas {
+    ($cte:literal, $table:literal, $a:literal, $b:literal) => {
+        concat!(
+            $cte,
+            " AS (
+    INSERT INTO ",
+            $table,
+            " AS x (",
+            $a,
+            ", ",
+            $b,
+            ", triple_count,
+        total_position_count, total_market_cap)
+    SELECT ",
+            $a,
+            ", ",
+            $b,
+            ", sum(added)::int8, sum(positions)::int8, sum(market_cap)
+    FROM deltas
+    GROUP BY ",
+            $a,
+            ", ",
+            $b,
+            "
+    ORDER BY ",
+            $a,
+            ", ",
+            $b,
+            "
+    ON CONFLICT (",
+            $a,
+            ", ",
+            $b,
+            ") DO UPDATE SET
+        triple_count = x.triple_count + EXCLUDED.triple_count,
+        total_position_count = x.total_position_count + EXCLUDED.total_position_count,
+        total_market_cap = x.total_market_cap + EXCLUDED.total_market_cap,
+        updated_at = now()
+    WHERE (EXCLUDED.triple_count, EXCLUDED.total_position_count, EXCLUDED.total_market_cap)
+        <> (0, 0, 0)
+    RETURNING 1
+)"
+        )
+    };
+}
+
+/// `cte AS (…)`: the rows of one pair table (`table`, keyed by the triple
+/// columns `a` and `b`) for the pairs listed in `pairs`, recomputed in full
+/// from the counted triples (those with a `triple_term` row).
+macro_rules! pair_totals {
+    ($cte:literal, $pairs:literal, $table:literal, $a:literal, $b:literal) => {
+        concat!(
+            $cte, " AS (
+    INSERT INTO ", $table, " AS x (", $a, ", ", $b, ", triple_count,
+        total_position_count, total_market_cap)
+    SELECT pr.", $a, ", pr.", $b, ", count(*),
+        coalesce(sum(tt.total_position_count), 0)::bigint,
+        coalesce(sum(tt.total_market_cap), 0)
+    FROM ", $pairs, " pr
+    JOIN triple t ON t.", $a, " = pr.", $a, " AND t.", $b, " = pr.", $b, "
+    JOIN triple_term tt ON tt.term_id = t.term_id AND tt.counter_term_id = t.counter_term_id
+    GROUP BY pr.", $a, ", pr.", $b, "
+    ORDER BY pr.", $a, ", pr.", $b, "
+    ON CONFLICT (", $a, ", ", $b, ") ",
+            update_changed!(x: triple_count, total_position_count, total_market_cap),
+            "    RETURNING 1
+)"
+        )
     };
 }
 
@@ -126,38 +187,11 @@ deltas AS (
     JOIN triple t ON t.term_id = r.term_id
     LEFT JOIN old o ON o.term_id = r.term_id
 ),
-po_rows AS (
-    INSERT INTO predicate_object AS x (predicate_id, object_id, triple_count,
-        total_position_count, total_market_cap)
-    SELECT predicate_id, object_id, sum(added)::int8, sum(positions)::int8, sum(market_cap)
-    FROM deltas
-    GROUP BY predicate_id, object_id
-    ORDER BY predicate_id, object_id
-    ON CONFLICT (predicate_id, object_id) DO UPDATE SET
-        triple_count = x.triple_count + EXCLUDED.triple_count,
-        total_position_count = x.total_position_count + EXCLUDED.total_position_count,
-        total_market_cap = x.total_market_cap + EXCLUDED.total_market_cap,
-        updated_at = now()
-    WHERE (EXCLUDED.triple_count, EXCLUDED.total_position_count, EXCLUDED.total_market_cap)
-        <> (0, 0, 0)
-    RETURNING 1
-),
-sp_rows AS (
-    INSERT INTO subject_predicate AS x (subject_id, predicate_id, triple_count,
-        total_position_count, total_market_cap)
-    SELECT subject_id, predicate_id, sum(added)::int8, sum(positions)::int8, sum(market_cap)
-    FROM deltas
-    GROUP BY subject_id, predicate_id
-    ORDER BY subject_id, predicate_id
-    ON CONFLICT (subject_id, predicate_id) DO UPDATE SET
-        triple_count = x.triple_count + EXCLUDED.triple_count,
-        total_position_count = x.total_position_count + EXCLUDED.total_position_count,
-        total_market_cap = x.total_market_cap + EXCLUDED.total_market_cap,
-        updated_at = now()
-    WHERE (EXCLUDED.triple_count, EXCLUDED.total_position_count, EXCLUDED.total_market_cap)
-        <> (0, 0, 0)
-    RETURNING 1
-)
+"#,
+    pair_deltas!("po_rows", "predicate_object", "predicate_id", "object_id"),
+    ",\n",
+    pair_deltas!("sp_rows", "subject_predicate", "subject_id", "predicate_id"),
+    r#"
 SELECT (SELECT count(*) FROM term_rows), (SELECT count(*) FROM po_rows),
     (SELECT count(*) FROM sp_rows)
 "#
@@ -183,63 +217,36 @@ WHERE tt.term_id = ANY($1::text[])
 /// The pair rows of `$1..$4` recomputed in full from the triples that
 /// have their `triple_term` row (a triple counts in its pairs from its first
 /// analytics pass on, as in [`INCREMENTAL`]).
-const FULL_PAIRS: &str = r#"
+const FULL_PAIRS: &str = concat!(
+    r#"
 WITH po_pairs AS (
-    SELECT DISTINCT p, o FROM unnest($1::text[], $2::text[]) AS u(p, o)
+    SELECT DISTINCT predicate_id, object_id
+    FROM unnest($1::text[], $2::text[]) AS u(predicate_id, object_id)
 ),
 sp_pairs AS (
-    SELECT DISTINCT s, p FROM unnest($3::text[], $4::text[]) AS u(s, p)
+    SELECT DISTINCT subject_id, predicate_id
+    FROM unnest($3::text[], $4::text[]) AS u(subject_id, predicate_id)
 ),
-po AS (
-    SELECT pr.p, pr.o, count(*) AS triple_count,
-        coalesce(sum(tt.total_position_count), 0)::bigint AS total_position_count,
-        coalesce(sum(tt.total_market_cap), 0) AS total_market_cap
-    FROM po_pairs pr
-    JOIN triple t ON t.predicate_id = pr.p AND t.object_id = pr.o
-    JOIN triple_term tt ON tt.term_id = t.term_id AND tt.counter_term_id = t.counter_term_id
-    GROUP BY pr.p, pr.o
-),
-sp AS (
-    SELECT pr.s, pr.p, count(*) AS triple_count,
-        coalesce(sum(tt.total_position_count), 0)::bigint AS total_position_count,
-        coalesce(sum(tt.total_market_cap), 0) AS total_market_cap
-    FROM sp_pairs pr
-    JOIN triple t ON t.subject_id = pr.s AND t.predicate_id = pr.p
-    JOIN triple_term tt ON tt.term_id = t.term_id AND tt.counter_term_id = t.counter_term_id
-    GROUP BY pr.s, pr.p
-),
-po_rows AS (
-    INSERT INTO predicate_object AS x (predicate_id, object_id, triple_count,
-        total_position_count, total_market_cap)
-    SELECT p, o, triple_count, total_position_count, total_market_cap FROM po
-    ORDER BY p, o
-    ON CONFLICT (predicate_id, object_id) DO UPDATE SET
-        triple_count = EXCLUDED.triple_count,
-        total_position_count = EXCLUDED.total_position_count,
-        total_market_cap = EXCLUDED.total_market_cap,
-        updated_at = now()
-    WHERE (x.triple_count, x.total_position_count, x.total_market_cap)
-        IS DISTINCT FROM (EXCLUDED.triple_count, EXCLUDED.total_position_count,
-                          EXCLUDED.total_market_cap)
-    RETURNING 1
-),
-sp_rows AS (
-    INSERT INTO subject_predicate AS x (subject_id, predicate_id, triple_count,
-        total_position_count, total_market_cap)
-    SELECT s, p, triple_count, total_position_count, total_market_cap FROM sp
-    ORDER BY s, p
-    ON CONFLICT (subject_id, predicate_id) DO UPDATE SET
-        triple_count = EXCLUDED.triple_count,
-        total_position_count = EXCLUDED.total_position_count,
-        total_market_cap = EXCLUDED.total_market_cap,
-        updated_at = now()
-    WHERE (x.triple_count, x.total_position_count, x.total_market_cap)
-        IS DISTINCT FROM (EXCLUDED.triple_count, EXCLUDED.total_position_count,
-                          EXCLUDED.total_market_cap)
-    RETURNING 1
-)
+"#,
+    pair_totals!(
+        "po_rows",
+        "po_pairs",
+        "predicate_object",
+        "predicate_id",
+        "object_id"
+    ),
+    ",\n",
+    pair_totals!(
+        "sp_rows",
+        "sp_pairs",
+        "subject_predicate",
+        "subject_id",
+        "predicate_id"
+    ),
+    r#"
 SELECT (SELECT count(*) FROM po_rows), (SELECT count(*) FROM sp_rows)
-"#;
+"#
+);
 
 /// Pair rows no counted triple has any more (after a reorg removed or
 /// moved triples).
@@ -323,19 +330,14 @@ pub async fn recompute(
     let subjects: Vec<&str> = spo.iter().map(|t| t.0).collect();
     let predicates: Vec<&str> = spo.iter().map(|t| t.1).collect();
     let objects: Vec<&str> = spo.iter().map(|t| t.2).collect();
-    sqlx::query(FULL_PAIRS)
-        .bind(&predicates)
-        .bind(&objects)
-        .bind(&subjects)
-        .bind(&predicates)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(PRUNE_PAIR_ROWS)
-        .bind(&predicates)
-        .bind(&objects)
-        .bind(&subjects)
-        .bind(&predicates)
-        .execute(&mut *conn)
-        .await?;
+    for pairs in [FULL_PAIRS, PRUNE_PAIR_ROWS] {
+        sqlx::query(pairs)
+            .bind(&predicates)
+            .bind(&objects)
+            .bind(&subjects)
+            .bind(&predicates)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }

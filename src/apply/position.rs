@@ -68,7 +68,8 @@ HAVING sum((u.shares > 0)::int - coalesce((o.shares > 0)::int, 0)) <> 0
 /// Rebuilds the given positions from the events that remain (after a reorg
 /// removed some, or for a backfill): newest totalShares, sums of assets.
 /// Positions left without events are deleted. `$1..$3` = account, term, curve.
-const RECOMPUTE: &str = r#"
+const RECOMPUTE: &str = concat!(
+    r#"
 WITH keys AS (
     SELECT DISTINCT account_id, term_id, curve_id
     FROM unnest($1::text[], $2::text[], $3::text[]::numeric[]) AS k(account_id, term_id, curve_id)
@@ -99,24 +100,17 @@ upserted AS (
     SELECT account_id, term_id, curve_id, total_shares, deposited, redeemed, block_number,
         log_index
     FROM computed
-    ON CONFLICT (account_id, term_id, curve_id) DO UPDATE SET
-        shares = EXCLUDED.shares,
-        total_deposit_assets_after_total_fees = EXCLUDED.total_deposit_assets_after_total_fees,
-        total_redeem_assets_for_receiver = EXCLUDED.total_redeem_assets_for_receiver,
-        last_event_block = EXCLUDED.last_event_block,
-        last_event_log_index = EXCLUDED.last_event_log_index,
-        updated_at = now()
-    WHERE (p.shares, p.total_deposit_assets_after_total_fees, p.total_redeem_assets_for_receiver,
-           p.last_event_block, p.last_event_log_index)
-        IS DISTINCT FROM (EXCLUDED.shares, EXCLUDED.total_deposit_assets_after_total_fees,
-           EXCLUDED.total_redeem_assets_for_receiver, EXCLUDED.last_event_block,
-           EXCLUDED.last_event_log_index)
-)
+    ON CONFLICT (account_id, term_id, curve_id) "#,
+    update_changed!(p:
+        shares, total_deposit_assets_after_total_fees, total_redeem_assets_for_receiver,
+        last_event_block, last_event_log_index),
+    r#")
 DELETE FROM position p USING keys k
 WHERE p.account_id = k.account_id AND p.term_id = k.term_id AND p.curve_id = k.curve_id
   AND NOT EXISTS (SELECT 1 FROM computed c WHERE c.account_id = k.account_id
                   AND c.term_id = k.term_id AND c.curve_id = k.curve_id)
-"#;
+"#
+);
 
 /// A change of a vault's count of positions with shares: term, curve
 /// (canonical decimal), change.

@@ -44,7 +44,8 @@ WHERE EXCLUDED.total_assets <> 0 OR EXCLUDED.total_market_cap <> 0
 /// Recomputes the term rows of `$1` from `atom`, `triple` and `vault`,
 /// deleting those nothing defines any more (only a reorg can do that);
 /// returns the triples among them (pro or counter).
-const RECOMPUTE: &str = r#"
+const RECOMPUTE: &str = concat!(
+    r#"
 WITH ids AS (
     SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)
 ),
@@ -74,23 +75,16 @@ upserted AS (
     FROM computed
     WHERE atom_id IS NOT NULL OR triple_id IS NOT NULL OR vaults > 0
     ORDER BY id
-    ON CONFLICT (id) DO UPDATE SET
-        type = EXCLUDED.type,
-        atom_id = EXCLUDED.atom_id,
-        triple_id = EXCLUDED.triple_id,
-        total_assets = EXCLUDED.total_assets,
-        total_market_cap = EXCLUDED.total_market_cap,
-        updated_at = now()
-    WHERE (t.type, t.atom_id, t.triple_id, t.total_assets, t.total_market_cap)
-        IS DISTINCT FROM (EXCLUDED.type, EXCLUDED.atom_id, EXCLUDED.triple_id,
-                          EXCLUDED.total_assets, EXCLUDED.total_market_cap)
-),
+    ON CONFLICT (id) "#,
+    update_changed!(t: type, atom_id, triple_id, total_assets, total_market_cap),
+    r#"),
 removed AS (
     DELETE FROM term t USING computed c
     WHERE t.id = c.id AND c.atom_id IS NULL AND c.triple_id IS NULL AND c.vaults = 0
 )
 SELECT DISTINCT triple_id FROM computed WHERE triple_id IS NOT NULL
-"#;
+"#
+);
 
 /// What a batch created: atoms (their terms), triples (term and counter).
 #[derive(Debug, Default)]

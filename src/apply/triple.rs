@@ -31,7 +31,8 @@ RETURNING term_id
 /// subject, predicate and object of triples whose event was replaced by
 /// one naming others (a transaction re-included on a new fork) — so the
 /// analytics of their old pairs can be rebuilt.
-const RECOMPUTE: &str = r#"
+const RECOMPUTE: &str = concat!(
+    r#"
 WITH ids AS (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)),
 earliest AS (
     SELECT DISTINCT ON (e.term_id) e.term_id, e.creator, e.subject_id, e.predicate_id,
@@ -49,19 +50,10 @@ upserted AS (
     SELECT term_id, creator, subject_id, predicate_id, object_id, counter_term_id,
         block_number, log_index
     FROM earliest
-    ON CONFLICT (term_id) DO UPDATE SET
-        creator_id = EXCLUDED.creator_id,
-        subject_id = EXCLUDED.subject_id,
-        predicate_id = EXCLUDED.predicate_id,
-        object_id = EXCLUDED.object_id,
-        last_event_block = EXCLUDED.last_event_block,
-        last_event_log_index = EXCLUDED.last_event_log_index,
-        updated_at = now()
-    WHERE (t.creator_id, t.subject_id, t.predicate_id, t.object_id, t.last_event_block,
-           t.last_event_log_index)
-        IS DISTINCT FROM (EXCLUDED.creator_id, EXCLUDED.subject_id, EXCLUDED.predicate_id,
-           EXCLUDED.object_id, EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-),
+    ON CONFLICT (term_id) "#,
+    update_changed!(t:
+        creator_id, subject_id, predicate_id, object_id, last_event_block, last_event_log_index),
+    r#"),
 removed AS (
     DELETE FROM triple t USING ids
     WHERE t.term_id = ids.id AND NOT EXISTS (SELECT 1 FROM earliest e WHERE e.term_id = ids.id)
@@ -73,14 +65,15 @@ SELECT o.term_id, o.counter_term_id, o.subject_id, o.predicate_id, o.object_id
 FROM old o JOIN earliest e USING (term_id)
 WHERE (o.subject_id, o.predicate_id, o.object_id)
     IS DISTINCT FROM (e.subject_id, e.predicate_id, e.object_id)
-"#;
+"#
+);
 
 /// A triple as it no longer is: (term, counter, subject, predicate, object).
 pub type RemovedTriple = (String, String, String, String, String);
 
 /// Rebuilds triples from their events (see [`RECOMPUTE`]); returns the
-/// triples as they no longer are (deleted, or moved to other pairs). Callers hold the term locks (or the exclusive reorg
-/// lock).
+/// triples as they no longer are (deleted, or moved to other pairs).
+/// Callers hold the term locks (or the exclusive reorg lock).
 pub async fn recompute(
     conn: &mut PgConnection,
     ids: &[&str],

@@ -16,7 +16,7 @@ use sqlx::PgConnection;
 
 use super::events::Item;
 use super::position::CountDelta;
-use crate::event::{ChainPosition, Deposited, Redeemed, SharePriceChanged};
+use crate::event::{ChainPosition, Deposited, Redeemed, SharePriceChanged, VaultEvent};
 
 /// A vault: term, curve (canonical decimal).
 pub type VaultKey = (String, String);
@@ -86,7 +86,8 @@ GROUP BY u.term_id
 /// Rebuilds the given vaults from their remaining events and current
 /// positions (run after the positions are rebuilt). Vaults no event names any
 /// more are deleted. `$1..$2` = term, curve.
-const RECOMPUTE: &str = r#"
+const RECOMPUTE: &str = concat!(
+    r#"
 WITH keys AS (
     SELECT DISTINCT term_id, curve_id
     FROM unnest($1::text[], $2::text[]::numeric[]) AS k(term_id, curve_id)
@@ -128,30 +129,16 @@ upserted AS (
     FROM newest n
     LEFT JOIN prices pr USING (term_id, curve_id)
     LEFT JOIN counts c USING (term_id, curve_id)
-    ON CONFLICT (term_id, curve_id) DO UPDATE SET
-        total_shares = EXCLUDED.total_shares,
-        current_share_price = EXCLUDED.current_share_price,
-        total_assets = EXCLUDED.total_assets,
-        market_cap = EXCLUDED.market_cap,
-        position_count = EXCLUDED.position_count,
-        vault_type = EXCLUDED.vault_type,
-        share_price_block = EXCLUDED.share_price_block,
-        share_price_log_index = EXCLUDED.share_price_log_index,
-        last_event_block = EXCLUDED.last_event_block,
-        last_event_log_index = EXCLUDED.last_event_log_index,
-        updated_at = now()
-    WHERE (v.total_shares, v.current_share_price, v.total_assets, v.market_cap,
-           v.position_count, v.vault_type, v.share_price_block, v.share_price_log_index,
-           v.last_event_block, v.last_event_log_index)
-        IS DISTINCT FROM (EXCLUDED.total_shares, EXCLUDED.current_share_price,
-           EXCLUDED.total_assets, EXCLUDED.market_cap, EXCLUDED.position_count,
-           EXCLUDED.vault_type, EXCLUDED.share_price_block, EXCLUDED.share_price_log_index,
-           EXCLUDED.last_event_block, EXCLUDED.last_event_log_index)
-)
+    ON CONFLICT (term_id, curve_id) "#,
+    update_changed!(v:
+        total_shares, current_share_price, total_assets, market_cap, position_count, vault_type,
+        share_price_block, share_price_log_index, last_event_block, last_event_log_index),
+    r#")
 DELETE FROM vault v USING keys k
 WHERE v.term_id = k.term_id AND v.curve_id = k.curve_id
   AND NOT EXISTS (SELECT 1 FROM newest n WHERE n.term_id = k.term_id AND n.curve_id = k.curve_id)
-"#;
+"#
+);
 
 /// How a batch moved one term's vaults: the term; Σ total_assets and
 /// Σ market_cap after − before over its vaults (decimal); the triple whose
@@ -188,24 +175,16 @@ pub(crate) async fn cascade(
     counts: &[CountDelta],
 ) -> Result<Vec<TermMove>, sqlx::Error> {
     let mut changes: HashMap<(&str, &str), Change<'_>> = HashMap::new();
-    for i in deposits {
-        let key = (i.event.term_id.as_str(), i.event.curve_id.as_str());
-        changes
-            .entry(key)
-            .or_default()
-            .saw(i.chain, i.event.vault_type.code());
-    }
-    for i in redeems {
-        let key = (i.event.term_id.as_str(), i.event.curve_id.as_str());
-        changes
-            .entry(key)
-            .or_default()
-            .saw(i.chain, i.event.vault_type.code());
+    let moved = (deposits.iter().map(|i| (i.chain, i.event.vault())))
+        .chain(redeems.iter().map(|i| (i.chain, i.event.vault())));
+    for (chain, (term, curve, vault_type)) in moved {
+        let change = changes.entry((term.as_str(), curve.as_str())).or_default();
+        change.saw(chain, vault_type.code());
     }
     for i in prices {
-        let key = (i.event.term_id.as_str(), i.event.curve_id.as_str());
-        let change = changes.entry(key).or_default();
-        change.saw(i.chain, i.event.vault_type.code());
+        let (term, curve, vault_type) = i.event.vault();
+        let change = changes.entry((term.as_str(), curve.as_str())).or_default();
+        change.saw(i.chain, vault_type.code());
         if change
             .price
             .is_none_or(|(at, _)| at.order() < i.chain.order())
