@@ -17,23 +17,35 @@ CREATE TABLE streams (
 );
 INSERT INTO streams (id, name) VALUES (0, '');
 
--- Every event table: where each row was delivered from. Rows stored before
--- this migration have no source: NULL, never orphaned by a notice (the old
--- notices removed what they named). A notice removes the recent blocks of
--- the chain: a BRIN index finds them (events arrive roughly in block order)
--- at almost no cost per insert.
-DO $$
-DECLARE
-    t TEXT;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['atom_created_events', 'triple_created_events', 'deposited_events',
-        'redeemed_events', 'share_price_changed_events', 'generic_events']
-    LOOP
-        EXECUTE format('ALTER TABLE %I ADD COLUMN source_stream INTEGER,
-            ADD COLUMN source_entry_ms BIGINT, ADD COLUMN source_entry_seq BIGINT', t);
-        EXECUTE format('CREATE INDEX %I ON %I USING brin (block_number)', t || '_block', t);
-    END LOOP;
-END $$;
+-- Rows stored before this migration have no source: NULL, never orphaned by
+-- a notice (the old notices removed what they named).
+ALTER TABLE atom_created_events
+    ADD COLUMN source_stream INTEGER, ADD COLUMN source_entry_ms BIGINT,
+    ADD COLUMN source_entry_seq BIGINT;
+ALTER TABLE triple_created_events
+    ADD COLUMN source_stream INTEGER, ADD COLUMN source_entry_ms BIGINT,
+    ADD COLUMN source_entry_seq BIGINT;
+ALTER TABLE deposited_events
+    ADD COLUMN source_stream INTEGER, ADD COLUMN source_entry_ms BIGINT,
+    ADD COLUMN source_entry_seq BIGINT;
+ALTER TABLE redeemed_events
+    ADD COLUMN source_stream INTEGER, ADD COLUMN source_entry_ms BIGINT,
+    ADD COLUMN source_entry_seq BIGINT;
+ALTER TABLE share_price_changed_events
+    ADD COLUMN source_stream INTEGER, ADD COLUMN source_entry_ms BIGINT,
+    ADD COLUMN source_entry_seq BIGINT;
+ALTER TABLE generic_events
+    ADD COLUMN source_stream INTEGER, ADD COLUMN source_entry_ms BIGINT,
+    ADD COLUMN source_entry_seq BIGINT;
+
+-- A notice removes the recent blocks of the chain: BRIN indexes find them
+-- (events arrive roughly in block order) at almost no cost per insert.
+CREATE INDEX atom_created_events_block ON atom_created_events USING brin (block_number);
+CREATE INDEX triple_created_events_block ON triple_created_events USING brin (block_number);
+CREATE INDEX deposited_events_block ON deposited_events USING brin (block_number);
+CREATE INDEX redeemed_events_block ON redeemed_events USING brin (block_number);
+CREATE INDEX share_price_changed_events_block ON share_price_changed_events USING brin (block_number);
+CREATE INDEX generic_events_block ON generic_events USING brin (block_number);
 
 -- Tombstones by block hash are replaced by the positional rule.
 DROP TABLE reorged_events;

@@ -325,3 +325,44 @@ async fn apply_pending(
     }
     Ok(applied)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A migration a database may have applied never changes: the ledger
+    /// would refuse to start against that database ("changed migration").
+    /// Add the checksum of a migration here once it is released.
+    #[test]
+    fn released_migrations_keep_their_checksums() {
+        let released = [
+            (
+                1,
+                "260e51d53ab19c170ca5bee1f1ba2c68e671bdaeda135b0ab1b5ca438e5a9f34",
+            ),
+            (
+                2,
+                "f4fb27f4186c54e8fdbfc1d488e544c980feb9e3ec74ae7b622f6816b291b25d",
+            ),
+            (
+                3,
+                "0e093ca775deb8f64cfaf81b052e325294f243a9370c859a0e3821fc989f5e89",
+            ),
+            (
+                4,
+                "91ed108a68f751415b6364c15b2141de702eb108aaa89be3a5c59057918e4e03",
+            ),
+            (
+                5,
+                "f0419c32956a12a878bd46a6abb5f329739391ccd1a1a6e99737d860d588d007",
+            ),
+        ];
+        for (version, sum) in released {
+            let (_, name, sql) = MIGRATIONS
+                .iter()
+                .find(|(v, _, _)| *v == version)
+                .expect("a released migration stays in MIGRATIONS");
+            assert_eq!(checksum(sql), sum, "migration {version} ({name}) changed");
+        }
+    }
+}
