@@ -340,8 +340,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Splits entries into batches of at most BATCH_SIZE and spawns one task
-    /// per batch, each holding a permit.
+    /// Splits entries into batches of at most BATCH_SIZE entries and
+    /// BATCH_MAX_BYTES of payload, and spawns one task per batch, each
+    /// holding a lookahead place (the first one the caller's).
     async fn dispatch(
         self: &Arc<Self>,
         mut entries: Vec<StreamEntry>,

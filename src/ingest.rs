@@ -17,6 +17,7 @@ use crate::db::{Failure, classify};
 use crate::dead_letter::{self, NewDeadLetter};
 use crate::decode::{self, DecodedEntry};
 use crate::event::ReorgNotice;
+use crate::reorg::ReorgOutcome;
 use crate::retry::{Backoff, Circuit};
 use crate::stream::StreamEntry;
 
@@ -243,21 +244,28 @@ impl Ingest {
         }
         let all: Vec<(&ReorgNotice<'_>, Source<'_>)> =
             copies.iter().map(|(_, n, s)| (*n, *s)).collect();
-        let outcomes = match crate::reorg::apply(&self.read_model, &all).await {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(e) if classify(&e) == Failure::Permanent && copies.len() > 1 => {
-                let mut each = Vec::with_capacity(copies.len());
-                for copy in &all {
-                    each.push(
-                        crate::reorg::apply(&self.read_model, std::slice::from_ref(copy))
-                            .await
-                            .map(|mut o| o.remove(0)),
-                    );
+        // One transaction for all copies; if it is refused, each copy on its
+        // own, so that only the refused one is rejected.
+        let outcomes: Vec<Result<ReorgOutcome, sqlx::Error>> =
+            match crate::reorg::apply(&self.read_model, &all).await {
+                Ok(done) => {
+                    out.applied.dirty_triples.extend(done.dirty_triples);
+                    done.copies.into_iter().map(Ok).collect()
                 }
-                each
-            }
-            Err(e) => vec![Err(e)],
-        };
+                Err(e) if classify(&e) == Failure::Permanent && copies.len() > 1 => {
+                    let mut each = Vec::with_capacity(copies.len());
+                    for copy in &all {
+                        let done =
+                            crate::reorg::apply(&self.read_model, std::slice::from_ref(copy)).await;
+                        each.push(done.map(|mut done| {
+                            out.applied.dirty_triples.append(&mut done.dirty_triples);
+                            done.copies.remove(0)
+                        }));
+                    }
+                    each
+                }
+                Err(e) => vec![Err(e)],
+            };
         for ((i, _, _), outcome) in copies.iter().zip(outcomes) {
             match outcome {
                 Ok(r) => {
@@ -268,7 +276,6 @@ impl Ingest {
                     }
                     out.reorgs += usize::from(r.applied);
                     out.removed_by_reorgs += r.removed_events;
-                    out.applied.dirty_triples.extend(r.dirty_triples);
                 }
                 Err(e) if classify(&e) == Failure::Permanent => {
                     rejections.push((*i, format!("reorg notice could not be applied: {e}")));

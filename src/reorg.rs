@@ -3,10 +3,10 @@
 //! rindexer sends one notice to every stream of the network, then the new
 //! chain's events. Its meaning is positional: the copy that arrives on
 //! stream S abandons every event of its network at block ≥ `fork_block`
-//! that S delivered before it. Each copy is applied on its own: the events
-//! its stream delivered before it are deleted, and everything they fed is
-//! rebuilt from the events that remain, so the tables end exactly as if
-//! those events had never arrived. `affected_tx_hashes` is recorded but not
+//! that S delivered before it. Each copy deletes the events its stream
+//! delivered before it; everything the copies of one transaction removed is
+//! then rebuilt once from the events that remain, so the tables end exactly
+//! as if those events had never arrived. `affected_tx_hashes` is recorded but not
 //! relied on: it lists what rindexer deleted from its own storage and is
 //! empty when it keeps none.
 //!
@@ -33,18 +33,26 @@ pub struct ReorgOutcome {
     pub applied: bool,
     /// Events its stream had delivered before it that it removed.
     pub removed_events: u64,
+}
+
+/// What one transaction of copies did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AppliedCopies {
+    /// Each copy's outcome, in the order given.
+    pub copies: Vec<ReorgOutcome>,
+    /// Triples whose analytics the rebuild changed (for the worker).
     pub dirty_triples: Vec<String>,
 }
 
 /// Applies copies of notices, each delivered by its source, in one
 /// transaction (one wait for the exclusive lock, however many streams the
-/// batch read copies from). Returns what each copy did, in order.
+/// batch read copies from).
 pub async fn apply(
     rm: &ReadModel,
     copies: &[(&ReorgNotice<'_>, Source<'_>)],
-) -> Result<Vec<ReorgOutcome>, sqlx::Error> {
+) -> Result<AppliedCopies, sqlx::Error> {
     if copies.is_empty() {
-        return Ok(Vec::new());
+        return Ok(AppliedCopies::default());
     }
     let names: Vec<&str> = copies.iter().map(|(_, s)| s.stream).collect();
     let streams = rm.stream_ids(&names).await?;
@@ -79,15 +87,11 @@ pub async fn apply(
         outcomes.push(ReorgOutcome {
             applied: true,
             removed_events,
-            dirty_triples: Vec::new(),
         });
     }
     // Everything the copies removed, rebuilt once.
     let dirty_triples = rebuild.run(&mut tx, rm.schema()).await?;
     tx.commit().await?;
-    if let Some(&first) = applied.first() {
-        outcomes[first].dirty_triples = dirty_triples;
-    }
     for &i in &applied {
         let (notice, source) = copies[i];
         tracing::info!(
@@ -100,7 +104,10 @@ pub async fn apply(
             "applied reorg notice: events this stream delivered before it at or above the fork block removed"
         );
     }
-    Ok(outcomes)
+    Ok(AppliedCopies {
+        copies: outcomes,
+        dirty_triples,
+    })
 }
 
 /// Records a copy; None if it was recorded before (a redelivery).

@@ -3,9 +3,6 @@
 
 use sqlx::PgConnection;
 
-use super::events::Item;
-use crate::event::AtomCreated;
-
 /// Rebuilds the atom rows of `$1` from the earliest remaining AtomCreated;
 /// deletes those left without one (after a reorg). Resolver columns
 /// (label, image, …) of surviving atoms are kept.
@@ -32,26 +29,13 @@ WHERE a.term_id = ids.id AND NOT EXISTS (SELECT 1 FROM earliest e WHERE e.term_i
 "#
 );
 
-/// Rebuilds atoms from their events (see [`RECOMPUTE`]). Callers hold the
-/// term locks (or the exclusive reorg lock).
+/// Rebuilds atoms from their events (see [`RECOMPUTE`]); also how new
+/// AtomCreated events create their rows, so that the earliest creation wins
+/// whatever the arrival order (only forks create a term twice). Callers hold
+/// the term locks (or the exclusive reorg lock).
 pub async fn recompute(conn: &mut PgConnection, ids: &[&str]) -> Result<(), sqlx::Error> {
     if !ids.is_empty() {
         sqlx::query(RECOMPUTE).bind(ids).execute(conn).await?;
     }
     Ok(())
-}
-
-/// Creates the atom rows of the new events (`new`: indexes into `items`):
-/// the same rebuild from the event log, so that the earliest creation wins
-/// whatever the arrival order (only forks create a term twice).
-pub(crate) async fn cascade(
-    conn: &mut PgConnection,
-    items: &[Item<'_, AtomCreated>],
-    new: &[usize],
-) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = new
-        .iter()
-        .map(|&i| items[i].event.term_id.as_str())
-        .collect();
-    recompute(conn, &ids).await
 }

@@ -346,7 +346,7 @@ impl ReadModel {
         let stage = record_stage("term_locks", stage);
 
         // 3. The cascade, one statement per table.
-        atom::cascade(&mut tx, &kinds.atoms, &atoms.new).await?;
+        atom::recompute(&mut tx, &created.atoms).await?;
         // A second TripleCreated of a triple (only across forks) may move it
         // to other pairs: rebuilt, not patched.
         for i in triple::cascade(&mut tx, &kinds.triples, &triples.new).await? {
@@ -438,4 +438,10 @@ fn record_stage(stage: &'static str, since: Instant) -> Instant {
 /// The items at `indexes`.
 fn pick<'b, E>(items: &[Item<'b, E>], indexes: &[usize]) -> Vec<Item<'b, E>> {
     indexes.iter().map(|&i| items[i]).collect()
+}
+
+/// One bind parameter of an `unnest` statement: a field of every row, in
+/// row order. The binds of a statement read as its column list.
+fn column<'r, R, T>(rows: &'r [R], field: impl Fn(&'r R) -> T) -> Vec<T> {
+    rows.iter().map(field).collect()
 }

@@ -12,9 +12,11 @@
 //! `position_count` moves by that much.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use sqlx::PgConnection;
 
+use super::column;
 use super::events::Item;
 use crate::event::{Amount, ChainPosition, Deposited, Redeemed};
 
@@ -157,17 +159,14 @@ pub(crate) async fn cascade(
     // position rows in).
     let mut moved: BTreeMap<(&str, &str, &str), Moved<'_>> = BTreeMap::new();
     let mut record =
-        |key, deposited: &Amount, redeemed: &Amount, at, total_shares| match moved.get_mut(&key) {
-            Some(m) => m.add(deposited, redeemed, at, total_shares),
-            None => {
-                moved.insert(
-                    key,
-                    Moved {
-                        deposited: *deposited,
-                        redeemed: *redeemed,
-                        newest: (at, total_shares),
-                    },
-                );
+        |key, deposited: &Amount, redeemed: &Amount, at, total_shares| match moved.entry(key) {
+            Entry::Occupied(mut m) => m.get_mut().add(deposited, redeemed, at, total_shares),
+            Entry::Vacant(v) => {
+                v.insert(Moved {
+                    deposited: *deposited,
+                    redeemed: *redeemed,
+                    newest: (at, total_shares),
+                });
                 Ok(())
             }
         };
@@ -187,42 +186,16 @@ pub(crate) async fn cascade(
         let key = (e.receiver.as_str(), e.term_id.as_str(), e.curve_id.as_str());
         record(key, &Amount::ZERO, &e.assets, i.chain, &e.total_shares)?;
     }
-    let key = |n: usize| -> Vec<&str> {
-        moved
-            .keys()
-            .map(|k| match n {
-                0 => k.0,
-                1 => k.1,
-                _ => k.2,
-            })
-            .collect()
-    };
-    let deposited: Vec<&str> = moved.values().map(|m| m.deposited.as_str()).collect();
-    let redeemed: Vec<&str> = moved.values().map(|m| m.redeemed.as_str()).collect();
+    let rows: Vec<_> = moved.into_iter().collect();
     sqlx::query_as(CASCADE)
-        .bind(key(0))
-        .bind(key(1))
-        .bind(key(2))
-        .bind(&deposited)
-        .bind(&redeemed)
-        .bind(
-            moved
-                .values()
-                .map(|m| m.newest.1.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            moved
-                .values()
-                .map(|m| m.newest.0.block_number)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            moved
-                .values()
-                .map(|m| m.newest.0.log_index)
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(&rows, |((account, _, _), _)| *account))
+        .bind(column(&rows, |((_, term, _), _)| *term))
+        .bind(column(&rows, |((_, _, curve), _)| *curve))
+        .bind(column(&rows, |(_, m)| m.deposited.as_str()))
+        .bind(column(&rows, |(_, m)| m.redeemed.as_str()))
+        .bind(column(&rows, |(_, m)| m.newest.1.as_str()))
+        .bind(column(&rows, |(_, m)| m.newest.0.block_number))
+        .bind(column(&rows, |(_, m)| m.newest.0.log_index))
         .fetch_all(conn)
         .await
 }

@@ -168,13 +168,12 @@ impl Rebuild {
         position::recompute(&mut *conn, &self.positions).await?;
         vault::recompute(&mut *conn, &self.vaults).await?;
         let dirty = term::recompute(&mut *conn, &terms).await?;
-        let marked: Vec<&str> = dirty.iter().map(String::as_str).collect();
-        crate::analytics::mark(&mut *conn, &marked).await?;
+        let affected: Vec<&str> = dirty.iter().map(String::as_str).collect();
+        crate::analytics::mark(&mut *conn, &affected).await?;
         // The worker's normal pass only adds and updates analytics rows
         // (vaults and triples disappear only here), so the rows of every
         // affected triple are rebuilt here with pruning. Removed triples are
         // nobody's dirty mark: passed explicitly.
-        let affected: Vec<&str> = dirty.iter().map(String::as_str).collect();
         crate::analytics::recompute::recompute(
             &mut *conn,
             schema,

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use sqlx::PgConnection;
 
+use super::column;
 use super::events::Item;
 use super::position::CountDelta;
 use crate::event::{ChainPosition, Deposited, Redeemed, SharePriceChanged, VaultEvent};
@@ -146,22 +147,35 @@ WHERE v.term_id = k.term_id AND v.curve_id = k.curve_id
 pub(crate) type TermMove = (String, String, String, Option<String>);
 
 /// What a batch does to one vault.
-#[derive(Debug, Default)]
 struct Change<'b> {
     count_delta: i64,
-    /// The newest event naming the vault: (block, log, vault type).
-    newest: Option<(i64, i64, i16)>,
+    /// The newest event naming the vault, and the vault type it gives.
+    newest: (&'b ChainPosition<'b>, i16),
     /// The newest SharePriceChanged.
     price: Option<(&'b ChainPosition<'b>, &'b SharePriceChanged)>,
 }
 
-impl<'b> Change<'b> {
-    fn saw(&mut self, at: &ChainPosition<'_>, vault_type: i16) {
-        let event = (at.block_number, at.log_index, vault_type);
-        if self.newest.is_none_or(|n| (n.0, n.1) < (event.0, event.1)) {
-            self.newest = Some(event);
-        }
-    }
+/// The change of the vault `event` names, which the event at `at` is seen
+/// by (the newest event gives the vault its type).
+fn saw<'m, 'b>(
+    changes: &'m mut HashMap<(&'b str, &'b str), Change<'b>>,
+    at: &'b ChainPosition<'b>,
+    event: &'b impl VaultEvent,
+) -> &'m mut Change<'b> {
+    let (term, curve, vault_type) = event.vault();
+    let newest = (at, vault_type.code());
+    changes
+        .entry((term.as_str(), curve.as_str()))
+        .and_modify(|c| {
+            if c.newest.0.order() < at.order() {
+                c.newest = newest;
+            }
+        })
+        .or_insert(Change {
+            count_delta: 0,
+            newest,
+            price: None,
+        })
 }
 
 /// Updates the vaults of new deposits, redeems and share prices, with the
@@ -174,17 +188,15 @@ pub(crate) async fn cascade(
     prices: &[Item<'_, SharePriceChanged>],
     counts: &[CountDelta],
 ) -> Result<Vec<TermMove>, sqlx::Error> {
-    let mut changes: HashMap<(&str, &str), Change<'_>> = HashMap::new();
-    let moved = (deposits.iter().map(|i| (i.chain, i.event.vault())))
-        .chain(redeems.iter().map(|i| (i.chain, i.event.vault())));
-    for (chain, (term, curve, vault_type)) in moved {
-        let change = changes.entry((term.as_str(), curve.as_str())).or_default();
-        change.saw(chain, vault_type.code());
+    let mut changes = HashMap::new();
+    for i in deposits {
+        saw(&mut changes, i.chain, i.event);
+    }
+    for i in redeems {
+        saw(&mut changes, i.chain, i.event);
     }
     for i in prices {
-        let (term, curve, vault_type) = i.event.vault();
-        let change = changes.entry((term.as_str(), curve.as_str())).or_default();
-        change.saw(i.chain, vault_type.code());
+        let change = saw(&mut changes, i.chain, i.event);
         if change
             .price
             .is_none_or(|(at, _)| at.order() < i.chain.order())
@@ -201,51 +213,29 @@ pub(crate) async fn cascade(
     if changes.is_empty() {
         return Ok(Vec::new());
     }
+    // In key order: the order every batch locks vault rows in.
     let mut rows: Vec<((&str, &str), Change<'_>)> = changes.into_iter().collect();
     rows.sort_unstable_by_key(|(key, _)| *key);
-    let n = rows.len();
-    let (mut terms, mut curves, mut counts) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut types, mut blocks, mut logs) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut share_prices, mut assets, mut shares) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut price_blocks, mut price_logs) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for ((term, curve), change) in &rows {
-        let (block, log, vault_type) = change.newest.unwrap_or_default();
-        terms.push(*term);
-        curves.push(*curve);
-        counts.push(change.count_delta);
-        types.push(vault_type);
-        blocks.push(block);
-        logs.push(log);
-        share_prices.push(change.price.map(|(_, p)| p.share_price.as_str()));
-        assets.push(change.price.map(|(_, p)| p.total_assets.as_str()));
-        shares.push(change.price.map(|(_, p)| p.total_shares.as_str()));
-        price_blocks.push(change.price.map(|(at, _)| at.block_number));
-        price_logs.push(change.price.map(|(at, _)| at.log_index));
-    }
     sqlx::query_as(CASCADE)
-        .bind(&terms)
-        .bind(&curves)
-        .bind(&counts)
-        .bind(&types)
-        .bind(&blocks)
-        .bind(&logs)
-        .bind(&share_prices)
-        .bind(&assets)
-        .bind(&shares)
-        .bind(&price_blocks)
-        .bind(&price_logs)
+        .bind(column(&rows, |((term, _), _)| *term))
+        .bind(column(&rows, |((_, curve), _)| *curve))
+        .bind(column(&rows, |(_, c)| c.count_delta))
+        .bind(column(&rows, |(_, c)| c.newest.1))
+        .bind(column(&rows, |(_, c)| c.newest.0.block_number))
+        .bind(column(&rows, |(_, c)| c.newest.0.log_index))
+        .bind(column(&rows, |(_, c)| {
+            c.price.map(|(_, p)| p.share_price.as_str())
+        }))
+        .bind(column(&rows, |(_, c)| {
+            c.price.map(|(_, p)| p.total_assets.as_str())
+        }))
+        .bind(column(&rows, |(_, c)| {
+            c.price.map(|(_, p)| p.total_shares.as_str())
+        }))
+        .bind(column(&rows, |(_, c)| {
+            c.price.map(|(at, _)| at.block_number)
+        }))
+        .bind(column(&rows, |(_, c)| c.price.map(|(at, _)| at.log_index)))
         .fetch_all(conn)
         .await
 }

@@ -243,7 +243,7 @@ async fn a_flip_back_and_a_redelivered_notice() {
     let again = writer::reorg::apply(&rm, &[(&decoded.reorgs[0], source)])
         .await
         .unwrap();
-    assert!(!again[0].applied);
+    assert!(!again.copies[0].applied);
     assert_eq!(env.db.dump_core().await, before);
 }
 
