@@ -7,11 +7,11 @@
 //! whether it is secret, and the sentence that documents it. Everything
 //! else is derived from those rows:
 //!
-//! - **parsing**: `envy` reads the environment (SPEC §4) as strings, and
-//!   [`Config::from_vars`] checks each row's value by its kind. The values
-//!   stay strings at the `envy` step on purpose: serde stops at the first
-//!   field it cannot parse, and an operator should see *every* problem in
-//!   one run, not one per restart.
+//! - **parsing**: the environment (SPEC §4) is read as strings, and
+//!   [`Config::from_vars`] checks each row's value by its kind. There is no
+//!   serde step on purpose: serde stops at the first field it cannot parse,
+//!   and an operator should see *every* problem in one run, not one per
+//!   restart.
 //! - **validation**: bounds come from the kind; the few rules that relate
 //!   two settings are in [`Config::cross_checks`]. Every row is read even
 //!   after another failed, so all problems are reported together, each
@@ -197,10 +197,25 @@ impl RedisConfig {
     /// The URL to connect with now: the content of REDIS_URL_FILE, read
     /// again, or REDIS_URL.
     pub fn current_url(&self) -> Result<Secret, String> {
-        match &self.url_file {
-            Some(path) => read_secret_file(path),
-            None => Ok(self.url.clone()),
-        }
+        current_url(&self.url, self.url_file.as_deref())
+    }
+}
+
+/// The URL to connect with now: the content of `file` (an X_FILE setting),
+/// read again so that a rotated secret is picked up, or `url` (X).
+pub fn current_url(url: &Secret, file: Option<&Path>) -> Result<Secret, String> {
+    match file {
+        Some(path) => read_secret_file(path),
+        None => Ok(url.clone()),
+    }
+}
+
+/// The setting a URL came from, as an error names it: `name`, or
+/// `name_FILE (path)`.
+pub fn url_setting(name: &str, file: Option<&Path>) -> String {
+    match file {
+        Some(path) => format!("{name}_FILE ({})", path.display()),
+        None => name.to_owned(),
     }
 }
 
@@ -896,8 +911,7 @@ struct Given(BTreeMap<String, String>);
 
 impl Given {
     fn get(&self, name: &str) -> Option<&str> {
-        // envy hands names over lowercased.
-        self.0.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.0.get(name).map(String::as_str)
     }
 
     fn has(&self, name: &str) -> bool {
@@ -938,7 +952,7 @@ impl Config {
                 Err(()) => problems.push(format!("{name}: is not valid UTF-8")),
             }
         }
-        let given = Given(envy::from_iter(utf8).map_err(|e| ConfigErrors(vec![e.to_string()]))?);
+        let given = Given(utf8.into_iter().collect());
 
         let mut config = Config::default();
         for setting in SETTINGS {

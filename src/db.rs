@@ -2,7 +2,7 @@
 //! URL re-read from `DATABASE_URL_FILE`), what a failed connection means
 //! for the operator, and what a failure means for the caller.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -151,15 +151,19 @@ async fn follow_url_file(
             _ = tokio::time::sleep(URL_FILE_CHECK) => {}
             _ = pool.close_event() => return,
         }
+        // Parsed (certificate files read) only when the URL changed.
         let next = crate::config::read_secret_file(&path).and_then(|url| {
+            if url == current {
+                return Ok(None);
+            }
             match connect_options(&config, url.expose()) {
-                Ok(options) => Ok((url, options)),
+                Ok(options) => Ok(Some((url, options))),
                 Err(e) => Err(format!("{} does not hold a valid URL: {e}", path.display())),
             }
         });
         match next {
-            Ok((url, _)) if url == current => reported = false,
-            Ok((url, options)) => {
+            Ok(None) => reported = false,
+            Ok(Some((url, options))) => {
                 server_port.store(options.get_port(), Ordering::Relaxed);
                 pool.set_connect_options(options);
                 current = url;
@@ -398,7 +402,7 @@ pub fn misconfiguration(error: &sqlx::Error, config: &DatabaseConfig) -> Option<
         options.get_port(),
         options.get_username(),
     );
-    let setting = setting_name(config.url_file.as_deref());
+    let setting = crate::config::url_setting("DATABASE_URL", config.url_file.as_deref());
     let server = format!("Postgres at {host}:{port}");
     if let Some(refusal) = tls::refusal(error) {
         let roots = match &tls.root_cert {
@@ -460,22 +464,11 @@ pub fn misconfiguration(error: &sqlx::Error, config: &DatabaseConfig) -> Option<
     }
 }
 
-/// The variable a database URL came from, as an error names it.
-fn setting_name(file: Option<&Path>) -> String {
-    match file {
-        Some(path) => format!("DATABASE_URL_FILE ({})", path.display()),
-        None => "DATABASE_URL".to_owned(),
-    }
-}
-
 impl DatabaseConfig {
     /// The URL to connect with now: the content of DATABASE_URL_FILE, read
     /// again, or DATABASE_URL.
     pub fn current_url(&self) -> Result<Secret, String> {
-        match &self.url_file {
-            Some(path) => crate::config::read_secret_file(path),
-            None => Ok(self.url.clone()),
-        }
+        crate::config::current_url(&self.url, self.url_file.as_deref())
     }
 }
 

@@ -272,10 +272,7 @@ pub fn misconfiguration(error: &RedisError, config: &RedisConfig) -> Option<Stri
     let url = current_url(config).unwrap_or_else(|_| config.url.clone());
     let info = url.expose().into_connection_info().ok()?;
     let server = format!("Redis at {}", info.addr());
-    let url_setting = match &config.url_file {
-        Some(path) => format!("REDIS_URL_FILE ({})", path.display()),
-        None => "REDIS_URL".to_owned(),
-    };
+    let url_setting = crate::config::url_setting("REDIS_URL", config.url_file.as_deref());
     if error.kind() == ErrorKind::InvalidClientConfig {
         return Some(format!("{server}: {error}"));
     }
