@@ -1,4 +1,5 @@
-//! Invariants 1–5 of SPEC §2, one focused test each, against real Postgres.
+//! Invariants 1–8 of SPEC §2, one focused test each, against real Postgres
+//! (6–8 here only where no vault exists; the analytics tests cover the rest).
 
 use crate::support::TestDb;
 use crate::support::events::*;
@@ -221,15 +222,40 @@ async fn redelivery_changes_nothing() {
     let first = rm.apply(&events).await.unwrap();
     assert_eq!((first.inserted.total(), first.duplicates), (4, 0));
     let before = db.dump_core().await;
+    // Timestamps are part of "changes nothing".
+    let stamps = "SELECT 'atom', created_at, updated_at FROM atom
+        UNION ALL SELECT 'position', created_at, updated_at FROM position
+        UNION ALL SELECT 'vault', created_at, updated_at FROM vault
+        UNION ALL SELECT 'term', created_at, updated_at FROM term
+        UNION ALL SELECT 'deposited_events', created_at, NULL FROM deposited_events";
+    let stamped = db.rows(stamps).await;
     for _ in 0..3 {
         let again = rm.apply(&events).await.unwrap();
         assert_eq!((again.inserted.total(), again.duplicates), (0, 4));
     }
     assert_eq!(db.dump_core().await, before);
+    assert_eq!(db.rows(stamps).await, stamped);
     assert_eq!(
         db.rows("SELECT data, encode(raw_data, 'hex') FROM atom")
             .await,
         ["∅|00ff"]
+    );
+    // A new event that changes the vault moves its updated_at, not its
+    // created_at.
+    let vault_stamps = db.rows("SELECT created_at, updated_at FROM vault").await;
+    let (created, updated) = vault_stamps[0].split_once('|').unwrap();
+    apply_each(
+        &rm,
+        &[share_price(&at(72, 0), &term, 1, 2 * E18, 20, 10, 0)],
+    )
+    .await;
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT created_at = '{created}'::timestamptz, updated_at > '{updated}'::timestamptz
+             FROM vault"
+        ))
+        .await,
+        ["true|true"]
     );
 }
 
@@ -467,4 +493,62 @@ async fn vault_moves_mark_their_triple_by_ids() {
             "deposit on {term} with vaultType {vault_type}"
         );
     }
+}
+
+/// Invariants 4 and 6–8 where nothing names a vault yet: the terms of an atom
+/// and a triple exist with zero totals, the triple has a `triple_term` row of
+/// zeros and counts in its pairs, and there is no `triple_vault` row. A
+/// Deposited alone then creates the counter vault with zeros until a
+/// SharePriceChanged (invariant 3), and the triple's rows take its position
+/// with the missing pro side counted as 0.
+#[tokio::test]
+async fn terms_and_analytics_without_vaults() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let (atom, t, s, p, o) = (id(110), id(111), id(0x61), id(0x62), id(0x63));
+    let counter = counter_of(&t);
+    apply_each(
+        &rm,
+        &[
+            atom_created(&at(110, 0), &atom, "0x6869"),
+            triple_created(&at(110, 1), &t, &s, &p, &o),
+        ],
+    )
+    .await;
+    let terms = "SELECT id, type, atom_id, triple_id, total_assets, total_market_cap FROM term";
+    let mut expected = vec![
+        format!("{atom}|Atom|{atom}|∅|0|0"),
+        format!("{t}|Triple|∅|{t}|0|0"),
+        format!("{counter}|Triple|∅|{t}|0|0"),
+    ];
+    expected.sort();
+    assert_eq!(db.rows(terms).await, expected);
+    assert!(db.rows("SELECT term_id FROM vault").await.is_empty());
+    testkit::drain_analytics(&db.pool, &db.schema)
+        .await
+        .unwrap();
+    let analytics = db.dump_analytics().await;
+    assert!(analytics.triple_vault.is_empty(), "{analytics:?}");
+    assert_eq!(analytics.triple_term, [format!("{t}|{counter}|0|0|0")]);
+    assert_eq!(analytics.predicate_object, [format!("{p}|{o}|1|0|0")]);
+    assert_eq!(analytics.subject_predicate, [format!("{s}|{p}|1|0|0")]);
+
+    apply_each(
+        &rm,
+        &[deposited(&at(112, 0), &addr(1), &counter, 3, 10, 10, 1)],
+    )
+    .await;
+    assert_eq!(
+        db.rows("SELECT term_id, curve_id, total_shares, current_share_price, total_assets, market_cap, position_count, vault_type FROM vault")
+            .await,
+        [format!("{counter}|3|0|0|0|0|1|1")]
+    );
+    testkit::drain_analytics(&db.pool, &db.schema)
+        .await
+        .unwrap();
+    let analytics = db.dump_analytics().await;
+    assert_eq!(analytics.triple_vault, [format!("{t}|{counter}|3|0|0|1|0")]);
+    assert_eq!(analytics.triple_term, [format!("{t}|{counter}|0|0|1")]);
+    assert_eq!(analytics.predicate_object, [format!("{p}|{o}|1|1|0")]);
+    assert_eq!(analytics.subject_predicate, [format!("{s}|{p}|1|1|0")]);
 }

@@ -120,6 +120,150 @@ async fn contract_columns_have_their_types() {
             "bigint",
         ),
         ("subject_predicate", &["total_market_cap"], AMOUNT),
+        (
+            "atom",
+            &[
+                "data",
+                "type",
+                "emoji",
+                "label",
+                "image",
+                "value_id",
+                "resolving_status",
+            ],
+            "text",
+        ),
+        ("atom", &["raw_data"], "bytea"),
+        // Event tables: ids and addresses text, amounts NUMERIC(78,0).
+        (
+            "atom_created_events",
+            &[
+                "transaction_hash",
+                "creator",
+                "term_id",
+                "atom_wallet",
+                "atom_data",
+            ],
+            "text",
+        ),
+        ("atom_created_events", &["raw_data"], "bytea"),
+        (
+            "triple_created_events",
+            &[
+                "transaction_hash",
+                "creator",
+                "term_id",
+                "subject_id",
+                "predicate_id",
+                "object_id",
+                "counter_term_id",
+            ],
+            "text",
+        ),
+        (
+            "deposited_events",
+            &["transaction_hash", "sender", "receiver", "term_id"],
+            "text",
+        ),
+        (
+            "deposited_events",
+            &[
+                "curve_id",
+                "assets",
+                "assets_after_fees",
+                "shares",
+                "total_shares",
+            ],
+            AMOUNT,
+        ),
+        (
+            "redeemed_events",
+            &["transaction_hash", "sender", "receiver", "term_id"],
+            "text",
+        ),
+        (
+            "redeemed_events",
+            &["curve_id", "shares", "total_shares", "assets", "fees"],
+            AMOUNT,
+        ),
+        (
+            "share_price_changed_events",
+            &["transaction_hash", "term_id"],
+            "text",
+        ),
+        (
+            "share_price_changed_events",
+            &["curve_id", "share_price", "total_assets", "total_shares"],
+            AMOUNT,
+        ),
+        // Timestamps.
+        (
+            "atom",
+            &["created_at", "updated_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "triple",
+            &["created_at", "updated_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "position",
+            &["created_at", "updated_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "vault",
+            &["created_at", "updated_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "term",
+            &["created_at", "updated_at"],
+            "timestamp with time zone",
+        ),
+        ("triple_vault", &["updated_at"], "timestamp with time zone"),
+        ("triple_term", &["updated_at"], "timestamp with time zone"),
+        (
+            "predicate_object",
+            &["updated_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "subject_predicate",
+            &["updated_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "atom_created_events",
+            &["created_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "triple_created_events",
+            &["created_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "deposited_events",
+            &["created_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "redeemed_events",
+            &["created_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "share_price_changed_events",
+            &["created_at"],
+            "timestamp with time zone",
+        ),
+        (
+            "generic_events",
+            &["created_at"],
+            "timestamp with time zone",
+        ),
     ];
     let actual = db
         .rows(&format!(
@@ -136,6 +280,16 @@ async fn contract_columns_have_their_types() {
             assert!(actual.contains(&row), "expected {row}");
         }
     }
+    // resolving_status DEFAULT 'Pending'.
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT column_default FROM information_schema.columns \
+             WHERE table_schema = '{}' AND table_name = 'atom' AND column_name = 'resolving_status'",
+            db.schema
+        ))
+        .await,
+        ["'Pending'::text"]
+    );
 }
 
 #[tokio::test]
