@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Applied, Delivered, EntryId, ReadModel, Source};
+use crate::apply::{Applied, Delivered, EntryId, ReadModel, Source, record_stage};
 use crate::config::RetryConfig;
 use crate::db::{Failure, classify};
 use crate::dead_letter::{self, NewDeadLetter};
@@ -128,8 +128,7 @@ impl Ingest {
             .filter(|e| !e.fields.is_empty())
             .map(|e| decode_entry(e, self.max_deliveries))
             .collect();
-        metrics::histogram!("writer_stage_seconds", "stage" => "decode")
-            .record(started.elapsed().as_secs_f64());
+        record_stage("decode", started);
         Batch(decoded)
     }
 
@@ -190,8 +189,7 @@ impl Ingest {
         }
         self.apply_events(&events, &owners, escalate, abort, &mut out, &mut rejections)
             .await?;
-        metrics::histogram!("writer_stage_seconds", "stage" => "apply")
-            .record(started.elapsed().as_secs_f64());
+        record_stage("apply", started);
 
         let mut letters = Vec::new();
         for (i, d) in decoded.iter().enumerate() {

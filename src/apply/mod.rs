@@ -428,7 +428,7 @@ impl ReadModel {
 
 /// Records the time since `since` as a stage of a batch
 /// (`writer_stage_seconds{stage}`); returns now, where the next stage starts.
-fn record_stage(stage: &'static str, since: Instant) -> Instant {
+pub(crate) fn record_stage(stage: &'static str, since: Instant) -> Instant {
     let now = Instant::now();
     metrics::histogram!("writer_stage_seconds", "stage" => stage)
         .record(now.duration_since(since).as_secs_f64());
