@@ -37,6 +37,10 @@ struct Args {
     /// Log every statement with its duration (JSON lines on stderr).
     #[arg(long)]
     log_statements: bool,
+    /// Keeps the schema (`bench_apply_<pid>`) for inspection instead of
+    /// dropping it.
+    #[arg(long)]
+    keep: bool,
     /// `cargo bench` passes this; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -112,6 +116,10 @@ async fn main() {
     println!("rows inserted / updated (of which HOT) per table:");
     for (table, ins, upd, hot) in stats {
         println!("  {table:28} {ins:>9} {upd:>9} ({hot})");
+    }
+    if args.keep {
+        println!("schema {schema} kept");
+        return;
     }
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA \"{schema}\" CASCADE"

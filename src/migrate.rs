@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "write_path",
         include_str!("../migrations/0006_write_path.sql"),
     ),
+    (
+        7,
+        "block_indexes",
+        include_str!("../migrations/0007_block_indexes.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +360,10 @@ mod tests {
             (
                 5,
                 "f0419c32956a12a878bd46a6abb5f329739391ccd1a1a6e99737d860d588d007",
+            ),
+            (
+                6,
+                "89c817576ec39ee488a8287d4fb2950ebafcf7d575ac2ee8019a004659ee235f",
             ),
         ];
         for (version, sum) in released {

@@ -31,7 +31,13 @@ macro_rules! triple_rows {
     () => {
         concat!(r#"
 WITH t AS (
-    SELECT term_id, counter_term_id FROM triple WHERE term_id = ANY($1::text[])
+    -- One primary-key probe per id (ids in the table's collation; `OFFSET
+    -- 0` keeps it a per-id lookup): never a scan of the whole table.
+    SELECT t.* FROM unnest($1::text[]) AS i(id) CROSS JOIN LATERAL (
+        SELECT term_id, counter_term_id, subject_id, predicate_id, object_id
+        FROM triple WHERE term_id = i.id COLLATE "C"
+        OFFSET 0
+    ) t
 ),
 vaults AS (
     -- The vaults of both sides, found through the primary key with the
@@ -76,7 +82,11 @@ per_triple AS (
 ),
 old AS (
     SELECT tt.term_id, tt.total_market_cap, tt.total_position_count
-    FROM triple_term tt JOIN t USING (term_id, counter_term_id)
+    FROM t CROSS JOIN LATERAL (
+        SELECT tt.term_id, tt.total_market_cap, tt.total_position_count FROM triple_term tt
+        WHERE tt.term_id = t.term_id AND tt.counter_term_id = t.counter_term_id
+        OFFSET 0
+    ) tt
 ),
 term_rows AS (
     INSERT INTO triple_term AS tt (term_id, counter_term_id, total_assets, total_market_cap,
@@ -184,7 +194,7 @@ deltas AS (
         r.total_position_count - coalesce(o.total_position_count, 0) AS positions,
         r.total_market_cap - coalesce(o.total_market_cap, 0) AS market_cap
     FROM term_rows r
-    JOIN triple t ON t.term_id = r.term_id
+    JOIN t ON t.term_id = r.term_id
     LEFT JOIN old o ON o.term_id = r.term_id
 ),
 "#,
@@ -220,11 +230,11 @@ WHERE tt.term_id = ANY($1::text[])
 const FULL_PAIRS: &str = concat!(
     r#"
 WITH po_pairs AS (
-    SELECT DISTINCT predicate_id, object_id
+    SELECT DISTINCT predicate_id COLLATE "C" AS predicate_id, object_id COLLATE "C" AS object_id
     FROM unnest($1::text[], $2::text[]) AS u(predicate_id, object_id)
 ),
 sp_pairs AS (
-    SELECT DISTINCT subject_id, predicate_id
+    SELECT DISTINCT subject_id COLLATE "C" AS subject_id, predicate_id COLLATE "C" AS predicate_id
     FROM unnest($3::text[], $4::text[]) AS u(subject_id, predicate_id)
 ),
 "#,
@@ -254,13 +264,13 @@ const PRUNE_PAIR_ROWS: &str = r#"
 WITH po_gone AS (
     DELETE FROM predicate_object x
     USING unnest($1::text[], $2::text[]) AS pr(p, o)
-    WHERE x.predicate_id = pr.p AND x.object_id = pr.o
+    WHERE x.predicate_id = pr.p COLLATE "C" AND x.object_id = pr.o COLLATE "C"
       AND NOT EXISTS (SELECT 1 FROM triple t JOIN triple_term tt USING (term_id, counter_term_id)
                       WHERE t.predicate_id = pr.p AND t.object_id = pr.o)
 )
 DELETE FROM subject_predicate x
 USING unnest($3::text[], $4::text[]) AS pr(s, p)
-WHERE x.subject_id = pr.s AND x.predicate_id = pr.p
+WHERE x.subject_id = pr.s COLLATE "C" AND x.predicate_id = pr.p COLLATE "C"
   AND NOT EXISTS (SELECT 1 FROM triple t JOIN triple_term tt USING (term_id, counter_term_id)
                   WHERE t.subject_id = pr.s AND t.predicate_id = pr.p)
 "#;

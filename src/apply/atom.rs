@@ -8,11 +8,18 @@ use sqlx::PgConnection;
 /// (label, image, …) of surviving atoms are kept.
 const RECOMPUTE: &str = concat!(
     r#"
-WITH ids AS (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)),
+WITH ids AS (SELECT DISTINCT id COLLATE "C" AS id FROM unnest($1::text[]) AS u(id)),
 earliest AS (
-    SELECT DISTINCT ON (e.term_id) e.term_id, e.atom_wallet, e.creator, e.atom_data, e.raw_data,
-        e.block_number, e.log_index
-    FROM atom_created_events e JOIN ids ON e.term_id = ids.id
+    -- Each id's events through the term index: ids in the index's
+    -- collation, and a per-id subquery (`OFFSET 0`), so neither a hash join
+    -- over the whole table nor a walk of the block index in block order.
+    SELECT DISTINCT ON (e.term_id) e.*
+    FROM ids CROSS JOIN LATERAL (
+        SELECT e.term_id, e.atom_wallet, e.creator, e.atom_data, e.raw_data, e.block_number,
+            e.log_index
+        FROM atom_created_events e WHERE e.term_id = ids.id
+        OFFSET 0
+    ) e
     ORDER BY e.term_id, e.block_number, e.log_index
 ),
 upserted AS (

@@ -355,11 +355,11 @@ impl ReadModel {
         }
         let counts = position::cascade(&mut tx, &deposits, &redeems).await?;
         let moves = vault::cascade(&mut tx, &deposits, &redeems, &prices, &counts).await?;
-        term::cascade(&mut tx, &created, &moves).await?;
         // The analytics of created triples and of triples whose vaults moved
-        // are dirty.
+        // are dirty (the term rows name the triple of each term).
+        let triples_of_terms = term::cascade(&mut tx, &created, &moves).await?;
         let mut dirty: Vec<&str> = created.triples.iter().map(|(t, _)| *t).collect();
-        dirty.extend(moves.iter().filter_map(|m| m.3.as_deref()));
+        dirty.extend(triples_of_terms.iter().map(String::as_str));
         dirty.sort_unstable();
         dirty.dedup();
         crate::analytics::mark(&mut tx, &dirty).await?;

@@ -35,10 +35,6 @@ WITH batch AS (
         AS b(account_id, term_id, curve_id, deposited, redeemed, total_shares, block_number,
              log_index)
 ),
-old AS (
-    SELECT p.account_id, p.term_id, p.curve_id, p.shares
-    FROM position p JOIN batch USING (account_id, term_id, curve_id)
-),
 upserted AS (
     INSERT INTO position AS p (account_id, term_id, curve_id, shares,
         total_deposit_assets_after_total_fees, total_redeem_assets_for_receiver,
@@ -62,7 +58,15 @@ upserted AS (
 )
 SELECT u.term_id, u.curve_id::text,
     sum((u.shares > 0)::int - coalesce((o.shares > 0)::int, 0))::int8 AS delta
-FROM upserted u LEFT JOIN old o USING (account_id, term_id, curve_id)
+FROM upserted u
+-- The row before this statement (its snapshot), one primary-key probe per
+-- row: `OFFSET 0` keeps the planner from turning this into a hash join
+-- over the whole table, whose cost would grow with the table.
+LEFT JOIN LATERAL (
+    SELECT p.shares FROM position p
+    WHERE p.account_id = u.account_id AND p.term_id = u.term_id AND p.curve_id = u.curve_id
+    OFFSET 0
+) o ON true
 GROUP BY u.term_id, u.curve_id
 HAVING sum((u.shares > 0)::int - coalesce((o.shares > 0)::int, 0)) <> 0
 "#;
@@ -73,7 +77,8 @@ HAVING sum((u.shares > 0)::int - coalesce((o.shares > 0)::int, 0)) <> 0
 const RECOMPUTE: &str = concat!(
     r#"
 WITH keys AS (
-    SELECT DISTINCT account_id, term_id, curve_id
+    -- In the tables' collation, so that the joins below can use their indexes.
+    SELECT DISTINCT account_id COLLATE "C" AS account_id, term_id COLLATE "C" AS term_id, curve_id
     FROM unnest($1::text[], $2::text[], $3::text[]::numeric[]) AS k(account_id, term_id, curve_id)
 ),
 moves AS (

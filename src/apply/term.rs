@@ -18,8 +18,9 @@ use super::vault::TermMove;
 /// Term rows from a batch: `$1` id, `$2` what created it in this batch
 /// (0 nothing, 1 an atom, 2 a triple: its pro or counter term), `$3` the
 /// triple, `$4..$5` change of the vault totals. New rows of vault terms
-/// whose creation has not arrived are `Unknown`; rows that would not change
-/// are not written.
+/// whose creation has not arrived are `Unknown`. Every row is returned with
+/// the triple it belongs to (the vault cascade's moves make its analytics
+/// dirty); `updated_at` moves only when a value does.
 const CASCADE: &str = r#"
 INSERT INTO term AS t (id, type, atom_id, triple_id, total_assets, total_market_cap)
 SELECT id,
@@ -36,9 +37,11 @@ ON CONFLICT (id) DO UPDATE SET
     triple_id = coalesce(EXCLUDED.triple_id, t.triple_id),
     total_assets = t.total_assets + EXCLUDED.total_assets,
     total_market_cap = t.total_market_cap + EXCLUDED.total_market_cap,
-    updated_at = now()
-WHERE EXCLUDED.total_assets <> 0 OR EXCLUDED.total_market_cap <> 0
-   OR (EXCLUDED.type <> 'Unknown' AND EXCLUDED.type IS DISTINCT FROM t.type)
+    updated_at = CASE
+        WHEN EXCLUDED.total_assets <> 0 OR EXCLUDED.total_market_cap <> 0
+          OR (EXCLUDED.type <> 'Unknown' AND EXCLUDED.type IS DISTINCT FROM t.type)
+        THEN now() ELSE t.updated_at END
+RETURNING t.triple_id
 "#;
 
 /// Recomputes the term rows of `$1` from `atom`, `triple` and `vault`,
@@ -47,7 +50,7 @@ WHERE EXCLUDED.total_assets <> 0 OR EXCLUDED.total_market_cap <> 0
 const RECOMPUTE: &str = concat!(
     r#"
 WITH ids AS (
-    SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)
+    SELECT DISTINCT id COLLATE "C" AS id FROM unnest($1::text[]) AS u(id)
 ),
 computed AS (
     SELECT ids.id,
@@ -94,12 +97,13 @@ pub(crate) struct Created<'b> {
 }
 
 /// Patches the term rows of what a batch created and of the terms whose
-/// vaults it moved (`moves`, from the vault cascade).
+/// vaults it moved (`moves`, from the vault cascade); returns the triples
+/// those terms belong to, repeats included.
 pub(crate) async fn cascade(
     conn: &mut PgConnection,
     created: &Created<'_>,
     moves: &[TermMove],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<String>, sqlx::Error> {
     // id, created (0/1/2), triple, Δ assets, Δ market cap
     let mut rows: Vec<(&str, i16, Option<&str>, &str, &str)> = Vec::new();
     rows.extend(created.atoms.iter().map(|a| (*a, 1, None, "0", "0")));
@@ -110,10 +114,10 @@ pub(crate) async fn cascade(
     rows.extend(
         moves
             .iter()
-            .map(|(term, assets, cap, _)| (term.as_str(), 0, None, assets.as_str(), cap.as_str())),
+            .map(|(term, assets, cap)| (term.as_str(), 0, None, assets.as_str(), cap.as_str())),
     );
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     // One row per term: a creation and a vault move of one term combine.
     rows.sort_unstable_by_key(|r| (r.0, std::cmp::Reverse(r.1)));
@@ -130,15 +134,15 @@ pub(crate) async fn cascade(
             _ => merged.push(row),
         }
     }
-    sqlx::query(CASCADE)
+    let triples: Vec<Option<String>> = sqlx::query_scalar(CASCADE)
         .bind(merged.iter().map(|r| r.0).collect::<Vec<_>>())
         .bind(merged.iter().map(|r| r.1).collect::<Vec<_>>())
         .bind(merged.iter().map(|r| r.2).collect::<Vec<_>>())
         .bind(merged.iter().map(|r| r.3).collect::<Vec<_>>())
         .bind(merged.iter().map(|r| r.4).collect::<Vec<_>>())
-        .execute(conn)
+        .fetch_all(conn)
         .await?;
-    Ok(())
+    Ok(triples.into_iter().flatten().collect())
 }
 
 /// Recomputes the term rows of `ids` (see [`RECOMPUTE`]); returns the

@@ -33,11 +33,16 @@ RETURNING term_id
 /// analytics of their old pairs can be rebuilt.
 const RECOMPUTE: &str = concat!(
     r#"
-WITH ids AS (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)),
+WITH ids AS (SELECT DISTINCT id COLLATE "C" AS id FROM unnest($1::text[]) AS u(id)),
 earliest AS (
-    SELECT DISTINCT ON (e.term_id) e.term_id, e.creator, e.subject_id, e.predicate_id,
-        e.object_id, e.counter_term_id, e.block_number, e.log_index
-    FROM triple_created_events e JOIN ids ON e.term_id = ids.id
+    -- Per id through the term index (see atom::RECOMPUTE).
+    SELECT DISTINCT ON (e.term_id) e.*
+    FROM ids CROSS JOIN LATERAL (
+        SELECT e.term_id, e.creator, e.subject_id, e.predicate_id, e.object_id,
+            e.counter_term_id, e.block_number, e.log_index
+        FROM triple_created_events e WHERE e.term_id = ids.id
+        OFFSET 0
+    ) e
     ORDER BY e.term_id, e.block_number, e.log_index
 ),
 old AS (
@@ -110,12 +115,10 @@ pub(crate) async fn cascade(
         .bind(&log)
         .fetch_all(conn)
         .await?;
+    let created: std::collections::HashSet<&str> = created.iter().map(String::as_str).collect();
     Ok(new
         .iter()
         .copied()
-        .filter(|&i| {
-            let term = items[i].event.term_id.as_str();
-            !created.iter().any(|c| c == term)
-        })
+        .filter(|&i| !created.contains(items[i].event.term_id.as_str()))
         .collect())
 }

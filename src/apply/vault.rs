@@ -26,8 +26,7 @@ pub type VaultKey = (String, String);
 /// position count change; `$4..$6` type, block, log of its newest event;
 /// `$7..$11` newest share price, total assets, total shares, block, log
 /// (NULL without a SharePriceChanged). Returns per term the change of its
-/// vaults' total assets and market cap, and the triple the term belongs to
-/// (the analytics to mark dirty), as the term row says.
+/// vaults' total assets and market cap.
 const CASCADE: &str = r#"
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[]::numeric[], $3::int8[], $4::int2[], $5::int8[],
@@ -35,10 +34,6 @@ WITH input AS (
         $10::int8[], $11::int8[])
         AS i(term_id, curve_id, count_delta, vault_type, block_number, log_index, share_price,
              total_assets, total_shares, price_block, price_log_index)
-),
-old AS (
-    SELECT v.term_id, v.curve_id, v.total_assets, v.market_cap
-    FROM vault v JOIN input USING (term_id, curve_id)
 ),
 upserted AS (
     INSERT INTO vault AS v (term_id, curve_id, total_shares, current_share_price, total_assets,
@@ -76,11 +71,14 @@ upserted AS (
 )
 SELECT u.term_id,
     sum(u.total_assets - coalesce(o.total_assets, 0))::text AS assets_delta,
-    sum(u.market_cap - coalesce(o.market_cap, 0))::text AS market_cap_delta,
-    min(t.triple_id) AS triple_id
+    sum(u.market_cap - coalesce(o.market_cap, 0))::text AS market_cap_delta
 FROM upserted u
-LEFT JOIN old o USING (term_id, curve_id)
-LEFT JOIN term t ON t.id = u.term_id
+-- The row before this statement, by primary key (see position::CASCADE).
+LEFT JOIN LATERAL (
+    SELECT v.total_assets, v.market_cap FROM vault v
+    WHERE v.term_id = u.term_id AND v.curve_id = u.curve_id
+    OFFSET 0
+) o ON true
 GROUP BY u.term_id
 "#;
 
@@ -90,7 +88,8 @@ GROUP BY u.term_id
 const RECOMPUTE: &str = concat!(
     r#"
 WITH keys AS (
-    SELECT DISTINCT term_id, curve_id
+    -- In the tables' collation, so that the joins below can use their indexes.
+    SELECT DISTINCT term_id COLLATE "C" AS term_id, curve_id
     FROM unnest($1::text[], $2::text[]::numeric[]) AS k(term_id, curve_id)
 ),
 prices AS (
@@ -142,9 +141,8 @@ WHERE v.term_id = k.term_id AND v.curve_id = k.curve_id
 );
 
 /// How a batch moved one term's vaults: the term; Σ total_assets and
-/// Σ market_cap after − before over its vaults (decimal); the triple whose
-/// pro or counter term it is, if known yet.
-pub(crate) type TermMove = (String, String, String, Option<String>);
+/// Σ market_cap after − before over its vaults (decimal).
+pub(crate) type TermMove = (String, String, String);
 
 /// What a batch does to one vault.
 struct Change<'b> {

@@ -101,8 +101,17 @@ fn check(seed: u64) {
     });
 }
 
+/// Cases per run: 2 in CI; `APPLY_CASES=50` for a longer search (each case
+/// races four writers over the same hot vaults and terms).
+fn cases() -> u32 {
+    std::env::var("APPLY_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn order_duplication_and_concurrency_do_not_matter(seed in any::<u64>()) {
         check(seed);
