@@ -8,6 +8,7 @@
 //! ```sh
 //! cargo bench --bench apply -- --events 100000
 //! cargo bench --bench apply -- --events 100000 --log-statements 2>statements.jsonl
+//! cargo bench --bench apply -- --events 1000000 --keep   # then EXPLAIN in bench_apply_<pid>
 //! ```
 
 use std::sync::Arc;

@@ -211,13 +211,23 @@ impl Worker {
         }
     }
 
-    /// Keeps to MAX_MESSAGES_PER_SECOND and MIN_BATCH_INTERVAL_MS.
+    /// Keeps to MAX_MESSAGES_PER_SECOND and MIN_BATCH_INTERVAL_MS, and
+    /// while the writers are catching up, to a share of the time (see
+    /// [`CATCH_UP_REST`]).
     async fn pace(&self, terms: usize, started: Instant, cancel: &CancellationToken) {
+        let took = started.elapsed();
         let budget =
             Duration::from_secs_f64(terms as f64 / self.config.max_terms_per_second as f64);
+        let catching_up = terms >= self.limit && !self.rx.is_empty();
+        let rest = if catching_up {
+            took * CATCH_UP_REST
+        } else {
+            Duration::ZERO
+        };
         let wait = budget
             .max(self.config.min_batch_interval)
-            .saturating_sub(started.elapsed());
+            .saturating_sub(took)
+            .max(rest);
         if !wait.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -226,6 +236,17 @@ impl Worker {
         }
     }
 }
+
+/// While the writers are catching up — the batch was full and more
+/// committed batches are queued — the worker rests this many times as long
+/// as its batch took, so it uses at most a third of one connection's time.
+/// A hot triple dirtied again and again is then recomputed once per rest
+/// instead of once per writer batch (a backlog of a million events: about a
+/// quarter of Postgres's CPU went to recomputing the same triples), and the
+/// writers, whose cascades the analytics compete with for the CPU, drain
+/// the backlog sooner. Once they go quiet the queue empties and the worker
+/// runs flat out again, so the analytics still converge within seconds.
+const CATCH_UP_REST: u32 = 2;
 
 /// What a worker batch looks at.
 #[derive(Debug, Clone, Copy)]
