@@ -92,11 +92,11 @@ const MARKS_AFTER: &str =
 /// Clears the marks that still carry the version read. Rows a writer is
 /// re-marking right now are locked by it and skipped (their new version
 /// must be processed again anyway), so the worker never waits for a writer.
-const CLEAR_MARKS: &str = r#"DELETE FROM analytics_dirty WHERE term_id IN (
+const CLEAR_MARKS: &str = "DELETE FROM analytics_dirty WHERE term_id IN (
     SELECT d.term_id FROM analytics_dirty d
     JOIN unnest($1::text[], $2::int8[]) AS m(term_id, version)
-      ON d.term_id = m.term_id COLLATE "C" AND d.version = m.version
-    FOR UPDATE OF d SKIP LOCKED)"#;
+      ON d.term_id = m.term_id AND d.version = m.version
+    FOR UPDATE OF d SKIP LOCKED)";
 
 /// One analytics transaction: reads dirty marks (without locking them),
 /// recomputes the marked triples plus `also`, records the checkpoint, and

@@ -31,11 +31,11 @@ macro_rules! triple_rows {
     () => {
         concat!(r#"
 WITH t AS (
-    -- One primary-key probe per id (ids in the table's collation; `OFFSET
-    -- 0` keeps it a per-id lookup): never a scan of the whole table.
+    -- One primary-key probe per id (`OFFSET 0` keeps the planner from
+    -- turning it into a hash join over the whole table).
     SELECT t.* FROM unnest($1::text[]) AS i(id) CROSS JOIN LATERAL (
         SELECT term_id, counter_term_id, subject_id, predicate_id, object_id
-        FROM triple WHERE term_id = i.id COLLATE "C"
+        FROM triple WHERE term_id = i.id
         OFFSET 0
     ) t
 ),
@@ -230,11 +230,11 @@ WHERE tt.term_id = ANY($1::text[])
 const FULL_PAIRS: &str = concat!(
     r#"
 WITH po_pairs AS (
-    SELECT DISTINCT predicate_id COLLATE "C" AS predicate_id, object_id COLLATE "C" AS object_id
+    SELECT DISTINCT predicate_id, object_id
     FROM unnest($1::text[], $2::text[]) AS u(predicate_id, object_id)
 ),
 sp_pairs AS (
-    SELECT DISTINCT subject_id COLLATE "C" AS subject_id, predicate_id COLLATE "C" AS predicate_id
+    SELECT DISTINCT subject_id, predicate_id
     FROM unnest($3::text[], $4::text[]) AS u(subject_id, predicate_id)
 ),
 "#,
@@ -264,13 +264,13 @@ const PRUNE_PAIR_ROWS: &str = r#"
 WITH po_gone AS (
     DELETE FROM predicate_object x
     USING unnest($1::text[], $2::text[]) AS pr(p, o)
-    WHERE x.predicate_id = pr.p COLLATE "C" AND x.object_id = pr.o COLLATE "C"
+    WHERE x.predicate_id = pr.p AND x.object_id = pr.o
       AND NOT EXISTS (SELECT 1 FROM triple t JOIN triple_term tt USING (term_id, counter_term_id)
                       WHERE t.predicate_id = pr.p AND t.object_id = pr.o)
 )
 DELETE FROM subject_predicate x
 USING unnest($3::text[], $4::text[]) AS pr(s, p)
-WHERE x.subject_id = pr.s COLLATE "C" AND x.predicate_id = pr.p COLLATE "C"
+WHERE x.subject_id = pr.s AND x.predicate_id = pr.p
   AND NOT EXISTS (SELECT 1 FROM triple t JOIN triple_term tt USING (term_id, counter_term_id)
                   WHERE t.subject_id = pr.s AND t.predicate_id = pr.p)
 "#;
@@ -295,7 +295,10 @@ pub async fn recompute(
     ids.dedup();
     // Subject, predicate, object of the triples that exist.
     let existing: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT subject_id, predicate_id, object_id FROM triple WHERE term_id = ANY($1::text[])",
+        r#"SELECT t.subject_id, t.predicate_id, t.object_id
+           FROM unnest($1::text[]) AS i(id) CROSS JOIN LATERAL (
+               SELECT subject_id, predicate_id, object_id FROM triple
+               WHERE term_id = i.id OFFSET 0) t"#,
     )
     .bind(&ids)
     .fetch_all(&mut *conn)

@@ -8,11 +8,11 @@ use sqlx::PgConnection;
 /// (label, image, …) of surviving atoms are kept.
 const RECOMPUTE: &str = concat!(
     r#"
-WITH ids AS (SELECT DISTINCT id COLLATE "C" AS id FROM unnest($1::text[]) AS u(id)),
+WITH ids AS (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)),
 earliest AS (
-    -- Each id's events through the term index: ids in the index's
-    -- collation, and a per-id subquery (`OFFSET 0`), so neither a hash join
-    -- over the whole table nor a walk of the block index in block order.
+    -- Each id's events through the term index: a per-id subquery (`OFFSET
+    -- 0`), so neither a hash join over the whole table nor, as `ORDER BY …
+    -- LIMIT 1` inside would invite, a walk of the block index in block order.
     SELECT DISTINCT ON (e.term_id) e.*
     FROM ids CROSS JOIN LATERAL (
         SELECT e.term_id, e.atom_wallet, e.creator, e.atom_data, e.raw_data, e.block_number,

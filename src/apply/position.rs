@@ -77,8 +77,7 @@ HAVING sum((u.shares > 0)::int - coalesce((o.shares > 0)::int, 0)) <> 0
 const RECOMPUTE: &str = concat!(
     r#"
 WITH keys AS (
-    -- In the tables' collation, so that the joins below can use their indexes.
-    SELECT DISTINCT account_id COLLATE "C" AS account_id, term_id COLLATE "C" AS term_id, curve_id
+    SELECT DISTINCT account_id, term_id, curve_id
     FROM unnest($1::text[], $2::text[], $3::text[]::numeric[]) AS k(account_id, term_id, curve_id)
 ),
 moves AS (

@@ -50,7 +50,7 @@ RETURNING t.triple_id
 const RECOMPUTE: &str = concat!(
     r#"
 WITH ids AS (
-    SELECT DISTINCT id COLLATE "C" AS id FROM unnest($1::text[]) AS u(id)
+    SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)
 ),
 computed AS (
     SELECT ids.id,

@@ -33,7 +33,7 @@ RETURNING term_id
 /// analytics of their old pairs can be rebuilt.
 const RECOMPUTE: &str = concat!(
     r#"
-WITH ids AS (SELECT DISTINCT id COLLATE "C" AS id FROM unnest($1::text[]) AS u(id)),
+WITH ids AS (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)),
 earliest AS (
     -- Per id through the term index (see atom::RECOMPUTE).
     SELECT DISTINCT ON (e.term_id) e.*

@@ -88,8 +88,7 @@ GROUP BY u.term_id
 const RECOMPUTE: &str = concat!(
     r#"
 WITH keys AS (
-    -- In the tables' collation, so that the joins below can use their indexes.
-    SELECT DISTINCT term_id COLLATE "C" AS term_id, curve_id
+    SELECT DISTINCT term_id, curve_id
     FROM unnest($1::text[], $2::text[]::numeric[]) AS k(term_id, curve_id)
 ),
 prices AS (
