@@ -355,15 +355,14 @@ impl ReadModel {
         }
         let counts = position::cascade(&mut tx, &deposits, &redeems).await?;
         let moves = vault::cascade(&mut tx, &deposits, &redeems, &prices, &counts).await?;
-        // The analytics of created triples and of triples whose vaults moved
-        // are dirty (the term rows name the triple of each term).
-        let triples_of_terms = term::cascade(&mut tx, &created, &moves).await?;
-        let mut dirty: Vec<&str> = created.triples.iter().map(|(t, _)| *t).collect();
-        dirty.extend(triples_of_terms.iter().map(String::as_str));
-        dirty.sort_unstable();
-        dirty.dedup();
+        // The analytics of the triples the batch created or whose vaults it
+        // moved are dirty: the term rows it wrote name them (a created
+        // triple's pro and counter rows name it too).
+        let mut dirty_triples = term::cascade(&mut tx, &created, &moves).await?;
+        dirty_triples.sort_unstable();
+        dirty_triples.dedup();
+        let dirty: Vec<&str> = dirty_triples.iter().map(String::as_str).collect();
         crate::analytics::mark(&mut tx, &dirty).await?;
-        let mut dirty_triples: Vec<String> = dirty.iter().map(|t| (*t).to_owned()).collect();
         dirty_triples.extend(rebuild.run(&mut tx, &self.schema).await?);
         let stage = record_stage("cascade", stage);
         tx.commit().await?;

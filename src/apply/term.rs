@@ -13,6 +13,7 @@
 
 use sqlx::PgConnection;
 
+use super::column;
 use super::vault::TermMove;
 
 /// Term rows from a batch: `$1` id, `$2` what created it in this batch
@@ -135,11 +136,11 @@ pub(crate) async fn cascade(
         }
     }
     let triples: Vec<Option<String>> = sqlx::query_scalar(CASCADE)
-        .bind(merged.iter().map(|r| r.0).collect::<Vec<_>>())
-        .bind(merged.iter().map(|r| r.1).collect::<Vec<_>>())
-        .bind(merged.iter().map(|r| r.2).collect::<Vec<_>>())
-        .bind(merged.iter().map(|r| r.3).collect::<Vec<_>>())
-        .bind(merged.iter().map(|r| r.4).collect::<Vec<_>>())
+        .bind(column(&merged, |r| r.0))
+        .bind(column(&merged, |r| r.1))
+        .bind(column(&merged, |r| r.2))
+        .bind(column(&merged, |r| r.3))
+        .bind(column(&merged, |r| r.4))
         .fetch_all(conn)
         .await?;
     Ok(triples.into_iter().flatten().collect())

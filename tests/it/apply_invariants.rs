@@ -259,6 +259,58 @@ async fn redelivery_changes_nothing() {
     );
 }
 
+/// Invariant 4's totals, and the timestamps beside them: the term upsert
+/// writes every term a batch touches (it names their triples for the dirty
+/// marks), but `updated_at` moves only when a value of the term does. A
+/// Deposited moves its vault (position count) and leaves the term's totals
+/// as they were; a SharePriceChanged moves both.
+#[tokio::test]
+async fn term_updated_at_moves_only_with_its_values() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let term = id(12);
+    apply_each(
+        &rm,
+        &[
+            atom_created(&at(90, 0), &term, "0x01"),
+            deposited(&at(90, 1), &addr(1), &term, 1, 10, 10, 0),
+            share_price(&at(90, 2), &term, 1, E18, 10, 10, 0),
+        ],
+    )
+    .await;
+    let stamps = "SELECT v.updated_at, t.updated_at, t.total_assets, t.total_market_cap
+        FROM vault v JOIN term t ON t.id = v.term_id";
+    let before = db.rows(stamps).await;
+    let (vault_before, term_before) = {
+        let cols: Vec<&str> = before[0].split('|').collect();
+        (cols[0].to_owned(), cols[1].to_owned())
+    };
+    let moved = |vault: &str, term: &str| {
+        format!(
+            "SELECT v.updated_at > '{vault}'::timestamptz, t.updated_at = '{term}'::timestamptz,
+                 t.total_assets, t.total_market_cap, v.position_count
+             FROM vault v JOIN term t ON t.id = v.term_id"
+        )
+    };
+    apply_each(&rm, &[deposited(&at(91, 0), &addr(2), &term, 1, 5, 15, 0)]).await;
+    assert_eq!(
+        db.rows(&moved(&vault_before, &term_before)).await,
+        ["true|true|10|10|2"],
+        "a deposit moves the vault, not the term's totals or updated_at"
+    );
+    let vault_now = db.rows("SELECT updated_at FROM vault").await.remove(0);
+    apply_each(
+        &rm,
+        &[share_price(&at(92, 0), &term, 1, 2 * E18, 30, 15, 0)],
+    )
+    .await;
+    assert_eq!(
+        db.rows(&moved(&vault_now, &term_before)).await,
+        ["true|false|30|30|2"],
+        "a price moves the vault and the term, with its updated_at"
+    );
+}
+
 /// One event that Postgres cannot store (its market cap overflows
 /// NUMERIC(78,0)) is isolated; its batch-mates commit.
 #[tokio::test]
