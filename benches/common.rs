@@ -503,3 +503,97 @@ pub async fn copy_ceiling(
     .await;
     took
 }
+
+/// Where the writer's Postgres backends are, sampled: each sample counts
+/// every active or in-transaction backend of `application_name = 'writer'`
+/// once, by what it is doing — `CPU` (running or runnable), a wait event
+/// (`Lock:advisory`, `IO:DataFileWrite`, …) or `Client` (idle in a
+/// transaction: waiting for the writer's next statement) — and in which
+/// statement. Time per statement (pg_stat_statements) says what is
+/// expensive; this says what the connections wait on, under the real
+/// concurrency.
+#[derive(Debug, Default)]
+pub struct WaitProfile {
+    counts: BTreeMap<String, u64>,
+    samples: u64,
+}
+
+impl WaitProfile {
+    pub async fn sample(&mut self, pool: &PgPool) {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT CASE WHEN state = 'idle in transaction' THEN 'Client'
+                         WHEN wait_event_type IS NULL THEN 'CPU'
+                         ELSE wait_event_type || ':' || wait_event END,
+                    query
+             FROM pg_stat_activity
+             WHERE application_name = 'writer' AND datname = current_database()
+               AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        self.samples += 1;
+        for (what, query) in rows {
+            let key = format!("{what} in {}", statement(&query));
+            *self.counts.entry(key).or_default() += 1;
+        }
+    }
+
+    /// Shares of all backend samples, largest first: by what the
+    /// connections did, and by statement.
+    pub fn print(&self) {
+        let total: u64 = self.counts.values().sum();
+        if total == 0 {
+            return;
+        }
+        println!(
+            "where the writer's connections were while draining ({} samples, {:.1} busy on average):",
+            self.samples,
+            total as f64 / self.samples as f64
+        );
+        for (title, part) in [("doing", 0), ("in", 1)] {
+            let mut by: BTreeMap<&str, u64> = BTreeMap::new();
+            for (key, n) in &self.counts {
+                let name = key.split(" in ").nth(part).unwrap_or(key);
+                *by.entry(name).or_default() += n;
+            }
+            let mut shares: Vec<(&str, u64)> = by.into_iter().collect();
+            shares.sort_by_key(|s| std::cmp::Reverse(s.1));
+            let line: Vec<String> = shares
+                .iter()
+                .filter(|(_, n)| n * 200 >= total)
+                .map(|(k, n)| format!("{k} {:.0} %", 100.0 * *n as f64 / total as f64))
+                .collect();
+            println!("  {title}: {}", line.join(", "));
+        }
+    }
+}
+
+/// A short name for a statement of the writer (its text as
+/// pg_stat_activity shows it: the first kilobyte).
+fn statement(query: &str) -> String {
+    let named = [
+        ("pg_advisory_xact_lock(k)", "term locks"),
+        ("pg_advisory_xact_lock_shared", "reorg lock"),
+        ("moved AS", "event resolve"),
+        ("One primary-key probe per id", "analytics"),
+        ("DELETE FROM analytics_dirty", "analytics"),
+    ];
+    if let Some((_, name)) = named.iter().find(|(text, _)| query.contains(text)) {
+        return (*name).to_owned();
+    }
+    for verb in ["INSERT INTO ", "DELETE FROM ", "UPDATE "] {
+        if let Some(at) = query.find(verb) {
+            let table: String = query[at + verb.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            return table;
+        }
+    }
+    query
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

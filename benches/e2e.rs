@@ -195,11 +195,15 @@ async fn main() {
     let peak_of = |pids: &[u32]| pids.iter().map(|&p| peak_rss_mib(p)).fold(0.0, f64::max);
     let mut streams_done = None;
     let mut peak_rss = 0.0f64;
+    let mut waits = WaitProfile::default();
     loop {
         peak_rss = peak_rss.max(peak_of(&pids));
         let pending = backlog(&mut conn, &spec, &group).await;
         if pending == Some(0) && streams_done.is_none() {
             streams_done = Some(started.elapsed());
+        }
+        if streams_done.is_none() {
+            waits.sample(&db).await;
         }
         if pending == Some(0) && scalar(&db, "SELECT count(*) FROM analytics_dirty").await == 0 {
             break;
@@ -251,6 +255,7 @@ async fn main() {
         }
     );
     println!("CPU: writer {writer_cpu:.1}s, postgres {pg_cpu:.1}s (all backends)");
+    waits.print();
     println!("where the time goes (sum over batches, seconds):");
     for (key, value) in samples(&metrics, "writer_stage_seconds_sum") {
         println!("  {key} = {value:.2}");
