@@ -514,7 +514,8 @@ pub async fn copy_ceiling(
 /// concurrency.
 #[derive(Debug, Default)]
 pub struct WaitProfile {
-    counts: BTreeMap<String, u64>,
+    /// (what, statement) → samples.
+    counts: BTreeMap<(String, String), u64>,
     samples: u64,
 }
 
@@ -534,8 +535,7 @@ impl WaitProfile {
         .unwrap_or_default();
         self.samples += 1;
         for (what, query) in rows {
-            let key = format!("{what} in {}", statement(&query));
-            *self.counts.entry(key).or_default() += 1;
+            *self.counts.entry((what, statement(&query))).or_default() += 1;
         }
     }
 
@@ -551,10 +551,10 @@ impl WaitProfile {
             self.samples,
             total as f64 / self.samples as f64
         );
-        for (title, part) in [("doing", 0), ("in", 1)] {
+        for (title, by_statement) in [("doing", false), ("in", true)] {
             let mut by: BTreeMap<&str, u64> = BTreeMap::new();
-            for (key, n) in &self.counts {
-                let name = key.split(" in ").nth(part).unwrap_or(key);
+            for ((what, statement), n) in &self.counts {
+                let name = if by_statement { statement } else { what };
                 *by.entry(name).or_default() += n;
             }
             let mut shares: Vec<(&str, u64)> = by.into_iter().collect();
@@ -574,10 +574,18 @@ impl WaitProfile {
 fn statement(query: &str) -> String {
     let named = [
         ("pg_advisory_xact_lock(k)", "term locks"),
-        ("pg_advisory_xact_lock_shared", "reorg lock"),
+        ("pg_advisory_xact_lock_shared", "reorg lock (shared)"),
+        (
+            "pg_advisory_xact_lock($1)",
+            "reorg lock (exclusive: a notice)",
+        ),
         ("moved AS", "event resolve"),
         ("One primary-key probe per id", "analytics"),
         ("DELETE FROM analytics_dirty", "analytics"),
+        (
+            "SELECT t.subject_id, t.predicate_id, t.object_id",
+            "analytics",
+        ),
     ];
     if let Some((_, name)) = named.iter().find(|(text, _)| query.contains(text)) {
         return (*name).to_owned();

@@ -3,10 +3,10 @@
 //! ACKs its entries only after their transaction committed (ADR 0003).
 //!
 //! Concurrency: at most `WORKERS` batches apply at once (each in its own
-//! transaction), and at most `WORKERS` more wait, read and decoded, for their
-//! turn: the reader reads ahead while batches apply, so no connection waits
-//! for Redis or for decoding, and a slow database slows reading instead of
-//! piling entries up in memory. While the circuit breaker is open the reader
+//! transaction), and one more (`LOOKAHEAD`) waits, read and decoded, for
+//! its turn: the reader reads ahead while batches apply, so a connection
+//! seldom waits for Redis or for decoding, and a slow database slows reading
+//! instead of piling entries up in memory. While the circuit breaker is open the reader
 //! and claimer pause; the batch that tripped it keeps retrying and closes it.
 
 use std::collections::{HashMap, HashSet};

@@ -43,24 +43,26 @@ impl AnalyticsSender {
 
 /// Marks `triples` dirty (ADR 0002), in the caller's transaction: the batch
 /// that changed their vaults or created them. A new version on every mark
-/// tells the worker the triple changed again. Sorted, so concurrent batches
-/// lock mark rows in one order.
+/// tells the worker the triple changed again. `triples` come sorted and
+/// without repeats (callers keep the list for the channel too): concurrent
+/// batches lock mark rows in one order.
 pub(crate) async fn mark(
     conn: &mut sqlx::PgConnection,
-    triples: &[&str],
+    triples: &[String],
 ) -> Result<(), sqlx::Error> {
+    debug_assert!(
+        triples.windows(2).all(|w| w[0] < w[1]),
+        "marks sorted, without repeats"
+    );
     if triples.is_empty() {
         return Ok(());
     }
-    let mut sorted = triples.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
     sqlx::query(
         "INSERT INTO analytics_dirty AS d (term_id) SELECT unnest($1::text[])
          ON CONFLICT (term_id) DO UPDATE
              SET version = nextval('analytics_dirty_version'), marked_at = now()",
     )
-    .bind(&sorted)
+    .bind(triples)
     .execute(conn)
     .await?;
     Ok(())

@@ -361,8 +361,7 @@ impl ReadModel {
         let mut dirty_triples = term::cascade(&mut tx, &created, &moves).await?;
         dirty_triples.sort_unstable();
         dirty_triples.dedup();
-        let dirty: Vec<&str> = dirty_triples.iter().map(String::as_str).collect();
-        crate::analytics::mark(&mut tx, &dirty).await?;
+        crate::analytics::mark(&mut tx, &dirty_triples).await?;
         dirty_triples.extend(rebuild.run(&mut tx, &self.schema).await?);
         let stage = record_stage("cascade", stage);
         tx.commit().await?;

@@ -167,9 +167,11 @@ impl Rebuild {
         let removed_triples = triple::recompute(&mut *conn, &triples).await?;
         position::recompute(&mut *conn, &self.positions).await?;
         vault::recompute(&mut *conn, &self.vaults).await?;
-        let dirty = term::recompute(&mut *conn, &terms).await?;
+        let mut dirty = term::recompute(&mut *conn, &terms).await?;
+        dirty.sort_unstable();
+        dirty.dedup();
+        crate::analytics::mark(&mut *conn, &dirty).await?;
         let affected: Vec<&str> = dirty.iter().map(String::as_str).collect();
-        crate::analytics::mark(&mut *conn, &affected).await?;
         // The worker's normal pass only adds and updates analytics rows
         // (vaults and triples disappear only here), so the rows of every
         // affected triple are rebuilt here with pruning. Removed triples are

@@ -278,13 +278,8 @@ async fn term_updated_at_moves_only_with_its_values() {
         ],
     )
     .await;
-    let stamps = "SELECT v.updated_at, t.updated_at, t.total_assets, t.total_market_cap
-        FROM vault v JOIN term t ON t.id = v.term_id";
-    let before = db.rows(stamps).await;
-    let (vault_before, term_before) = {
-        let cols: Vec<&str> = before[0].split('|').collect();
-        (cols[0].to_owned(), cols[1].to_owned())
-    };
+    let vault_before = db.rows("SELECT updated_at FROM vault").await.remove(0);
+    let term_before = db.rows("SELECT updated_at FROM term").await.remove(0);
     let moved = |vault: &str, term: &str| {
         format!(
             "SELECT v.updated_at > '{vault}'::timestamptz, t.updated_at = '{term}'::timestamptz,
@@ -308,6 +303,52 @@ async fn term_updated_at_moves_only_with_its_values() {
         db.rows(&moved(&vault_now, &term_before)).await,
         ["true|false|30|30|2"],
         "a price moves the vault and the term, with its updated_at"
+    );
+}
+
+/// Invariant 4 over several vaults: a term's totals are the sums over all
+/// its curves — also when its creation and moves of two of its curves share
+/// one batch (the term upsert merges a creation with the term's one, per
+/// term, vault move) — and a later batch that moves one curve only moves
+/// the totals by that curve's change. The counter term, moved in the same
+/// batch, keeps its own sums; the batch marks its triple once.
+#[tokio::test]
+async fn term_totals_sum_every_curve() {
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    let (t, s, p, o) = (id(120), id(121), id(122), id(123));
+    let counter = counter_of(&t);
+    let payloads = [
+        share_price(&at(120, 0), &t, 1, E18, 10, 10, 1),
+        share_price(&at(120, 1), &t, 2, 2 * E18, 7, 3, 1),
+        share_price(&at(120, 2), &counter, 1, E18, 4, 4, 2),
+        triple_created(&at(120, 3), &t, &s, &p, &o),
+    ];
+    let applied = rm.apply(&decode_all(&payloads)).await.unwrap();
+    assert_eq!(applied.dirty_triples, std::slice::from_ref(&t));
+    let terms = "SELECT id, type, triple_id, total_assets, total_market_cap FROM term";
+    // Market caps: 10 × 1 on curve 1, 3 × 2 on curve 2, 4 × 1 on the counter.
+    let mut expected = vec![
+        format!("{t}|Triple|{t}|17|16"),
+        format!("{counter}|Triple|{t}|4|4"),
+    ];
+    expected.sort();
+    assert_eq!(db.rows(terms).await, expected);
+
+    apply_each(&rm, &[share_price(&at(121, 0), &t, 2, 3 * E18, 9, 5, 1)]).await;
+    expected = vec![
+        format!("{t}|Triple|{t}|19|25"),
+        format!("{counter}|Triple|{t}|4|4"),
+    ];
+    expected.sort();
+    assert_eq!(db.rows(terms).await, expected);
+    assert_eq!(
+        db.rows(
+            "SELECT t.total_assets = sum(v.total_assets), t.total_market_cap = sum(v.market_cap)
+             FROM term t JOIN vault v ON v.term_id = t.id GROUP BY t.id"
+        )
+        .await,
+        ["true|true", "true|true"]
     );
 }
 
