@@ -265,6 +265,7 @@ async fn main() {
         "writer_analytics_batch_seconds_count",
         "writer_analytics_terms_total",
         "writer_analytics_messages_dropped_total",
+        "writer_analytics_catch_ups_total",
         "writer_batch_events_sum",
         "writer_batch_events_count",
         "writer_db_acquire_seconds_sum",

@@ -247,6 +247,9 @@ pub struct AnalyticsConfig {
     pub min_batch_interval: Duration,
     /// How often the worker looks for dirty terms that no message announced.
     pub sweep_interval: Duration,
+    /// While the writers are behind the streams, how long the worker
+    /// gathers dirty triples before recomputing them (0: never defers).
+    pub catch_up_delay: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -782,6 +785,12 @@ pub const SETTINGS: &[Setting] = &[
         "how often the analytics worker scans for dirty terms",
     )
     .default("1000"),
+    Setting::new(
+        "ANALYTICS_CATCH_UP_DELAY_MS",
+        Kind::millis(0..=600_000, |c, d| c.analytics.catch_up_delay = d),
+        "while the writers are behind the streams (a backlog, a re-index), how long the analytics worker gathers dirty triples before recomputing them: how stale analytics may get during a catch-up (0: recompute as during steady load)",
+    )
+    .default("10000"),
     Setting::new(
         "HEALTH_MAX_STREAM_LAG",
         Kind::count(1..=u64::MAX, |c, n| c.health.max_stream_lag = n),

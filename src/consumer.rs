@@ -267,6 +267,10 @@ impl Shared {
             }
             match result {
                 Ok(mut entries) => {
+                    // A non-blocking read that came back full left entries
+                    // waiting: the writers are behind (the analytics worker
+                    // defers while they are, see `analytics`).
+                    let behind = block.is_none() && entries.len() >= count;
                     self.state.redis_healthy.store(true, Ordering::Relaxed);
                     backoff.reset();
                     if reading_pending {
@@ -290,7 +294,7 @@ impl Shared {
                             }
                         });
                     }
-                    self.dispatch(entries, permit).await;
+                    self.dispatch(entries, permit, behind).await;
                 }
                 Err(e) => {
                     drop(permit);
@@ -353,6 +357,7 @@ impl Shared {
         self: &Arc<Self>,
         mut entries: Vec<StreamEntry>,
         permit: OwnedSemaphorePermit,
+        behind: bool,
     ) {
         if entries.is_empty() {
             return;
@@ -393,16 +398,18 @@ impl Shared {
             };
             let shared = self.clone();
             self.tracker
-                .spawn(async move { shared.process_batch(batch, permit).await });
+                .spawn(async move { shared.process_batch(batch, permit, behind).await });
         }
     }
 
     /// Decodes a batch while it waits for its turn (holding a lookahead
-    /// place), then applies it holding a worker's permit, ACKs and notifies.
+    /// place), then applies it holding a worker's permit, ACKs and notifies
+    /// the analytics worker (`behind`: the read left entries waiting).
     async fn process_batch(
         self: Arc<Self>,
         batch: Vec<StreamEntry>,
         lookahead: OwnedSemaphorePermit,
+        behind: bool,
     ) {
         let decoded = self.ingest.decode(&batch);
         // The batch must run even during shutdown: its entries are already
@@ -440,7 +447,8 @@ impl Shared {
                     "batch committed and acknowledged"
                 );
             }
-            self.analytics.notify(processed.applied.dirty_triples);
+            self.analytics
+                .notify(processed.applied.dirty_triples, behind);
         }
         {
             let mut in_flight = self.state.in_flight();
@@ -556,7 +564,7 @@ impl Shared {
                 tracing::info!(stream = %s, entries = claimed.len(), "reclaimed entries of an idle consumer");
                 metrics::counter!("writer_entries_reclaimed_total").increment(claimed.len() as u64);
                 self.set_delivery_counts(&mut claimed).await?;
-                self.dispatch(claimed, permit).await;
+                self.dispatch(claimed, permit, false).await;
             }
             if next == "0-0" {
                 return Ok(());

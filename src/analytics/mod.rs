@@ -17,12 +17,24 @@ use tokio::sync::mpsc;
 
 pub use worker::{Worker, WorkerState};
 
+/// What a committed batch tells the worker.
+#[derive(Debug)]
+pub struct Dirtied {
+    /// The triples the batch marked dirty.
+    pub triples: Vec<String>,
+    /// Whether the read that delivered the batch came back full: more
+    /// entries were waiting, so the writers are behind the streams (a
+    /// backlog, a re-index). The worker then defers its recomputations
+    /// (see `worker`'s catch-up).
+    pub behind: bool,
+}
+
 /// The consumer's side of the channel.
 #[derive(Debug, Clone)]
-pub struct AnalyticsSender(mpsc::Sender<Vec<String>>);
+pub struct AnalyticsSender(mpsc::Sender<Dirtied>);
 
 /// The worker's side of the channel.
-pub type AnalyticsReceiver = mpsc::Receiver<Vec<String>>;
+pub type AnalyticsReceiver = mpsc::Receiver<Dirtied>;
 
 /// A channel holding up to `capacity` committed batches' triple ids.
 pub fn channel(capacity: usize) -> (AnalyticsSender, AnalyticsReceiver) {
@@ -34,8 +46,8 @@ impl AnalyticsSender {
     /// Offers the triples of one committed batch to the worker, without
     /// waiting. A message the channel cannot take (full, or the worker gone)
     /// is dropped and counted: the dirty marks still carry it (ADR 0002).
-    pub fn notify(&self, triples: Vec<String>) {
-        if !triples.is_empty() && self.0.try_send(triples).is_err() {
+    pub fn notify(&self, triples: Vec<String>, behind: bool) {
+        if !triples.is_empty() && self.0.try_send(Dirtied { triples, behind }).is_err() {
             metrics::counter!("writer_analytics_messages_dropped_total").increment(1);
         }
     }

@@ -111,13 +111,11 @@ pub async fn check(status: &Status) -> Health {
     let dead_letters_recent = BacklogCache::known(&cache.dead_letters_recent);
     let redis = status.consumer.redis_healthy.load(Ordering::Relaxed);
     let worker = &status.analytics;
-    // Stalled: work waiting, yet no batch finished for a long while.
-    let stall = status
-        .config
-        .analytics
-        .sweep_interval
-        .max(Duration::from_secs(6))
-        * 10;
+    // Stalled: work waiting, yet no batch finished for a long while —
+    // longer than a catch-up may gather before recomputing (ADR 0013).
+    let analytics_config = &status.config.analytics;
+    let stall = (analytics_config.sweep_interval.max(Duration::from_secs(6)) * 10)
+        .max(analytics_config.catch_up_delay * 2);
     let last_success = worker.last_success_ms.load(Ordering::Relaxed);
     let since_success = Duration::from_millis(now_ms().saturating_sub(last_success));
     let stalled = analytics_backlog.unwrap_or(0) > 0 && last_success > 0 && since_success > stall;

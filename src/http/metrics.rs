@@ -10,7 +10,8 @@
 //! - `db_pool_size`, `db_pool_max`, `db_pool_idle`, `db_pool_in_use`,
 //!   `db_acquire_seconds`
 //! - `analytics_backlog`, `analytics_batch_seconds`, `analytics_terms_total`,
-//!   `analytics_messages_dropped_total`
+//!   `analytics_messages_dropped_total`, `analytics_catch_ups_total` (times
+//!   the worker deferred while the writers were behind, ADR 0013)
 //! - `dead_letters_total`, `dead_letters_unresolved`
 //! - `retries_total{stage}`, `circuit_open`
 //! - `entries_acked_total`, `entries_reclaimed_total`
