@@ -776,7 +776,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting::new(
         "MIN_BATCH_INTERVAL_MS",
         Kind::millis(0..=60_000, |c, d| c.analytics.min_batch_interval = d),
-        "minimum time between analytics batches: how often hot pairs are recomputed under load, and so how stale analytics may get",
+        "minimum time between analytics passes (the triples announced meanwhile are recomputed together; the chunks of one pass run back to back): how often hot pairs are recomputed under load, and so how stale analytics may get",
     )
     .default("250"),
     Setting::new(

@@ -243,7 +243,16 @@ impl Worker {
                         metrics::counter!("writer_analytics_terms_total").increment(n as u64);
                         metrics::histogram!("writer_analytics_batch_seconds")
                             .record(started.elapsed().as_secs_f64());
-                        self.pace(n, started, cancel).await;
+                        // The interval lets messages accumulate between
+                        // passes. Within a pass (the chunks of a gathered
+                        // list, a sweep's marks) the triples are already
+                        // known: spacing the chunks out would only delay
+                        // the rest.
+                        let end_of_pass = match scope {
+                            Scope::Listed(ids) => listed == ids.len(),
+                            Scope::After(_) => false,
+                        };
+                        self.pace(n, started, end_of_pass, cancel).await;
                     }
                     return Some((refreshed, listed));
                 }
@@ -260,14 +269,24 @@ impl Worker {
         }
     }
 
-    /// Keeps to MAX_MESSAGES_PER_SECOND and MIN_BATCH_INTERVAL_MS.
-    async fn pace(&self, terms: usize, started: Instant, cancel: &CancellationToken) {
+    /// Keeps to MAX_MESSAGES_PER_SECOND, and to MIN_BATCH_INTERVAL_MS when
+    /// `interval`.
+    async fn pace(
+        &self,
+        terms: usize,
+        started: Instant,
+        interval: bool,
+        cancel: &CancellationToken,
+    ) {
         let took = started.elapsed();
         let budget =
             Duration::from_secs_f64(terms as f64 / self.config.max_terms_per_second as f64);
-        let wait = budget
-            .max(self.config.min_batch_interval)
-            .saturating_sub(took);
+        let min = if interval {
+            self.config.min_batch_interval
+        } else {
+            Duration::ZERO
+        };
+        let wait = budget.max(min).saturating_sub(took);
         if !wait.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

@@ -132,6 +132,32 @@ async fn a_long_catch_up_refreshes_every_delay() {
     assert!(metric(&writer, "writer_analytics_catch_ups_total").await >= 2.0);
 }
 
+/// The triples gathered during a catch-up are recomputed chunk after chunk
+/// without MIN_BATCH_INTERVAL_MS between the chunks: spaced out, this pass
+/// would take longer than invariant 9 allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gathered_pass_runs_its_chunks_back_to_back() {
+    let mut env = Env::new(27, 6_000).await;
+    let workload = env.publish_workload().await;
+    let model = model_of(&workload.events());
+    let (chunk, interval) = (10, Duration::from_secs(2));
+    let chunks = model.triples().len().div_ceil(chunk);
+    assert!(
+        interval * chunks as u32 > 2 * QUIET,
+        "{chunks} chunks: too few for the test to tell"
+    );
+    let mut vars = env.writer_env("w1");
+    vars.insert("BATCH_SIZE".into(), "20".into());
+    vars.insert("ANALYTICS_BATCH_SIZE".into(), chunk.to_string());
+    let interval_ms = interval.as_millis().to_string();
+    vars.insert("MIN_BATCH_INTERVAL_MS".into(), interval_ms);
+    vars.insert("ANALYTICS_CATCH_UP_DELAY_MS".into(), "60000".into());
+    let writer = Writer::start(&vars);
+    streams_drained(&mut env).await;
+    converged(&env, &model).await;
+    assert!(metric(&writer, "writer_analytics_catch_ups_total").await >= 1.0);
+}
+
 /// SIGKILL at random moments while consuming, restarting each time: core
 /// tables and analytics still converge exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
