@@ -776,13 +776,13 @@ pub const SETTINGS: &[Setting] = &[
     Setting::new(
         "MIN_BATCH_INTERVAL_MS",
         Kind::millis(0..=60_000, |c, d| c.analytics.min_batch_interval = d),
-        "minimum time between analytics passes (the triples announced meanwhile are recomputed together; the chunks of one pass run back to back): how often hot pairs are recomputed under load, and so how stale analytics may get",
+        "minimum time between the analytics worker's passes over announced triples (those announced meanwhile are recomputed together; the chunks of one pass run back to back): how often hot pairs are recomputed under load, and so how stale analytics may get",
     )
     .default("250"),
     Setting::new(
         "ANALYTICS_SWEEP_INTERVAL_MS",
         Kind::millis(10..=3_600_000, |c, d| c.analytics.sweep_interval = d),
-        "how often the analytics worker scans for dirty terms",
+        "how often the analytics worker scans for dirty terms (while the writers catch up on a backlog, at most once per ANALYTICS_CATCH_UP_DELAY_MS)",
     )
     .default("1000"),
     Setting::new(

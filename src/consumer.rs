@@ -267,10 +267,12 @@ impl Shared {
             }
             match result {
                 Ok(mut entries) => {
-                    // A non-blocking read that came back full left entries
-                    // waiting: the writers are behind (the analytics worker
-                    // defers while they are, see `analytics`).
-                    let behind = block.is_none() && entries.len() >= count;
+                    // A non-blocking read of new entries that came back
+                    // full left entries waiting: the writers are behind (the
+                    // analytics worker defers while they are, see
+                    // `analytics`). Not said of pending entries: COUNT is per
+                    // stream there, and they are a restart's leftovers.
+                    let behind = !reading_pending && block.is_none() && entries.len() >= count;
                     self.state.redis_healthy.store(true, Ordering::Relaxed);
                     backoff.reset();
                     if reading_pending {

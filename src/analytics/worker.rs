@@ -86,27 +86,37 @@ impl Worker {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await;
         let mut pending = Pending::default();
-        loop {
-            // The sweep comes before messages: under steady load the channel
-            // is never empty, and dropped messages must not wait for a lull.
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                _ = sweep.tick() => {
-                    // Not while the writers are behind: their marks are the
-                    // triples being gathered (see `collect`). Checked here,
-                    // not as a guard of this arm: a guard is read once, and
-                    // the wait below may outlast the writers' catch-up (no
-                    // message comes once they are done).
-                    if !pending.writers_behind() {
-                        self.sweep(&cancel).await;
+        let mut swept = Instant::now();
+        while !cancel.is_cancelled() {
+            // Triples taken in while the last pass ran are processed at once;
+            // otherwise wait for a message or the sweep. The sweep comes
+            // before messages: under steady load the channel is never empty,
+            // and dropped messages must not wait for a lull.
+            if pending.triples.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break,
+                    _ = sweep.tick() => {
+                        // While the writers are behind, their marks are the
+                        // triples being gathered (see `collect`): swept once
+                        // per delay only, for messages the channel dropped.
+                        // Checked here, not as a guard of this arm: a guard
+                        // is read once, and the wait may outlast the
+                        // writers' catch-up (no message comes once they are
+                        // done).
+                        if !pending.writers_behind()
+                            || swept.elapsed() >= self.config.catch_up_delay
+                        {
+                            self.sweep(&cancel).await;
+                            swept = Instant::now();
+                        }
+                        continue;
                     }
-                    continue;
+                    message = self.rx.recv() => match message {
+                        Some(dirtied) => pending.take(dirtied),
+                        None => break,
+                    },
                 }
-                message = self.rx.recv() => match message {
-                    Some(dirtied) => pending.take(dirtied),
-                    None => break,
-                },
             }
             while pending.triples.len() < self.config.batch_size {
                 match self.rx.try_recv() {

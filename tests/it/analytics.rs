@@ -34,6 +34,25 @@ async fn analytics_converge_exactly() {
     assert_eq!(checkpoint, ["true|true"]);
 }
 
+/// Announced triples alone make the analytics converge: with the sweep an
+/// hour away, nothing the worker took in during its last pass waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_converge_without_the_sweep() {
+    let mut env = Env::new(28, 5_000).await;
+    let mut vars = env.writer_env("w1");
+    vars.insert("ANALYTICS_SWEEP_INTERVAL_MS".into(), "3600000".into());
+    // Small writer batches and long passes: messages keep arriving while
+    // the worker recomputes, up to the last one.
+    vars.insert("BATCH_SIZE".into(), "5".into());
+    vars.insert("MIN_BATCH_INTERVAL_MS".into(), "1000".into());
+    vars.insert("ANALYTICS_CATCH_UP_DELAY_MS".into(), "0".into());
+    let _writer = Writer::start(&vars);
+    let workload = env.publish_workload().await;
+    let model = model_of(&workload.events());
+    streams_drained(&mut env).await;
+    converged(&env, &model).await;
+}
+
 /// Every stream entry delivered and acknowledged (analytics aside).
 async fn streams_drained(env: &mut Env) {
     eventually(DRAIN, Duration::from_millis(100), async || {
