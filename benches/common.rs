@@ -575,10 +575,8 @@ fn statement(query: &str) -> String {
     let named = [
         ("pg_advisory_xact_lock(k)", "term locks"),
         ("pg_advisory_xact_lock_shared", "reorg lock (shared)"),
-        (
-            "pg_advisory_xact_lock($1)",
-            "reorg lock (exclusive: a notice)",
-        ),
+        // After the two above: `BEGIN; SELECT pg_advisory_xact_lock(<key>)`.
+        ("pg_advisory_xact_lock(", "reorg lock (exclusive: a notice)"),
         ("moved AS", "event resolve"),
         ("One primary-key probe per id", "analytics"),
         ("DELETE FROM analytics_dirty", "analytics"),

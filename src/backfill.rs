@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
-use crate::apply::{atom, lock_reorg, lock_terms, position, term, triple, vault};
+use crate::apply::{atom, begin_reorg_locked, lock_terms, position, term, triple, vault};
 
 /// Validates and normalises a `--from-term` bound: 1–64 hex digits, with or
 /// without `0x` (as ids are accepted everywhere else), left-padded to 64 so
@@ -148,8 +148,7 @@ async fn create_missing_terms(
 /// Atoms, triples, positions, vaults and term rows of `ids`, rebuilt from
 /// their events under the term locks.
 async fn rebuild_cascade(pool: &PgPool, schema: &str, ids: &[&str]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    lock_reorg(&mut tx, schema, false).await?;
+    let mut tx = pool.begin_with(begin_reorg_locked(schema, false)).await?;
     lock_terms(&mut tx, schema, ids).await?;
     atom::recompute(&mut tx, ids).await?;
     // Only pro terms have TripleCreated events; counter ids find nothing.

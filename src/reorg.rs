@@ -23,7 +23,7 @@
 //! every batch after it sees the copy.
 
 use crate::apply::rebuild::Rebuild;
-use crate::apply::{ReadModel, Source, events, lock_reorg};
+use crate::apply::{ReadModel, Source, begin_reorg_locked, events};
 use crate::event::ReorgNotice;
 
 /// What one copy of a notice did.
@@ -56,8 +56,10 @@ pub async fn apply(
     }
     let names: Vec<&str> = copies.iter().map(|(_, s)| s.stream).collect();
     let streams = rm.stream_ids(&names).await?;
-    let mut tx = rm.pool().begin().await?;
-    lock_reorg(&mut tx, rm.schema(), true).await?;
+    let mut tx = rm
+        .pool()
+        .begin_with(begin_reorg_locked(rm.schema(), true))
+        .await?;
     let mut outcomes = Vec::with_capacity(copies.len());
     let mut rebuild = Rebuild::default();
     let mut applied = Vec::new();
