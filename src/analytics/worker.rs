@@ -85,8 +85,7 @@ impl Worker {
         let mut sweep = tokio::time::interval(self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await;
-        let mut pending = Pending::default();
-        let mut swept = Instant::now();
+        let mut pending = Pending::new();
         while !cancel.is_cancelled() {
             // Triples taken in while the last pass ran are processed at once;
             // otherwise wait for a message or the sweep. The sweep comes
@@ -97,18 +96,13 @@ impl Worker {
                     biased;
                     _ = cancel.cancelled() => break,
                     _ = sweep.tick() => {
-                        // While the writers are behind, their marks are the
-                        // triples being gathered (see `collect`): swept once
-                        // per delay only, for messages the channel dropped.
                         // Checked here, not as a guard of this arm: a guard
                         // is read once, and the wait may outlast the
                         // writers' catch-up (no message comes once they are
                         // done).
-                        if !pending.writers_behind()
-                            || swept.elapsed() >= self.config.catch_up_delay
-                        {
+                        if pending.sweep_due(self.config.catch_up_delay) {
                             self.sweep(&cancel).await;
-                            swept = Instant::now();
+                            pending.swept_at = Instant::now();
                         }
                         continue;
                     }
@@ -118,12 +112,7 @@ impl Worker {
                     },
                 }
             }
-            while pending.triples.len() < self.config.batch_size {
-                match self.rx.try_recv() {
-                    Ok(dirtied) => pending.take(dirtied),
-                    Err(_) => break,
-                }
-            }
+            self.take_queued(&mut pending, self.config.batch_size);
             if pending.writers_behind() && !self.config.catch_up_delay.is_zero() {
                 self.collect(&mut pending, &cancel).await;
             }
@@ -138,9 +127,18 @@ impl Worker {
                 rest = &rest[done..];
                 // Keep listening between batches: the writers' state stays
                 // current and the channel does not overflow.
-                while let Ok(dirtied) = self.rx.try_recv() {
-                    pending.take(dirtied);
-                }
+                self.take_queued(&mut pending, usize::MAX);
+            }
+        }
+    }
+
+    /// Takes the messages already queued, until `pending` holds `most`
+    /// triples.
+    fn take_queued(&mut self, pending: &mut Pending, most: usize) {
+        while pending.triples.len() < most {
+            match self.rx.try_recv() {
+                Ok(dirtied) => pending.take(dirtied),
+                Err(_) => break,
             }
         }
     }
@@ -306,15 +304,26 @@ impl Worker {
     }
 }
 
-/// Triples announced by committed batches, not yet recomputed.
-#[derive(Debug, Default)]
+/// Triples announced by committed batches, not yet recomputed, and what
+/// the worker knows of the writers.
+#[derive(Debug)]
 struct Pending {
     triples: FnvHashSet<String>,
     /// When the last batch whose read left entries waiting was announced.
     behind_at: Option<Instant>,
+    /// When the last sweep finished.
+    swept_at: Instant,
 }
 
 impl Pending {
+    fn new() -> Pending {
+        Pending {
+            triples: FnvHashSet::default(),
+            behind_at: None,
+            swept_at: Instant::now(),
+        }
+    }
+
     fn take(&mut self, dirtied: Dirtied) {
         self.triples.extend(dirtied.triples);
         if dirtied.behind {
@@ -326,6 +335,13 @@ impl Pending {
     fn writers_behind(&self) -> bool {
         self.behind_at
             .is_some_and(|at| at.elapsed() < CAUGHT_UP_AFTER)
+    }
+
+    /// Whether a sweep tick should sweep. While the writers are behind,
+    /// their marks are the triples being gathered (see `collect`): swept
+    /// once per `delay` only, for the messages the channel dropped.
+    fn sweep_due(&self, delay: Duration) -> bool {
+        !self.writers_behind() || self.swept_at.elapsed() >= delay
     }
 }
 
@@ -361,7 +377,7 @@ mod tests {
 
     #[test]
     fn pending_gathers_each_triple_once() {
-        let mut pending = Pending::default();
+        let mut pending = Pending::new();
         pending.take(dirtied(&["0x01", "0x02"], false));
         pending.take(dirtied(&["0x02", "0x03"], true));
         let mut triples: Vec<_> = pending.triples.iter().cloned().collect();
@@ -371,7 +387,7 @@ mod tests {
 
     #[test]
     fn writers_are_behind_only_after_a_full_read() {
-        let mut pending = Pending::default();
+        let mut pending = Pending::new();
         assert!(!pending.writers_behind());
         pending.take(dirtied(&["0x01"], false));
         assert!(!pending.writers_behind());
@@ -384,8 +400,26 @@ mod tests {
     }
 
     #[test]
+    fn sweeps_wait_for_the_delay_only_while_writers_are_behind() {
+        let delay = Duration::from_secs(10);
+        let mut pending = Pending::new();
+        assert!(pending.sweep_due(delay), "not behind: every tick sweeps");
+        pending.take(dirtied(&["0x01"], true));
+        assert!(!pending.sweep_due(delay), "behind, swept just now");
+        pending.swept_at = Instant::now()
+            .checked_sub(delay)
+            .expect("the clock is past boot");
+        assert!(
+            pending.sweep_due(delay),
+            "behind, but a delay since the sweep"
+        );
+        pending.swept_at = Instant::now();
+        assert!(pending.sweep_due(Duration::ZERO), "no deferral: always");
+    }
+
+    #[test]
     fn writers_catch_up_once_no_full_read_came_for_a_while() {
-        let mut pending = Pending::default();
+        let mut pending = Pending::new();
         pending.take(dirtied(&["0x01"], true));
         let earlier = Instant::now()
             .checked_sub(CAUGHT_UP_AFTER + Duration::from_millis(1))

@@ -25,7 +25,7 @@ async fn analytics_converge_exactly() {
     let workload = env.publish_workload().await;
     let events = workload.events();
     let model = model_of(&events);
-    streams_drained(&mut env).await;
+    env.wait_streams_drained().await;
     converged(&env, &model).await;
     let checkpoint = env
         .db
@@ -39,29 +39,21 @@ async fn analytics_converge_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analytics_converge_without_the_sweep() {
     let mut env = Env::new(28, 5_000).await;
-    let mut vars = env.writer_env("w1");
-    vars.insert("ANALYTICS_SWEEP_INTERVAL_MS".into(), "3600000".into());
     // Small writer batches and long passes: messages keep arriving while
     // the worker recomputes, up to the last one.
-    vars.insert("BATCH_SIZE".into(), "5".into());
-    vars.insert("MIN_BATCH_INTERVAL_MS".into(), "1000".into());
-    vars.insert("ANALYTICS_CATCH_UP_DELAY_MS".into(), "0".into());
-    let _writer = Writer::start(&vars);
+    let _writer = Writer::start(&env.writer_env_with(
+        "w1",
+        &[
+            ("ANALYTICS_SWEEP_INTERVAL_MS", "3600000"),
+            ("BATCH_SIZE", "5"),
+            ("MIN_BATCH_INTERVAL_MS", "1000"),
+            ("ANALYTICS_CATCH_UP_DELAY_MS", "0"),
+        ],
+    ));
     let workload = env.publish_workload().await;
     let model = model_of(&workload.events());
-    streams_drained(&mut env).await;
+    env.wait_streams_drained().await;
     converged(&env, &model).await;
-}
-
-/// Every stream entry delivered and acknowledged (analytics aside).
-async fn streams_drained(env: &mut Env) {
-    eventually(DRAIN, Duration::from_millis(100), async || {
-        match env.backlog().await {
-            Some(0) => Ok(()),
-            backlog => Err(format!("stream backlog {backlog:?}")),
-        }
-    })
-    .await;
 }
 
 /// Invariant 9: within seconds of the input going quiet (the bound leaves
@@ -100,14 +92,17 @@ async fn a_backlog_recomputes_each_triple_about_once() {
     let mut env = Env::new(25, 6_000).await;
     let workload = env.publish_workload().await;
     let model = model_of(&workload.events());
-    let mut vars = env.writer_env("w1");
-    vars.insert("BATCH_SIZE".into(), "20".into());
     let delay = Duration::from_secs(60);
     assert!(delay > QUIET);
     let delay_ms = delay.as_millis().to_string();
-    vars.insert("ANALYTICS_CATCH_UP_DELAY_MS".into(), delay_ms);
-    let writer = Writer::start(&vars);
-    streams_drained(&mut env).await;
+    let writer = Writer::start(&env.writer_env_with(
+        "w1",
+        &[
+            ("BATCH_SIZE", "20"),
+            ("ANALYTICS_CATCH_UP_DELAY_MS", &delay_ms),
+        ],
+    ));
+    env.wait_streams_drained().await;
     converged(&env, &model).await;
 
     let triples = model.triples().len() as f64;
@@ -122,6 +117,34 @@ async fn a_backlog_recomputes_each_triple_about_once() {
     );
 }
 
+/// Invariant 9 with a backlog shared by two writer processes, each
+/// deferring its analytics while behind (and sweeping marks the other is
+/// gathering): exact within seconds of the input going quiet, although
+/// either would wait a minute while behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_shared_by_two_writers_converges() {
+    let mut env = Env::new(29, 8_000).await;
+    let workload = env.publish_workload().await;
+    let model = model_of(&workload.events());
+    let settings = [
+        ("BATCH_SIZE", "10"),
+        ("ANALYTICS_CATCH_UP_DELAY_MS", "60000"),
+    ];
+    let first = Writer::start(&env.writer_env_with("w1", &settings));
+    let second = Writer::start(&env.writer_env_with("w2", &settings));
+    env.wait_streams_drained().await;
+    converged(&env, &model).await;
+    for writer in [&first, &second] {
+        assert!(metric(writer, "writer_entries_acked_total").await > 0.0);
+    }
+    assert!(
+        metric(&first, "writer_analytics_catch_ups_total").await
+            + metric(&second, "writer_analytics_catch_ups_total").await
+            >= 1.0,
+        "neither writer saw itself behind"
+    );
+}
+
 /// A catch-up longer than ANALYTICS_CATCH_UP_DELAY_MS still refreshes the
 /// analytics every delay: some are recomputed while the backlog lasts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,11 +152,14 @@ async fn a_long_catch_up_refreshes_every_delay() {
     let mut env = Env::new(26, 12_000).await;
     let workload = env.publish_workload().await;
     let model = model_of(&workload.events());
-    let mut vars = env.writer_env("w1");
-    vars.insert("BATCH_SIZE".into(), "4".into());
-    vars.insert("WORKERS".into(), "1".into());
-    vars.insert("ANALYTICS_CATCH_UP_DELAY_MS".into(), "300".into());
-    let writer = Writer::start(&vars);
+    let writer = Writer::start(&env.writer_env_with(
+        "w1",
+        &[
+            ("BATCH_SIZE", "4"),
+            ("WORKERS", "1"),
+            ("ANALYTICS_CATCH_UP_DELAY_MS", "300"),
+        ],
+    ));
     eventually(DRAIN, Duration::from_millis(20), async || {
         let processed = env
             .db
@@ -165,14 +191,17 @@ async fn a_gathered_pass_runs_its_chunks_back_to_back() {
         interval * chunks as u32 > 2 * QUIET,
         "{chunks} chunks: too few for the test to tell"
     );
-    let mut vars = env.writer_env("w1");
-    vars.insert("BATCH_SIZE".into(), "20".into());
-    vars.insert("ANALYTICS_BATCH_SIZE".into(), chunk.to_string());
-    let interval_ms = interval.as_millis().to_string();
-    vars.insert("MIN_BATCH_INTERVAL_MS".into(), interval_ms);
-    vars.insert("ANALYTICS_CATCH_UP_DELAY_MS".into(), "60000".into());
-    let writer = Writer::start(&vars);
-    streams_drained(&mut env).await;
+    let (chunk_size, interval_ms) = (chunk.to_string(), interval.as_millis().to_string());
+    let writer = Writer::start(&env.writer_env_with(
+        "w1",
+        &[
+            ("BATCH_SIZE", "20"),
+            ("ANALYTICS_BATCH_SIZE", &chunk_size),
+            ("MIN_BATCH_INTERVAL_MS", &interval_ms),
+            ("ANALYTICS_CATCH_UP_DELAY_MS", "60000"),
+        ],
+    ));
+    env.wait_streams_drained().await;
     converged(&env, &model).await;
     assert!(metric(&writer, "writer_analytics_catch_ups_total").await >= 1.0);
 }
@@ -199,13 +228,17 @@ async fn converges_after_repeated_sigkills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_channel_loses_nothing() {
     let mut env = Env::new(23, 6_000).await;
-    let mut vars = env.writer_env("w1");
-    vars.insert("ANALYTICS_CHANNEL_CAPACITY".into(), "1".into());
     // A deferring worker reads the channel all the time (ADR 0013): this
     // test is about the worker busy with a batch while messages arrive.
-    vars.insert("ANALYTICS_CATCH_UP_DELAY_MS".into(), "0".into());
-    vars.insert("MIN_BATCH_INTERVAL_MS".into(), "200".into());
-    vars.insert("ANALYTICS_SWEEP_INTERVAL_MS".into(), "1000".into());
+    let vars = env.writer_env_with(
+        "w1",
+        &[
+            ("ANALYTICS_CHANNEL_CAPACITY", "1"),
+            ("ANALYTICS_CATCH_UP_DELAY_MS", "0"),
+            ("MIN_BATCH_INTERVAL_MS", "200"),
+            ("ANALYTICS_SWEEP_INTERVAL_MS", "1000"),
+        ],
+    );
     let (writer, workload) = env.consume_workload(&vars).await;
     let dropped = metric(&writer, "writer_analytics_messages_dropped_total").await;
     assert!(

@@ -137,6 +137,21 @@ impl Env {
         pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
 
+    /// [`Env::writer_env`] with some settings overridden.
+    pub fn writer_env_with(
+        &self,
+        consumer: &str,
+        overrides: &[(&str, &str)],
+    ) -> HashMap<String, String> {
+        let mut vars = self.writer_env(consumer);
+        vars.extend(
+            overrides
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        vars
+    }
+
     /// Writer settings with Postgres reached through `proxy` (which a test
     /// can cut).
     pub fn writer_env_through(&self, proxy: &Proxy, consumer: &str) -> HashMap<String, String> {
@@ -274,6 +289,17 @@ impl Env {
             total += info.lag.unwrap_or(u64::MAX / 8) + info.pending;
         }
         Some(total)
+    }
+
+    /// Waits until every entry is acknowledged (analytics aside).
+    pub async fn wait_streams_drained(&mut self) {
+        eventually(DRAIN, Duration::from_millis(100), async || {
+            match self.backlog().await {
+                Some(0) => Ok(()),
+                backlog => Err(format!("stream backlog {backlog:?}")),
+            }
+        })
+        .await;
     }
 
     /// Waits until every entry is acknowledged and the analytics backlog is
