@@ -69,6 +69,9 @@ async fn main() {
         circuit: Arc::new(Circuit::new(5)),
     };
     let never = tokio_util::sync::CancellationToken::new();
+    // The writer's own recorder: the stage timings below are the ones its
+    // `/metrics` reports.
+    let metrics = writer::http::metrics::install();
 
     let started = Instant::now();
     for batch in entries.chunks(args.batch) {
@@ -106,6 +109,20 @@ async fn main() {
         analytics.as_secs_f64(),
         analytics.as_secs_f64() * 1e6 / published as f64
     );
+    let rendered = metrics.render();
+    println!("stages (sum over batches, count of batches):");
+    let counts = samples(&rendered, "writer_stage_seconds_count");
+    for (key, sum) in samples(&rendered, "writer_stage_seconds_sum") {
+        let label = key.trim_start_matches("writer_stage_seconds_sum");
+        let n = counts
+            .iter()
+            .find(|(k, _)| k.ends_with(label))
+            .map_or(0.0, |(_, n)| *n);
+        println!(
+            "  {label:20} {sum:8.2}s in {n:>5} ({:.1} ms each)",
+            sum * 1e3 / n.max(1.0)
+        );
+    }
     let stats: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
          WHERE schemaname = $1 AND n_tup_upd + n_tup_ins > 0 ORDER BY n_tup_upd DESC",

@@ -203,7 +203,9 @@ impl Shared {
         // blocking: a read is one batch of one event type (memory bounded
         // by the batch, cascades that touch fewer tables). When a whole
         // round finds nothing, one blocking read over every stream (a
-        // little of each) waits for the next entry.
+        // little of each) waits for the next entry. A reorg notice read
+        // while caught up brings the other streams' copies along
+        // (`read_other_copies`, ADR 0014).
         let n = self.streams.len();
         let (mut turn, mut empty_reads) = (0usize, 0usize);
         while !cancel.is_cancelled() {
@@ -296,7 +298,15 @@ impl Shared {
                             }
                         });
                     }
+                    let mut broken = None;
+                    if !reading_pending && !behind {
+                        broken = self.read_other_copies(c, &mut entries).await.err();
+                    }
                     self.dispatch(entries, permit, behind).await;
+                    if let Some(e) = broken {
+                        self.redis_failed(&e, "XREADGROUP");
+                        conn = None;
+                    }
                 }
                 Err(e) => {
                     drop(permit);
@@ -311,6 +321,56 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// When a read that left nothing waiting holds a reorg notice, reads
+    /// what the streams absent from it hold now, into the same batch.
+    ///
+    /// rindexer sends a notice to every stream at once. Read one stream at a
+    /// time, each copy would be a batch of its own and a transaction of its
+    /// own, each waiting for the exclusive reorg lock (so for every batch in
+    /// flight) and each rebuilding what its stream's abandoned events fed,
+    /// while every other batch waits: at a steady rate, most of what a
+    /// reorg adds to the latency (benches/README.md). The copies in one
+    /// batch apply in one transaction (`Ingest`). Entries after a copy come
+    /// along; within a batch notices apply first and their meaning is
+    /// positional (ADR 0009), so this is only an earlier read. Only when
+    /// caught up: behind, the other streams' copies are further down.
+    async fn read_other_copies(
+        &self,
+        conn: &mut MultiplexedConnection,
+        entries: &mut Vec<StreamEntry>,
+    ) -> redis::RedisResult<()> {
+        if !entries
+            .iter()
+            .any(|e| crate::decode::may_hold_reorg_notice(e.field_pairs()))
+        {
+            return Ok(());
+        }
+        let others: Vec<Arc<str>> = self
+            .streams
+            .iter()
+            .filter(|s| !entries.iter().any(|e| e.stream == **s))
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        // Within BATCH_SIZE in all.
+        let count = (self.config.batch_size.saturating_sub(entries.len()) / others.len()).max(1);
+        let ids = vec![">"; others.len()];
+        let more = stream::read_group(
+            conn,
+            &self.config.group,
+            &self.config.consumer,
+            &others,
+            &ids,
+            count,
+            None,
+        )
+        .await?;
+        entries.extend(more);
+        Ok(())
     }
 
     fn redis_failed(&self, error: &redis::RedisError, what: &str) {

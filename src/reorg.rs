@@ -20,7 +20,10 @@
 //!
 //! The transaction holds the reorg lock exclusively: every batch takes it
 //! shared first, so no batch writes events while a copy is applied, and
-//! every batch after it sees the copy.
+//! every batch after it sees the copy. The copies of one batch share that
+//! transaction; a caught-up reader puts a notice's copies in one batch
+//! (ADR 0014), so a reorg holds the other batches back once, not once per
+//! stream.
 
 use crate::apply::rebuild::Rebuild;
 use crate::apply::{ReadModel, Source, begin_reorg_locked, events};

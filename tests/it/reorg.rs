@@ -202,6 +202,46 @@ async fn pending_of(
     reply.into_iter().map(|r| r.0).collect()
 }
 
+/// A notice reaching a caught-up writer: rindexer publishes its copies to
+/// every stream at once, and the read woken by the first copy brings the
+/// others into the same batch, so all five apply in one transaction (one
+/// wait for the exclusive reorg lock, one rebuild) instead of one per
+/// stream, each holding every batch back (benches/README.md). The tables
+/// still hold the final chain exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_reaching_a_caught_up_writer_apply_in_one_transaction() {
+    let mut env = rindexer_env(36, 600, 1, 0.0).await;
+    let workload = generate(&env.spec);
+    let first = workload.entries.iter().position(|e| e.notice).unwrap();
+    let copies = &workload.entries[first..first + 5];
+    assert!(copies.iter().all(|e| e.notice));
+    let _writer = Writer::start(&env.writer_env("w1"));
+    // Caught up on everything before the notice, the abandoned fork
+    // included: the reader waits in its blocking read.
+    env.publish(&workload.entries[..first]).await;
+    env.wait_streams_drained().await;
+    // The copies, as rindexer sends them: one after the other, pipelined.
+    env.publish(copies).await;
+    env.wait_streams_drained().await;
+    let transactions = env
+        .db
+        .scalar_i64("SELECT count(DISTINCT xmin::text) FROM reorg_notices")
+        .await;
+    assert_eq!(
+        env.db
+            .scalar_i64("SELECT count(*) FROM reorg_notices")
+            .await,
+        5
+    );
+    assert_eq!(
+        transactions, 1,
+        "the copies took {transactions} transactions"
+    );
+    env.publish(&workload.entries[first + 5..]).await;
+    env.wait_drained().await;
+    assert_exact(&env.db, &workload).await;
+}
+
 /// The chain flips back: fork A, a notice, fork B, a second notice at the
 /// same fork block with the same message_id, fork A again. The tables hold
 /// fork A; a copy of a notice delivered again changes nothing.
