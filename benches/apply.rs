@@ -38,6 +38,12 @@ struct Args {
     /// Log every statement with its duration (JSON lines on stderr).
     #[arg(long)]
     log_statements: bool,
+    /// Afterwards, times a reorg's vault rebuild (`vault::recompute`) of the
+    /// N vaults with the most SharePriceChanged events, reading their whole
+    /// history and reading the blocks near the chain's tip first (rolled
+    /// back; 0: skip).
+    #[arg(long, default_value_t = 10)]
+    rebuild_hot: i64,
     /// Keeps the schema (`bench_apply_<pid>`) for inspection instead of
     /// dropping it.
     #[arg(long)]
@@ -123,6 +129,9 @@ async fn main() {
             sum * 1e3 / n.max(1.0)
         );
     }
+    if args.rebuild_hot > 0 {
+        rebuild_hot(&db, args.rebuild_hot).await;
+    }
     let stats: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
          WHERE schemaname = $1 AND n_tup_upd + n_tup_ins > 0 ORDER BY n_tup_upd DESC",
@@ -145,4 +154,52 @@ async fn main() {
     .execute(&db)
     .await
     .expect("drop schema");
+}
+
+/// Times the rebuild of the `n` hottest vaults (most SharePriceChanged
+/// events) as a reorg at the chain's tip runs it, with and without reading
+/// the recent blocks first; each in a transaction rolled back, twice (the
+/// second warm).
+async fn rebuild_hot(db: &sqlx::PgPool, n: i64) {
+    let keys: Vec<(String, String)> = sqlx::query_as(
+        "SELECT term_id, curve_id::text FROM share_price_changed_events
+         GROUP BY 1, 2 ORDER BY count(*) DESC LIMIT $1",
+    )
+    .bind(n)
+    .fetch_all(db)
+    .await
+    .expect("hot vaults");
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM share_price_changed_events s
+         JOIN unnest($1::text[], $2::text[]::numeric[]) AS k(term_id, curve_id)
+           USING (term_id, curve_id)",
+    )
+    .bind(keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+    .fetch_one(db)
+    .await
+    .expect("their events");
+    let tip: i64 = sqlx::query_scalar("SELECT max(block_number) FROM share_price_changed_events")
+        .fetch_one(db)
+        .await
+        .expect("tip");
+    let from = tip - writer::apply::RECENT_BLOCKS;
+    let mut times = Vec::new();
+    for recent_from in [None, Some(from), None, Some(from)] {
+        let mut tx = db.begin().await.expect("begin");
+        let started = Instant::now();
+        writer::apply::vault::recompute(&mut tx, &keys, recent_from)
+            .await
+            .expect("recompute");
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        tx.rollback().await.expect("rollback");
+    }
+    println!(
+        "rebuild of the {} hottest vaults ({events} SharePriceChanged): whole history {:.1} ms, then {:.1} ms warm; from block {from} first {:.1} ms, then {:.1} ms warm",
+        keys.len(),
+        times[0],
+        times[2],
+        times[1],
+        times[3]
+    );
 }

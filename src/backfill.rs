@@ -171,7 +171,7 @@ async fn rebuild_cascade(pool: &PgPool, schema: &str, ids: &[&str]) -> Result<()
     .fetch_all(&mut *tx)
     .await?;
     position::recompute(&mut tx, &positions).await?;
-    vault::recompute(&mut tx, &vaults).await?;
+    vault::recompute(&mut tx, &vaults, None).await?;
     // The triples among them get their analytics rebuilt next, by the
     // backfill itself: no dirty marks needed.
     term::recompute(&mut tx, ids).await?;

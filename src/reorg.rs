@@ -83,6 +83,7 @@ pub async fn apply(
         for feed in removed {
             rebuild.add(feed);
         }
+        rebuild.look_first_from(notice.fork_block);
         sqlx::query("UPDATE reorg_notices SET removed_events = $2 WHERE id = $1")
             .bind(reorg_id)
             .bind(removed_events as i64)

@@ -37,6 +37,7 @@ use crate::db::{Failure, classify};
 use crate::event::{ChainEvent, EventKind};
 use crate::lock::{self, Domain, LockSet};
 use events::Item;
+pub use rebuild::RECENT_BLOCKS;
 use rebuild::Rebuild;
 use source::StreamIds;
 pub use source::{EntryId, Source};

@@ -84,30 +84,79 @@ GROUP BY u.term_id
 
 /// Rebuilds the given vaults from their remaining events and current
 /// positions (run after the positions are rebuilt). Vaults no event names any
-/// more are deleted. `$1..$2` = term, curve.
+/// more are deleted. `$1..$2` = term, curve; `$3` a block from which to look
+/// first (NULL: none).
+///
+/// A vault takes its values from its newest SharePriceChanged and its newest
+/// event. Found through the `term_id` index, that reads every event the term
+/// ever had: hundreds of milliseconds for a few hot vaults after a million
+/// events (benches/README.md), under the exclusive reorg lock. With `$3`,
+/// the events at blocks ≥ `$3` are read first, through the `block_number`
+/// index (the tail of the chain, where a reorg's vaults had their latest
+/// events); a vault with an event there has its newest one there, exactly,
+/// and only the vaults without one are looked up through their whole
+/// history. The `OFFSET 0` fences keep each recent read a range scan of its
+/// own; the statement is planned for its actual `$3` (not prepared).
 const RECOMPUTE: &str = concat!(
     r#"
 WITH keys AS (
     SELECT DISTINCT term_id, curve_id
     FROM unnest($1::text[], $2::text[]::numeric[]) AS k(term_id, curve_id)
 ),
+recent_prices AS (
+    SELECT s.term_id, s.curve_id, s.share_price, s.total_assets, s.total_shares,
+        s.vault_type, s.block_number, s.log_index
+    FROM (SELECT * FROM share_price_changed_events WHERE block_number >= $3 OFFSET 0) s
+    JOIN keys k USING (term_id, curve_id)
+),
+recent AS (
+    SELECT term_id, curve_id, vault_type, block_number, log_index FROM recent_prices
+    UNION ALL
+    SELECT d.term_id, d.curve_id, d.vault_type, d.block_number, d.log_index
+    FROM (SELECT * FROM deposited_events WHERE block_number >= $3 OFFSET 0) d
+    JOIN keys k USING (term_id, curve_id)
+    UNION ALL
+    SELECT r.term_id, r.curve_id, r.vault_type, r.block_number, r.log_index
+    FROM (SELECT * FROM redeemed_events WHERE block_number >= $3 OFFSET 0) r
+    JOIN keys k USING (term_id, curve_id)
+),
+-- The vaults without a recent SharePriceChanged, and without any recent
+-- event: looked up through their whole history.
+old_prices AS (
+    SELECT * FROM keys k WHERE NOT EXISTS (
+        SELECT 1 FROM recent_prices r WHERE r.term_id = k.term_id AND r.curve_id = k.curve_id)
+),
+old AS (
+    SELECT * FROM keys k WHERE NOT EXISTS (
+        SELECT 1 FROM recent r WHERE r.term_id = k.term_id AND r.curve_id = k.curve_id)
+),
 prices AS (
-    SELECT DISTINCT ON (s.term_id, s.curve_id) s.term_id, s.curve_id, s.share_price,
-        s.total_assets, s.total_shares, s.block_number, s.log_index
-    FROM share_price_changed_events s JOIN keys k USING (term_id, curve_id)
-    ORDER BY s.term_id, s.curve_id, s.block_number DESC, s.log_index DESC
+    SELECT DISTINCT ON (term_id, curve_id) term_id, curve_id, share_price, total_assets,
+        total_shares, block_number, log_index
+    FROM (
+        SELECT term_id, curve_id, share_price, total_assets, total_shares, block_number,
+            log_index
+        FROM recent_prices
+        UNION ALL
+        SELECT s.term_id, s.curve_id, s.share_price, s.total_assets, s.total_shares,
+            s.block_number, s.log_index
+        FROM share_price_changed_events s JOIN old_prices k USING (term_id, curve_id)
+    ) e
+    ORDER BY term_id, curve_id, block_number DESC, log_index DESC
 ),
 newest AS (
     SELECT DISTINCT ON (term_id, curve_id) term_id, curve_id, vault_type, block_number, log_index
     FROM (
+        SELECT * FROM recent
+        UNION ALL
         SELECT d.term_id, d.curve_id, d.vault_type, d.block_number, d.log_index
-        FROM deposited_events d JOIN keys k USING (term_id, curve_id)
+        FROM deposited_events d JOIN old k USING (term_id, curve_id)
         UNION ALL
         SELECT r.term_id, r.curve_id, r.vault_type, r.block_number, r.log_index
-        FROM redeemed_events r JOIN keys k USING (term_id, curve_id)
+        FROM redeemed_events r JOIN old k USING (term_id, curve_id)
         UNION ALL
         SELECT s.term_id, s.curve_id, s.vault_type, s.block_number, s.log_index
-        FROM share_price_changed_events s JOIN keys k USING (term_id, curve_id)
+        FROM share_price_changed_events s JOIN old k USING (term_id, curve_id)
     ) e
     ORDER BY term_id, curve_id, block_number DESC, log_index DESC
 ),
@@ -239,8 +288,14 @@ pub(crate) async fn cascade(
 
 /// Rebuilds vaults from their events and current positions (see
 /// [`RECOMPUTE`]; run after the positions). Callers hold the term locks of
-/// every term named (or the exclusive reorg lock).
-pub async fn recompute(conn: &mut PgConnection, keys: &[VaultKey]) -> Result<(), sqlx::Error> {
+/// every term named (or the exclusive reorg lock). `recent_from`: a block
+/// from which the vaults' newest events are looked for first (any block
+/// gives the same rows; one near their latest events gives them sooner).
+pub async fn recompute(
+    conn: &mut PgConnection,
+    keys: &[VaultKey],
+    recent_from: Option<i64>,
+) -> Result<(), sqlx::Error> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -249,6 +304,10 @@ pub async fn recompute(conn: &mut PgConnection, keys: &[VaultKey]) -> Result<(),
     sqlx::query(RECOMPUTE)
         .bind(&terms)
         .bind(&curves)
+        .bind(recent_from)
+        // Planned for this `$3`: a plan for any `$3` would guess a third of
+        // each table and read it all.
+        .persistent(false)
         .execute(conn)
         .await?;
     Ok(())

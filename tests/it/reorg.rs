@@ -242,6 +242,72 @@ async fn copies_reaching_a_caught_up_writer_apply_in_one_transaction() {
     assert_exact(&env.db, &workload).await;
 }
 
+/// A reorg rebuilds its vaults from their newest remaining events, read
+/// first from the blocks just below the fork (`vault::recompute`): exactly
+/// the rows of the surviving events, whether a vault's newest event and its
+/// newest SharePriceChanged are both in that window, one in it and one far
+/// below, exactly at its edge, or both below (then its whole history).
+#[tokio::test]
+async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
+    use crate::support::events::*;
+    let (actual, expected) = (TestDb::new().await, TestDb::new().await);
+    let fork: i64 = 1_000;
+    let edge = fork - writer::apply::RECENT_BLOCKS;
+    let alice = addr(0xa);
+    let [both, split, at_edge, far] = [id(1), id(2), id(3), id(4)];
+    let survivors = vec![
+        // Both newest events just below the fork.
+        share_price(&at(fork - 5, 0), &both, 1, 7, 70, 10, 0),
+        deposited(&at(fork - 5, 1), &alice, &both, 1, 70, 10, 0),
+        // The newest SharePriceChanged far below, a deposit near the fork.
+        share_price(&at(10, 0), &split, 1, 3, 30, 10, 0),
+        deposited(&at(fork - 2, 0), &alice, &split, 1, 40, 10, 1),
+        // The newest event exactly at the first block read first.
+        share_price(&at(edge - 1, 0), &at_edge, 1, 4, 40, 10, 0),
+        share_price(&at(edge, 0), &at_edge, 1, 5, 50, 10, 0),
+        // Everything far below.
+        share_price(&at(20, 0), &far, 2, 9, 90, 10, 0),
+        deposited(&at(20, 1), &alice, &far, 2, 90, 10, 0),
+    ];
+    // The abandoned fork: newer events of every vault, on stream "s".
+    let abandoned = vec![
+        share_price(&at(fork, 0), &both, 1, 8, 80, 11, 1),
+        deposited(&at(fork, 1), &alice, &both, 1, 5, 11, 1),
+        share_price(&at(fork + 1, 0), &split, 1, 6, 60, 11, 0),
+        deposited(&at(fork + 1, 1), &alice, &at_edge, 1, 5, 11, 1),
+        redeemed(&at(fork + 2, 0), &alice, &far, 2, 5, 9, 1),
+    ];
+    apply_each(&expected.read_model(), &survivors).await;
+    let rm = actual.read_model();
+    apply_each(&rm, &survivors).await;
+    let events = decode_all(&abandoned);
+    let delivered: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| writer::apply::Delivered {
+            source: Source {
+                stream: "s",
+                entry: EntryId::parse(&format!("1-{i}")).unwrap(),
+            },
+            event,
+        })
+        .collect();
+    rm.apply_delivered(delivered).await.unwrap();
+    let notice = format!(
+        r#"{{"event_name":"__rindexer_reorg","event_data":[{{"type":"reorg","network":"testnet","fork_block":{fork},"depth":3,"affected_tx_hashes":[]}}],"network":"testnet"}}"#
+    );
+    let notice = writer::decode::decode_json(&notice);
+    let source = Source {
+        stream: "s",
+        entry: EntryId::parse("2-0").unwrap(),
+    };
+    let done = writer::reorg::apply(&rm, &[(&notice.reorgs[0], source)])
+        .await
+        .unwrap();
+    assert_eq!(done.copies[0].removed_events, 5);
+    assert_same_core(&actual, &expected).await;
+}
+
 /// The chain flips back: fork A, a notice, fork B, a second notice at the
 /// same fork block with the same message_id, fork A again. The tables hold
 /// fork A; a copy of a notice delivered again changes nothing.
