@@ -298,14 +298,23 @@ impl Shared {
                             }
                         });
                     }
+                    let mut behind = behind;
                     let mut broken = None;
                     if !reading_pending && !behind {
-                        broken = self.read_other_copies(c, &mut entries).await.err();
+                        match self.read_other_copies(c, &mut entries).await {
+                            Ok(full) => behind = full,
+                            Err(e) => broken = Some(e),
+                        }
                     }
                     self.dispatch(entries, permit, behind).await;
+                    // The entries read are dispatched; then the failed extra
+                    // read is handled as a failed read.
                     if let Some(e) = broken {
                         self.redis_failed(&e, "XREADGROUP");
                         conn = None;
+                        if stream::is_missing_group(&e) {
+                            self.setup(&cancel).await;
+                        }
                     }
                 }
                 Err(e) => {
@@ -323,8 +332,9 @@ impl Shared {
         }
     }
 
-    /// When a read that left nothing waiting holds a reorg notice, reads
-    /// what the streams absent from it hold now, into the same batch.
+    /// When a read that was not full holds a reorg notice, reads what the
+    /// streams absent from it hold now, into the same batch; returns
+    /// whether one of them came back full (more waiting: behind).
     ///
     /// rindexer sends a notice to every stream at once. Read one stream at a
     /// time, each copy would be a batch of its own and a transaction of its
@@ -340,12 +350,12 @@ impl Shared {
         &self,
         conn: &mut MultiplexedConnection,
         entries: &mut Vec<StreamEntry>,
-    ) -> redis::RedisResult<()> {
+    ) -> redis::RedisResult<bool> {
         if !entries
             .iter()
             .any(|e| crate::decode::may_hold_reorg_notice(e.field_pairs()))
         {
-            return Ok(());
+            return Ok(false);
         }
         let others: Vec<Arc<str>> = self
             .streams
@@ -353,11 +363,13 @@ impl Shared {
             .filter(|s| !entries.iter().any(|e| e.stream == **s))
             .cloned()
             .collect();
-        if others.is_empty() {
-            return Ok(());
+        // Within BATCH_SIZE in all: a larger batch would be split again,
+        // the copies with it.
+        let room = self.config.batch_size.saturating_sub(entries.len());
+        if others.is_empty() || room < others.len() {
+            return Ok(false);
         }
-        // Within BATCH_SIZE in all.
-        let count = (self.config.batch_size.saturating_sub(entries.len()) / others.len()).max(1);
+        let count = room / others.len();
         let ids = vec![">"; others.len()];
         let more = stream::read_group(
             conn,
@@ -369,8 +381,11 @@ impl Shared {
             None,
         )
         .await?;
+        let full = others
+            .iter()
+            .any(|s| more.iter().filter(|e| e.stream == *s).count() >= count);
         entries.extend(more);
-        Ok(())
+        Ok(full)
     }
 
     fn redis_failed(&self, error: &redis::RedisError, what: &str) {

@@ -286,11 +286,22 @@ pub(crate) async fn cascade(
         .await
 }
 
+/// The newest block of the vault events (three index probes).
+const TIP: &str = "SELECT greatest(
+    (SELECT max(block_number) FROM share_price_changed_events),
+    (SELECT max(block_number) FROM deposited_events),
+    (SELECT max(block_number) FROM redeemed_events))";
+
+/// The most blocks below the tip that [`recompute`] reads first; from
+/// further down it reads the vaults' histories instead.
+pub const DEEPEST_RECENT: i64 = 8 * super::rebuild::RECENT_BLOCKS;
+
 /// Rebuilds vaults from their events and current positions (see
 /// [`RECOMPUTE`]; run after the positions). Callers hold the term locks of
 /// every term named (or the exclusive reorg lock). `recent_from`: a block
 /// from which the vaults' newest events are looked for first (any block
-/// gives the same rows; one near their latest events gives them sooner).
+/// gives the same rows; one near their latest events gives them sooner),
+/// unless it is more than [`DEEPEST_RECENT`] blocks below the tip.
 pub async fn recompute(
     conn: &mut PgConnection,
     keys: &[VaultKey],
@@ -299,6 +310,17 @@ pub async fn recompute(
     if keys.is_empty() {
         return Ok(());
     }
+    let recent_from = match recent_from {
+        Some(from) => {
+            // Far below the chain's tip (a late copy of a notice: replayed,
+            // reclaimed, its stream behind the others), the recent blocks
+            // are most of the tables: their whole range would cost more
+            // than the history lookups it saves.
+            let tip: Option<i64> = sqlx::query_scalar(TIP).fetch_one(&mut *conn).await?;
+            tip.filter(|tip| tip - from <= DEEPEST_RECENT).map(|_| from)
+        }
+        None => None,
+    };
     let terms: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let curves: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     sqlx::query(RECOMPUTE)
