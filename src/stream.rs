@@ -307,7 +307,8 @@ pub struct GroupInfo {
     /// Entries delivered but not acknowledged.
     pub pending: u64,
     /// Entries this process found removed from the stream before the group
-    /// read them (see `stream_watch`), since it started.
+    /// read them (see `stream_watch`), since it started; /health fills it
+    /// from the watcher's record of losses when it answers.
     pub lost: u64,
 }
 

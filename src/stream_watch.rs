@@ -293,21 +293,14 @@ impl StreamWatch {
                 self.report(&s, lost, cause).await;
             }
             if let Some(state) = state {
-                let mut info: GroupInfo = state.info;
-                info.lost = self.losses.total(&s);
+                let info: GroupInfo = state.info;
                 metrics::gauge!("writer_stream_lag", "stream" => s.to_string())
                     .set(info.lag.unwrap_or(0) as f64);
                 metrics::gauge!("writer_stream_pending", "stream" => s.to_string())
                     .set(info.pending as f64);
                 infos.push((s.to_string(), info));
             } else {
-                infos.push((
-                    s.to_string(),
-                    GroupInfo {
-                        lost: self.losses.total(&s),
-                        ..GroupInfo::default()
-                    },
-                ));
+                infos.push((s.to_string(), GroupInfo::default()));
             }
         }
         self.consumer.redis_healthy.store(true, Ordering::Relaxed);

@@ -123,13 +123,25 @@ pub async fn check(status: &Status) -> Health {
         && worker.running.load(Ordering::Relaxed)
         && !stalled;
     let circuit_closed = !status.circuit.is_open();
+    // Each stream's `lost` is read now from the record the loss reasons
+    // below come from, not from the watcher's snapshot, which it publishes
+    // only after looking at every stream: the two never disagree.
     let streams: BTreeMap<String, GroupInfo> = status
         .consumer
         .streams
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .cloned()
+        .map(|(name, info)| {
+            let lost = status.losses.total(name);
+            (
+                name.clone(),
+                GroupInfo {
+                    lost,
+                    ..info.clone()
+                },
+            )
+        })
         .collect();
 
     let mut unhealthy = Vec::new();
