@@ -310,20 +310,12 @@ impl Shared {
                     // The entries read are dispatched; then the failed extra
                     // read is handled as a failed read.
                     if let Some(e) = broken {
-                        self.redis_failed(&e, "XREADGROUP");
-                        conn = None;
-                        if stream::is_missing_group(&e) {
-                            self.setup(&cancel).await;
-                        }
+                        self.read_failed(&e, &mut conn, &cancel).await;
                     }
                 }
                 Err(e) => {
                     drop(permit);
-                    self.redis_failed(&e, "XREADGROUP");
-                    conn = None;
-                    if stream::is_missing_group(&e) {
-                        self.setup(&cancel).await;
-                    }
+                    self.read_failed(&e, &mut conn, &cancel).await;
                     if !backoff.wait(&cancel).await {
                         break;
                     }
@@ -386,6 +378,21 @@ impl Shared {
             .any(|s| more.iter().filter(|e| e.stream == *s).count() >= count);
         entries.extend(more);
         Ok(full)
+    }
+
+    /// After a failed `XREADGROUP`: the next read reconnects, and a stream
+    /// that lost its group (deleted, recreated) gets it back.
+    async fn read_failed(
+        &self,
+        error: &redis::RedisError,
+        conn: &mut Option<MultiplexedConnection>,
+        cancel: &CancellationToken,
+    ) {
+        self.redis_failed(error, "XREADGROUP");
+        *conn = None;
+        if stream::is_missing_group(error) {
+            self.setup(cancel).await;
+        }
     }
 
     fn redis_failed(&self, error: &redis::RedisError, what: &str) {

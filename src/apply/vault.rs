@@ -294,7 +294,7 @@ const TIP: &str = "SELECT greatest(
 
 /// The most blocks below the tip that [`recompute`] reads first; from
 /// further down it reads the vaults' histories instead.
-pub const DEEPEST_RECENT: i64 = 8 * super::rebuild::RECENT_BLOCKS;
+const DEEPEST_RECENT: i64 = 8 * super::rebuild::RECENT_BLOCKS;
 
 /// Rebuilds vaults from their events and current positions (see
 /// [`RECOMPUTE`]; run after the positions). Callers hold the term locks of

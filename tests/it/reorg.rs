@@ -246,7 +246,8 @@ async fn copies_reaching_a_caught_up_writer_apply_in_one_transaction() {
 /// first from the blocks just below the fork (`vault::recompute`): exactly
 /// the rows of the surviving events, whether a vault's newest event and its
 /// newest SharePriceChanged are both in that window, one in it and one far
-/// below, exactly at its edge, or both below (then its whole history).
+/// below, exactly at its edge, or both below (then its whole history); and a
+/// vault only the abandoned fork had is deleted.
 #[tokio::test]
 async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
     use crate::support::events::*;
@@ -254,7 +255,7 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
     let fork: i64 = 1_000;
     let edge = fork - writer::apply::RECENT_BLOCKS;
     let alice = addr(0xa);
-    let [both, split, at_edge, far] = [id(1), id(2), id(3), id(4)];
+    let [both, split, at_edge, far, gone] = [id(1), id(2), id(3), id(4), id(5)];
     let survivors = vec![
         // Both newest events just below the fork.
         share_price(&at(fork - 5, 0), &both, 1, 7, 70, 10, 0),
@@ -276,6 +277,8 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
         share_price(&at(fork + 1, 0), &split, 1, 6, 60, 11, 0),
         deposited(&at(fork + 1, 1), &alice, &at_edge, 1, 5, 11, 1),
         redeemed(&at(fork + 2, 0), &alice, &far, 2, 5, 9, 1),
+        share_price(&at(fork + 2, 1), &gone, 1, 2, 20, 10, 0),
+        deposited(&at(fork + 2, 2), &alice, &gone, 1, 20, 10, 0),
     ];
     apply_each(&expected.read_model(), &survivors).await;
     let rm = actual.read_model();
@@ -304,7 +307,7 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
     let done = writer::reorg::apply(&rm, &[(&notice.reorgs[0], source)])
         .await
         .unwrap();
-    assert_eq!(done.copies[0].removed_events, 5);
+    assert_eq!(done.copies[0].removed_events, 7);
     assert_same_core(&actual, &expected).await;
 }
 
