@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use testkit::workload::{Spec, generate, stream_entries};
-use writer::apply::ReadModel;
+use writer::apply::{Partitioning, ReadModel};
 use writer::config::RetryConfig;
 use writer::ingest::Ingest;
 use writer::retry::Circuit;
@@ -73,6 +73,8 @@ async fn main() {
             max_delay: Duration::from_secs(1),
         },
         circuit: Arc::new(Circuit::new(5)),
+        // One connection, batch after batch: the Postgres side alone.
+        split: Partitioning::NONE,
     };
     let never = tokio_util::sync::CancellationToken::new();
     // The writer's own recorder: the stage timings below are the ones its

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::ReadModel;
+use crate::apply::{Partitioning, ReadModel};
 use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::retry::Circuit;
@@ -279,6 +279,8 @@ async fn replay_dead_letters(
         max_deliveries: config.redis.max_deliveries,
         retry: config.retry.clone(),
         circuit: Arc::new(Circuit::new(config.retry.max_retries)),
+        // Replay applies one entry at a time: never split.
+        split: Partitioning::NONE,
     };
     let letters = crate::dead_letter::for_replay(pool, ids).await?;
     if letters.is_empty() {

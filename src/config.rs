@@ -265,6 +265,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub workers: usize,
+    /// APPLY_PARTITIONS: transactions per large batch, each its own
+    /// connection.
+    pub partitions: usize,
     pub http_addr: SocketAddr,
     pub admin_token: Option<Secret>,
     pub retry: RetryConfig,
@@ -287,6 +290,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             workers: 0,
+            partitions: 0,
             http_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             admin_token: None,
             retry: RetryConfig::default(),
@@ -557,7 +561,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting::new(
         "DATABASE_POOL_SIZE",
         Kind::count(2..=256, |c, n| c.database.pool_size = fits(n)),
-        "Postgres connections, at least WORKERS + 2; raised to that when unset",
+        "Postgres connections, at least WORKERS × APPLY_PARTITIONS + 2; raised to that when unset (set alone, APPLY_PARTITIONS is lowered to fit it)",
     )
     .default("10"),
     Setting::new(
@@ -681,6 +685,12 @@ pub const SETTINGS: &[Setting] = &[
         "WORKERS",
         Kind::count(1..=64, |c, n| c.workers = fits(n)),
         "concurrent apply tasks",
+    )
+    .default("2"),
+    Setting::new(
+        "APPLY_PARTITIONS",
+        Kind::count(1..=16, |c, n| c.partitions = fits(n)),
+        "transactions a batch of 256 events or more is split into, by term, applied at once (ADR 0016); 1 never splits",
     )
     .default("2"),
     Setting::new(
@@ -1019,14 +1029,21 @@ impl Config {
     /// The rules that relate two settings (each row is checked on its own
     /// by its kind).
     fn cross_checks(&mut self, given: &Given, problems: &mut Vec<String>) {
-        let needed = self.workers as u32 + 2;
-        if self.database.pool_size < needed {
-            if given.has("DATABASE_POOL_SIZE") {
-                problems.push(format!("DATABASE_POOL_SIZE: {} is below WORKERS + 2 = {needed} (one connection per worker, plus analytics and health)", self.database.pool_size));
+        // A connection per part of each worker's batch, plus analytics and
+        // health. A pool set without APPLY_PARTITIONS (a configuration
+        // older than it) keeps working with as many parts as it fits.
+        let pool = self.database.pool_size as usize;
+        let needed = self.workers * self.partitions + 2;
+        if pool < needed && given.has("DATABASE_POOL_SIZE") {
+            if given.has("APPLY_PARTITIONS") || pool < self.workers + 2 {
+                problems.push(format!("DATABASE_POOL_SIZE: {pool} is below WORKERS × APPLY_PARTITIONS + 2 = {needed} (a connection per part of each worker's batch, plus analytics and health)"));
             } else {
-                self.database.pool_size = needed;
-                self.show("DATABASE_POOL_SIZE", needed.to_string());
+                self.partitions = (pool - 2) / self.workers.max(1);
+                self.show("APPLY_PARTITIONS", self.partitions.to_string());
             }
+        } else if pool < needed {
+            self.database.pool_size = needed as u32;
+            self.show("DATABASE_POOL_SIZE", needed.to_string());
         }
         if given.has("REDIS_CLIENT_CERT") != given.has("REDIS_CLIENT_KEY") {
             problems.push(
@@ -1251,16 +1268,37 @@ mod tests {
         let mut v = vars(&MINIMAL);
         v.extend(vars(&[("WORKERS", "8"), ("DATABASE_POOL_SIZE", "4")]));
         let e = Config::from_vars(v).unwrap_err();
-        assert!(e.0[0].starts_with("DATABASE_POOL_SIZE: 4 is below WORKERS + 2"));
+        assert!(
+            e.0[0]
+                .starts_with("DATABASE_POOL_SIZE: 4 is below WORKERS × APPLY_PARTITIONS + 2 = 18")
+        );
+
+        // A pool set without APPLY_PARTITIONS (older configurations) keeps
+        // working with the parts it fits, shown so; set, both must fit.
+        let mut v = vars(&MINIMAL);
+        v.extend(vars(&[("WORKERS", "2"), ("DATABASE_POOL_SIZE", "5")]));
+        let c = Config::from_vars(v).unwrap();
+        assert_eq!((c.partitions, c.database.pool_size), (1, 5));
+        assert!(c.redacted().contains(&("APPLY_PARTITIONS", "1".to_owned())));
+        let mut v = vars(&MINIMAL);
+        v.extend(vars(&[
+            ("WORKERS", "2"),
+            ("DATABASE_POOL_SIZE", "5"),
+            ("APPLY_PARTITIONS", "2"),
+        ]));
+        let e = Config::from_vars(v).unwrap_err();
+        assert!(
+            e.0[0].starts_with("DATABASE_POOL_SIZE: 5 is below WORKERS × APPLY_PARTITIONS + 2 = 6")
+        );
 
         // Unset, it is raised to what the workers need, and shown so.
         let mut v = vars(&MINIMAL);
-        v.extend(vars(&[("WORKERS", "16")]));
+        v.extend(vars(&[("WORKERS", "16"), ("APPLY_PARTITIONS", "3")]));
         let c = Config::from_vars(v).unwrap();
-        assert_eq!(c.database.pool_size, 18);
+        assert_eq!(c.database.pool_size, 50);
         assert!(
             c.redacted()
-                .contains(&("DATABASE_POOL_SIZE", "18".to_owned()))
+                .contains(&("DATABASE_POOL_SIZE", "50".to_owned()))
         );
     }
 

@@ -141,6 +141,19 @@ impl EventKind<'_> {
         }
     }
 
+    /// The term the event is filed under: its atom's or triple's term, or
+    /// its vault's. None for events the writer does not interpret.
+    pub fn term_id(&self) -> Option<&str> {
+        match self {
+            EventKind::AtomCreated(e) => Some(e.term_id.as_str()),
+            EventKind::TripleCreated(e) => Some(e.term_id.as_str()),
+            EventKind::Deposited(e) => Some(e.term_id.as_str()),
+            EventKind::Redeemed(e) => Some(e.term_id.as_str()),
+            EventKind::SharePriceChanged(e) => Some(e.term_id.as_str()),
+            EventKind::Generic(_) => None,
+        }
+    }
+
     /// The label used in metrics and logs.
     pub fn name(&self) -> &'static str {
         match self {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Applied, Delivered, EntryId, ReadModel, Source, record_stage};
+use crate::apply::{Applied, Delivered, EntryId, Partitioning, ReadModel, Source, record_stage};
 use crate::config::RetryConfig;
 use crate::db::{Failure, classify};
 use crate::dead_letter::{self, NewDeadLetter};
@@ -41,6 +41,8 @@ pub struct Ingest {
     pub max_deliveries: u32,
     pub retry: RetryConfig,
     pub circuit: Arc<Circuit>,
+    /// How a large batch's events are split into concurrent transactions.
+    pub split: Partitioning,
 }
 
 /// An entry with what decoding made of it.
@@ -161,8 +163,9 @@ impl Ingest {
         }
     }
 
-    /// One attempt: the batch's reorg notices (each copy in its own
-    /// transaction), then all its events (one isolating pass), then dead
+    /// One attempt: the batch's reorg notices (all copies in one
+    /// transaction), then all its events (one isolating pass, a large batch
+    /// split by term into concurrent parts), then dead
     /// letters. Notices first, because their meaning does not depend on
     /// when they are applied (ADR 0009) and events they orphan are then
     /// never written. Safe to repeat: what an earlier attempt committed is a
@@ -303,7 +306,10 @@ impl Ingest {
         if events.is_empty() {
             return Ok(());
         }
-        let mut isolated = self.read_model.apply_isolating(events, escalate).await?;
+        let mut isolated = self
+            .read_model
+            .apply_partitioned(events, escalate, self.split)
+            .await?;
         // An event refused alone gets MAX_DELIVERIES attempts in all (with
         // backoff) before it is dead-lettered: an error that only looked
         // permanent gets its chance.

@@ -85,6 +85,17 @@ pub fn stripe(parts: &[&str], stripes: u32) -> u32 {
     (fnv.finish() % u64::from(stripes.max(1))) as u32
 }
 
+/// Which of `parts` transactions applies the events of `term` when a large
+/// batch is split ([`crate::apply::ReadModel::apply_partitioned`], ADR 0016):
+/// the term's lock stripe, placed in one of `parts` contiguous ranges of
+/// stripes. The parts of a batch thus never take the same term lock (for any
+/// number of parts, not only divisors of [`TERM_STRIPES`]), and all events
+/// of one term, duplicates included, fall in the same part.
+pub fn part_of(term: &str, parts: usize) -> usize {
+    let parts = parts.clamp(1, TERM_STRIPES as usize);
+    stripe(&[term], TERM_STRIPES) as usize * parts / TERM_STRIPES as usize
+}
+
 /// A set of lock keys, handed to Postgres sorted and without duplicates.
 #[derive(Debug, Default, Clone)]
 pub struct LockSet {
@@ -140,6 +151,7 @@ impl LockSet {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     #[test]
     fn keys_are_domain_and_schema_tagged() {
@@ -211,7 +223,40 @@ mod tests {
         assert_eq!(stripe(&["0x", "ab"], TERM_STRIPES), 90);
     }
 
+    #[test]
+    fn parts_share_no_stripe_and_all_are_used() {
+        // For any number of parts (3 does not divide 512), a stripe belongs
+        // to exactly one part: two parts of a batch never wait for each
+        // other's term locks.
+        let ids: Vec<String> = (0..20_000).map(|i| format!("0x{i:064x}")).collect();
+        for parts in [1, 2, 3, 4, 7, 64] {
+            let mut owner: HashMap<u32, usize> = HashMap::new();
+            for id in &ids {
+                let part = part_of(id, parts);
+                assert!(part < parts);
+                let first = *owner.entry(stripe(&[id], TERM_STRIPES)).or_insert(part);
+                assert_eq!(first, part, "stripe of {id} in two parts ({parts} parts)");
+            }
+            let mut used: Vec<usize> = owner.values().copied().collect();
+            used.sort_unstable();
+            used.dedup();
+            assert_eq!(used.len(), parts, "every part gets terms");
+        }
+        // Out-of-range counts are clamped, never a panic or an empty range.
+        assert_eq!(part_of("0xab", 0), 0);
+        assert!(part_of("0xab", usize::MAX) < TERM_STRIPES as usize);
+    }
+
     proptest! {
+        #[test]
+        fn a_terms_part_follows_its_stripe(term in "[0-9a-fx]{1,66}", parts in 1usize..=64) {
+            // Parts are contiguous ranges of stripes, in stripe order.
+            let mine = stripe(&[&term], TERM_STRIPES) as usize;
+            let part = part_of(&term, parts);
+            prop_assert!(part * TERM_STRIPES as usize <= mine * parts);
+            prop_assert!(mine * parts < (part + 1) * TERM_STRIPES as usize);
+        }
+
         #[test]
         fn lock_sets_are_sorted_and_unique(keys: Vec<i64>) {
             let mut set = LockSet::default();

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics::{self, WorkerState};
-use crate::apply::ReadModel;
+use crate::apply::{Partitioning, ReadModel};
 use crate::config::Config;
 use crate::consumer::{Consumer, ConsumerState};
 use crate::ingest::Ingest;
@@ -155,6 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         max_deliveries: config.redis.max_deliveries,
         retry: config.retry.clone(),
         circuit: status.circuit.clone(),
+        split: Partitioning::new(config.partitions),
     };
     let consumer = Consumer::new(
         config.redis.clone(),

@@ -18,6 +18,10 @@
 //! [`ReadModel::apply_isolating`] keeps one bad event from sinking its
 //! batch-mates: on a permanent error it bisects the batch into separate
 //! transactions until the failing events stand alone.
+//! [`ReadModel::apply_partitioned`] splits a large batch by term into parts
+//! that never take the same term lock and applies them at once, so the
+//! cascades of batches sharing hot terms form several chains instead of
+//! one (ADR 0016).
 
 pub mod atom;
 pub(crate) mod events;
@@ -383,6 +387,70 @@ impl ReadModel {
         })
     }
 
+    /// Applies `events` like [`ReadModel::apply_isolating`], split by term
+    /// into `parts` transactions that run at once, each on its own
+    /// connection, when the batch holds at least `split.min_events` events
+    /// (ADR 0016).
+    ///
+    /// The parts never take the same term lock ([`lock::part_of`]): one
+    /// part's cascade does not wait for another's commit, as the cascades
+    /// of two batches sharing a hot term do. Every part runs to its end
+    /// (none is dropped mid-statement); then the first error, if any, is
+    /// returned and the caller retries the batch whole, which is safe
+    /// because the parts that committed are no-ops the second time.
+    pub async fn apply_partitioned(
+        &self,
+        events: &[Delivered<'_, '_>],
+        escalate: bool,
+        split: Partitioning,
+    ) -> Result<Isolated, sqlx::Error> {
+        let parts = split.parts;
+        if parts <= 1 || events.len() < split.min_events {
+            return self.apply_isolating(events, escalate).await;
+        }
+        // Indexes into `events`, per part. Events filed under no term
+        // (generic ones) cascade nothing: the first part takes them.
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); parts];
+        for (i, d) in events.iter().enumerate() {
+            let part = d
+                .event
+                .kind
+                .term_id()
+                .map_or(0, |t| lock::part_of(t, parts));
+            members[part].push(i);
+        }
+        let subsets: Vec<Vec<Delivered<'_, '_>>> = members
+            .iter()
+            .map(|m| m.iter().map(|&i| events[i]).collect())
+            .collect();
+        // An empty part returns at once, without a connection.
+        let results = futures_util::future::join_all(
+            subsets.iter().map(|s| self.apply_isolating(s, escalate)),
+        )
+        .await;
+        let mut out = Isolated::default();
+        let mut first_error = None;
+        for (result, members) in results.into_iter().zip(&members) {
+            match result {
+                Ok(part) => {
+                    out.applied.absorb(part.applied);
+                    out.rejected
+                        .extend(part.rejected.into_iter().map(|r| Rejected {
+                            index: members[r.index],
+                            error: r.error,
+                        }));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
     /// Applies `events`, isolating failures: on a permanent error the batch
     /// is split in halves, each applied in its own transaction, down to
     /// single events. Events that fail alone are returned as rejected;
@@ -423,6 +491,42 @@ impl ReadModel {
         Ok(out)
     }
 }
+
+/// How large batches are split into concurrent transactions
+/// ([`ReadModel::apply_partitioned`], ADR 0016).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitioning {
+    /// Transactions per large batch (APPLY_PARTITIONS); 1 never splits.
+    pub parts: usize,
+    /// Batches with fewer events apply in one transaction.
+    pub min_events: usize,
+}
+
+impl Partitioning {
+    /// `parts` transactions for batches of [`PARTITION_MIN_EVENTS`] or more.
+    pub fn new(parts: usize) -> Partitioning {
+        Partitioning {
+            parts,
+            min_events: PARTITION_MIN_EVENTS,
+        }
+    }
+
+    /// One transaction per batch (benches of the Postgres side alone).
+    pub const NONE: Partitioning = Partitioning {
+        parts: 1,
+        min_events: usize::MAX,
+    };
+}
+
+/// Batches with fewer events apply in one transaction, whatever the number
+/// of parts ([`Partitioning`]). A caught-up writer reads a
+/// few events per batch, commits them in a couple of milliseconds and
+/// seldom waits for another batch's locks: split, its events would wait for
+/// two commits instead of one (steady p50 2.5 → 3.3 ms measured,
+/// benches/README.md). A batch read while behind holds thousands of events
+/// (about 2,000 at the default BATCH_SIZE), whose cascade is what another
+/// batch waits for.
+pub const PARTITION_MIN_EVENTS: usize = 256;
 
 /// Records the time since `since` as a stage of a batch
 /// (`writer_stage_seconds{stage}`); returns now, where the next stage starts.

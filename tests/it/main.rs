@@ -18,6 +18,7 @@ mod faults;
 mod malformed;
 mod migrate;
 mod operate;
+mod partition;
 mod reorg;
 mod tls;
 mod watch;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use testkit::workload::{Entry, Spec, generate, stream_entries};
-use writer::apply::{EntryId, ReadModel, Source};
+use writer::apply::{EntryId, Partitioning, ReadModel, Source};
 use writer::config::RetryConfig;
 use writer::ingest::Ingest;
 use writer::retry::Circuit;
@@ -428,8 +428,13 @@ async fn rindexer_sample_through_the_streams() {
 
 // ---- property: any interleaving, batching, concurrency, redelivery ----
 
-/// What a writer runs per batch, on `db`.
+/// What a writer runs per batch, on `db`: batches in one transaction.
 fn ingest_for(db: &TestDb) -> Ingest {
+    ingest_split(db, Partitioning::NONE)
+}
+
+/// What a writer runs per batch, on `db`, splitting batches as `split` says.
+fn ingest_split(db: &TestDb, split: Partitioning) -> Ingest {
     Ingest {
         read_model: ReadModel::new(db.pool.clone(), db.schema.as_str()),
         max_deliveries: 1000,
@@ -439,14 +444,26 @@ fn ingest_for(db: &TestDb) -> Ingest {
             max_delay: Duration::from_millis(100),
         },
         circuit: Arc::new(Circuit::new(5)),
+        split,
     }
 }
 
 /// Processes `deliveries` (stream entries, some more than once) in batches
 /// of random size by `workers` concurrent tasks, like writers in a group
-/// whose batches commit in any order.
-async fn ingest_concurrently(db: &TestDb, deliveries: Vec<StreamEntry>, workers: usize, seed: u64) {
-    let ingest = Arc::new(ingest_for(db));
+/// whose batches commit in any order, each batch split into `parts`
+/// concurrent transactions (ADR 0016; every batch, however small).
+async fn ingest_concurrently(
+    db: &TestDb,
+    deliveries: Vec<StreamEntry>,
+    workers: usize,
+    parts: usize,
+    seed: u64,
+) {
+    let split = Partitioning {
+        parts,
+        min_events: 1,
+    };
+    let ingest = Arc::new(ingest_split(db, split));
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut batches: Vec<Vec<StreamEntry>> = Vec::new();
     let mut rest = deliveries;
@@ -479,7 +496,7 @@ async fn ingest_concurrently(db: &TestDb, deliveries: Vec<StreamEntry>, workers:
     }
 }
 
-fn check(seed: u64, reorgs: usize, depth: i64, workers: usize) {
+fn check(seed: u64, reorgs: usize, depth: i64, workers: usize, parts: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -504,7 +521,7 @@ fn check(seed: u64, reorgs: usize, depth: i64, workers: usize) {
         // the streams' order but the entry ids.
         rng.shuffle(&mut deliveries);
         let actual = TestDb::new().await;
-        ingest_concurrently(&actual, deliveries, workers, rng.u64(..)).await;
+        ingest_concurrently(&actual, deliveries, workers, parts, rng.u64(..)).await;
         testkit::drain_analytics(&actual.pool, &actual.schema)
             .await
             .unwrap();
@@ -525,14 +542,16 @@ proptest! {
 
     /// Real-shape chains with 1–3 reorgs at random depths (flip-backs
     /// included), delivered in any interleaving, batching and concurrency,
-    /// with redelivery: always exactly the final chain.
+    /// with redelivery, batches split by term into concurrent transactions
+    /// or not: always exactly the final chain.
     #[test]
     fn any_delivery_of_a_reorganising_chain_ends_in_its_final_chain(
         seed in 0u64..1_000_000,
         reorgs in 1usize..=3,
         depth in 1i64..=6,
         workers in 1usize..=4,
+        parts in 1usize..=3,
     ) {
-        check(seed, reorgs, depth, workers);
+        check(seed, reorgs, depth, workers, parts);
     }
 }
