@@ -283,6 +283,10 @@ pub struct Config {
     effective: Vec<(&'static str, String)>,
 }
 
+/// DATABASE_POOL_SIZE at most: connections are Postgres processes, and
+/// several writers share one server's `max_connections`.
+const MAX_POOL: u64 = 256;
+
 impl Default for Config {
     /// The empty configuration the rows of [`SETTINGS`] fill in.
     fn default() -> Config {
@@ -560,7 +564,7 @@ pub const SETTINGS: &[Setting] = &[
     .default("public"),
     Setting::new(
         "DATABASE_POOL_SIZE",
-        Kind::count(2..=256, |c, n| c.database.pool_size = fits(n)),
+        Kind::count(2..=MAX_POOL, |c, n| c.database.pool_size = fits(n)),
         "Postgres connections, at least WORKERS × APPLY_PARTITIONS + 2; raised to that when unset (set alone, APPLY_PARTITIONS is lowered to fit it)",
     )
     .default("10"),
@@ -1035,12 +1039,16 @@ impl Config {
         let pool = self.database.pool_size as usize;
         let needed = self.workers * self.partitions + 2;
         if pool < needed && given.has("DATABASE_POOL_SIZE") {
-            if given.has("APPLY_PARTITIONS") || pool < self.workers + 2 {
+            if given.has("APPLY_PARTITIONS") {
                 problems.push(format!("DATABASE_POOL_SIZE: {pool} is below WORKERS × APPLY_PARTITIONS + 2 = {needed} (a connection per part of each worker's batch, plus analytics and health)"));
+            } else if pool < self.workers + 2 {
+                problems.push(format!("DATABASE_POOL_SIZE: {pool} is below WORKERS + 2 = {} (a connection per worker, plus analytics and health)", self.workers + 2));
             } else {
                 self.partitions = (pool - 2) / self.workers.max(1);
                 self.show("APPLY_PARTITIONS", self.partitions.to_string());
             }
+        } else if pool < needed && needed > MAX_POOL as usize {
+            problems.push(format!("WORKERS × APPLY_PARTITIONS + 2 = {needed} connections is more than DATABASE_POOL_SIZE allows ({MAX_POOL})"));
         } else if pool < needed {
             self.database.pool_size = needed as u32;
             self.show("DATABASE_POOL_SIZE", needed.to_string());
@@ -1269,8 +1277,16 @@ mod tests {
         v.extend(vars(&[("WORKERS", "8"), ("DATABASE_POOL_SIZE", "4")]));
         let e = Config::from_vars(v).unwrap_err();
         assert!(
-            e.0[0]
-                .starts_with("DATABASE_POOL_SIZE: 4 is below WORKERS × APPLY_PARTITIONS + 2 = 18")
+            e.0[0].starts_with("DATABASE_POOL_SIZE: 4 is below WORKERS + 2 = 10"),
+            "{e:?}"
+        );
+        // Raised when unset, but never past its own bound.
+        let mut v = vars(&MINIMAL);
+        v.extend(vars(&[("WORKERS", "64"), ("APPLY_PARTITIONS", "16")]));
+        let e = Config::from_vars(v).unwrap_err();
+        assert!(
+            e.0[0].starts_with("WORKERS × APPLY_PARTITIONS + 2 = 1026 connections"),
+            "{e:?}"
         );
 
         // A pool set without APPLY_PARTITIONS (older configurations) keeps

@@ -88,9 +88,10 @@ pub fn stripe(parts: &[&str], stripes: u32) -> u32 {
 /// Which of `parts` transactions applies the events of `term` when a large
 /// batch is split ([`crate::apply::ReadModel::apply_partitioned`], ADR 0016):
 /// the term's lock stripe, placed in one of `parts` contiguous ranges of
-/// stripes. The parts of a batch thus never take the same term lock (for any
-/// number of parts, not only divisors of [`TERM_STRIPES`]), and all events
-/// of one term, duplicates included, fall in the same part.
+/// stripes. The parts of a batch thus never share the term locks of their
+/// own events' terms (for any number of parts, not only divisors of
+/// [`TERM_STRIPES`]), and all events of one term, duplicates included, fall
+/// in the same part.
 pub fn part_of(term: &str, parts: usize) -> usize {
     let parts = parts.clamp(1, TERM_STRIPES as usize);
     stripe(&[term], TERM_STRIPES) as usize * parts / TERM_STRIPES as usize

@@ -19,7 +19,7 @@
 //! batch-mates: on a permanent error it bisects the batch into separate
 //! transactions until the failing events stand alone.
 //! [`ReadModel::apply_partitioned`] splits a large batch by term into parts
-//! that never take the same term lock and applies them at once, so the
+//! whose own terms never share a term lock and applies them at once, so the
 //! cascades of batches sharing hot terms form several chains instead of
 //! one (ADR 0016).
 
@@ -392,9 +392,10 @@ impl ReadModel {
     /// connection, when the batch holds at least `split.min_events` events
     /// (ADR 0016).
     ///
-    /// The parts never take the same term lock ([`lock::part_of`]): one
-    /// part's cascade does not wait for another's commit, as the cascades
-    /// of two batches sharing a hot term do. Every part runs to its end
+    /// The parts' own terms never share a term lock ([`lock::part_of`]; the
+    /// few cross-part waits are listed in ADR 0016): one part's cascade does
+    /// not wait for another's commit, as the cascades of two batches sharing
+    /// a hot term do. Every part runs to its end
     /// (none is dropped mid-statement); then the first error, if any, is
     /// returned and the caller retries the batch whole, which is safe
     /// because the parts that committed are no-ops the second time.

@@ -95,8 +95,14 @@ GROUP BY u.term_id
 /// index (the tail of the chain, where a reorg's vaults had their latest
 /// events); a vault with an event there has its newest one there, exactly,
 /// and only the vaults without one are looked up through their whole
-/// history. The `OFFSET 0` fences keep each recent read a range scan of its
-/// own; the statement is planned for its actual `$3` (not prepared).
+/// history, each on its own (a lateral read per vault through the `term_id`
+/// index). The `OFFSET 0` fences keep each recent read a range scan of its
+/// own and each history read an index lookup: unfenced, a planner without
+/// statistics joined every history table whole by hash (two full scans of
+/// the SharePriceChanged table per rebuild, most of a reorg's exclusive
+/// transaction at a steady rate), and one ordering by block with `LIMIT 1`
+/// could scan the block index backwards through other vaults' events. The
+/// statement is planned for its actual `$3` (not prepared).
 const RECOMPUTE: &str = concat!(
     r#"
 WITH keys AS (
@@ -138,9 +144,18 @@ prices AS (
             log_index
         FROM recent_prices
         UNION ALL
-        SELECT s.term_id, s.curve_id, s.share_price, s.total_assets, s.total_shares,
+        SELECT k.term_id, k.curve_id, s.share_price, s.total_assets, s.total_shares,
             s.block_number, s.log_index
-        FROM share_price_changed_events s JOIN old_prices k USING (term_id, curve_id)
+        FROM old_prices k
+        CROSS JOIN LATERAL (
+            SELECT * FROM (
+                SELECT * FROM share_price_changed_events s
+                WHERE s.term_id = k.term_id AND s.curve_id = k.curve_id
+                OFFSET 0
+            ) s
+            ORDER BY s.block_number DESC, s.log_index DESC
+            LIMIT 1
+        ) s
     ) e
     ORDER BY term_id, curve_id, block_number DESC, log_index DESC
 ),
@@ -149,14 +164,24 @@ newest AS (
     FROM (
         SELECT * FROM recent
         UNION ALL
-        SELECT d.term_id, d.curve_id, d.vault_type, d.block_number, d.log_index
-        FROM deposited_events d JOIN old k USING (term_id, curve_id)
-        UNION ALL
-        SELECT r.term_id, r.curve_id, r.vault_type, r.block_number, r.log_index
-        FROM redeemed_events r JOIN old k USING (term_id, curve_id)
-        UNION ALL
-        SELECT s.term_id, s.curve_id, s.vault_type, s.block_number, s.log_index
-        FROM share_price_changed_events s JOIN old k USING (term_id, curve_id)
+        SELECT k.term_id, k.curve_id, h.vault_type, h.block_number, h.log_index
+        FROM old k
+        CROSS JOIN LATERAL (
+            SELECT * FROM (
+                SELECT d.vault_type, d.block_number, d.log_index FROM deposited_events d
+                WHERE d.term_id = k.term_id AND d.curve_id = k.curve_id
+                UNION ALL
+                SELECT r.vault_type, r.block_number, r.log_index FROM redeemed_events r
+                WHERE r.term_id = k.term_id AND r.curve_id = k.curve_id
+                UNION ALL
+                SELECT s.vault_type, s.block_number, s.log_index
+                FROM share_price_changed_events s
+                WHERE s.term_id = k.term_id AND s.curve_id = k.curve_id
+                OFFSET 0
+            ) u
+            ORDER BY u.block_number DESC, u.log_index DESC
+            LIMIT 1
+        ) h
     ) e
     ORDER BY term_id, curve_id, block_number DESC, log_index DESC
 ),

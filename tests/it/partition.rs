@@ -130,6 +130,22 @@ async fn a_part_commits_while_another_waits_for_a_term_lock() {
         seen, 0,
         "one transaction: nothing commits before the lock is free"
     );
+
+    // The writer's own setting leaves a small batch (a caught-up writer's)
+    // in one transaction: splitting it would cost a commit for nothing.
+    let db = TestDb::new().await;
+    let seen = apply_while_locked(
+        &db,
+        Partitioning::new(2),
+        &blocked,
+        &free,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(
+        seen, 0,
+        "6 events, fewer than PARTITION_MIN_EVENTS: unsplit"
+    );
 }
 
 /// Split or not, a batch over many terms — several events per vault and
