@@ -216,3 +216,67 @@ async fn split_batches_apply_what_one_transaction_would() {
     assert_eq!(dumps[0], dumps[1], "two parts");
     assert_eq!(dumps[0], dumps[2], "three parts");
 }
+
+/// One event delivered twice on its stream, first from an abandoned fork
+/// naming a term of one part, then from the new chain naming a term of the
+/// other part (a re-included transaction: same hash and log index, another
+/// block): split or not, the later delivery is the event, whether both
+/// come in one batch (the parts race for the row) or the abandoned one was
+/// stored by an earlier batch (its part replaces it and rebuilds what the
+/// old row fed, in the other part).
+#[tokio::test]
+async fn a_delivery_replacing_another_parts_event_ends_as_one_transaction_would() {
+    use writer::apply::{EntryId, Source};
+
+    let (a, b) = (term_in_part(0, 2, 300), term_in_part(1, 2, 300));
+    let old_fork = at(40, 0);
+    let new_chain = At {
+        block: 41,
+        ..old_fork.clone()
+    };
+    let payloads = [
+        deposited(&old_fork, &addr(1), &a, 1, 10, 10, 0),
+        deposited(&new_chain, &addr(1), &b, 1, 20, 20, 0),
+        // Other events of both terms, so that both parts have work.
+        deposited(&at(42, 0), &addr(2), &a, 1, 5, 5, 0),
+        deposited(&at(42, 1), &addr(2), &b, 1, 5, 5, 0),
+    ];
+    let events = decode_all(&payloads);
+    let from = |i: usize| Delivered {
+        source: Source {
+            stream: "s",
+            entry: EntryId {
+                ms: 1 + i as i64,
+                seq: 0,
+            },
+        },
+        event: &events[i],
+    };
+    let all: Vec<Delivered<'_, '_>> = (0..events.len()).map(from).collect();
+
+    let mut dumps = Vec::new();
+    for split in [Partitioning::NONE, TWO] {
+        for stored_first in [false, true] {
+            let db = TestDb::new().await;
+            let rm = db.read_model();
+            let batch: &[Delivered<'_, '_>] = if stored_first {
+                rm.apply_partitioned(&all[..1], false, split).await.unwrap();
+                &all[1..]
+            } else {
+                &all[..]
+            };
+            let out = rm.apply_partitioned(batch, false, split).await.unwrap();
+            assert!(out.rejected.is_empty(), "{split:?}");
+            assert_eq!(
+                db.rows("SELECT term_id, block_number FROM deposited_events WHERE log_index = 0 AND block_number < 42")
+                    .await,
+                [format!("{b}|41")],
+                "{split:?}, stored first: {stored_first}"
+            );
+            dumps.push((split, stored_first, db.dump_core().await));
+        }
+    }
+    for (split, stored_first, dump) in &dumps[1..] {
+        assert_eq!(dump, &dumps[0].2, "{split:?}, stored first: {stored_first}");
+    }
+}
