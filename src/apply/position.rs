@@ -74,21 +74,35 @@ HAVING sum((u.shares > 0)::int - coalesce((o.shares > 0)::int, 0)) <> 0
 /// Rebuilds the given positions from the events that remain (after a reorg
 /// removed some, or for a backfill): newest totalShares, sums of assets.
 /// Positions left without events are deleted. `$1..$3` = account, term, curve.
+///
+/// Each term's history is read once, through the `term_id` index (a lateral
+/// read per term, fenced with `OFFSET 0`): unfenced, a planner without
+/// statistics joined both event tables whole by hash — most of a position
+/// rebuild's time in a reorg at a steady rate (benches/README.md).
 const RECOMPUTE: &str = concat!(
     r#"
 WITH keys AS (
     SELECT DISTINCT account_id, term_id, curve_id
     FROM unnest($1::text[], $2::text[], $3::text[]::numeric[]) AS k(account_id, term_id, curve_id)
 ),
+terms AS (
+    SELECT DISTINCT term_id FROM keys
+),
 moves AS (
     SELECT d.receiver AS account_id, d.term_id, d.curve_id, d.assets_after_fees AS deposited,
         0::numeric AS redeemed, d.total_shares, d.block_number, d.log_index
-    FROM deposited_events d
+    FROM terms t
+    CROSS JOIN LATERAL (
+        SELECT * FROM deposited_events d WHERE d.term_id = t.term_id OFFSET 0
+    ) d
     JOIN keys k ON d.term_id = k.term_id AND d.curve_id = k.curve_id AND d.receiver = k.account_id
     UNION ALL
     SELECT r.receiver, r.term_id, r.curve_id, 0, r.assets, r.total_shares, r.block_number,
         r.log_index
-    FROM redeemed_events r
+    FROM terms t
+    CROSS JOIN LATERAL (
+        SELECT * FROM redeemed_events r WHERE r.term_id = t.term_id OFFSET 0
+    ) r
     JOIN keys k ON r.term_id = k.term_id AND r.curve_id = k.curve_id AND r.receiver = k.account_id
 ),
 computed AS (
