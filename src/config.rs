@@ -1271,58 +1271,87 @@ mod tests {
         assert!(c.redacted().contains(&("ADMIN_TOKEN", "***".to_owned())));
     }
 
+    /// Settings given to one case of a table-driven test.
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    /// MINIMAL plus `pairs`, parsed.
+    fn parse_with(pairs: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let mut v = vars(&MINIMAL);
+        v.extend(vars(pairs));
+        Config::from_vars(v)
+    }
+
     #[test]
     fn pool_must_cover_workers() {
-        let mut v = vars(&MINIMAL);
-        v.extend(vars(&[("WORKERS", "8"), ("DATABASE_POOL_SIZE", "4")]));
-        let e = Config::from_vars(v).unwrap_err();
-        assert!(
-            e.0[0].starts_with("DATABASE_POOL_SIZE: 4 is below WORKERS + 2 = 10"),
-            "{e:?}"
-        );
-        // Raised when unset, but never past its own bound.
-        let mut v = vars(&MINIMAL);
-        v.extend(vars(&[("WORKERS", "64"), ("APPLY_PARTITIONS", "16")]));
-        let e = Config::from_vars(v).unwrap_err();
-        assert!(
-            e.0[0].starts_with("WORKERS × APPLY_PARTITIONS + 2 = 1026 connections"),
-            "{e:?}"
-        );
+        // Refused: the settings, and how the problem begins.
+        let refused: [(Pairs, &str); 3] = [
+            (
+                &[("WORKERS", "8"), ("DATABASE_POOL_SIZE", "4")],
+                "DATABASE_POOL_SIZE: 4 is below WORKERS + 2 = 10",
+            ),
+            // Both set: both must fit.
+            (
+                &[
+                    ("WORKERS", "2"),
+                    ("DATABASE_POOL_SIZE", "5"),
+                    ("APPLY_PARTITIONS", "2"),
+                ],
+                "DATABASE_POOL_SIZE: 5 is below WORKERS × APPLY_PARTITIONS + 2 = 6",
+            ),
+            // Raised when unset, but never past its own bound.
+            (
+                &[("WORKERS", "64"), ("APPLY_PARTITIONS", "16")],
+                "WORKERS × APPLY_PARTITIONS + 2 = 1026 connections",
+            ),
+        ];
+        for (pairs, problem) in refused {
+            let e = parse_with(pairs).unwrap_err();
+            assert!(e.0[0].starts_with(problem), "{pairs:?}: {e:?}");
+        }
+        // Accepted: the settings, the parts and pool in effect, and the
+        // setting shown changed.
+        let accepted: [(Pairs, usize, u32, (&str, &str)); 2] = [
+            // The pool set alone (a configuration older than
+            // APPLY_PARTITIONS) keeps working with the parts it fits.
+            (
+                &[("WORKERS", "2"), ("DATABASE_POOL_SIZE", "5")],
+                1,
+                5,
+                ("APPLY_PARTITIONS", "1"),
+            ),
+            // Unset, it is raised to what the workers need.
+            (
+                &[("WORKERS", "16"), ("APPLY_PARTITIONS", "3")],
+                3,
+                50,
+                ("DATABASE_POOL_SIZE", "50"),
+            ),
+        ];
+        for (pairs, partitions, pool, (name, shown)) in accepted {
+            let c = parse_with(pairs).unwrap();
+            assert_eq!((c.partitions, c.database.pool_size), (partitions, pool));
+            assert!(
+                c.redacted().contains(&(name, shown.to_owned())),
+                "{pairs:?}"
+            );
+        }
+    }
 
-        // A pool set without APPLY_PARTITIONS (older configurations) keeps
-        // working with the parts it fits, shown so; set, both must fit.
-        let mut v = vars(&MINIMAL);
-        v.extend(vars(&[("WORKERS", "2"), ("DATABASE_POOL_SIZE", "5")]));
-        let c = Config::from_vars(v).unwrap();
-        assert_eq!((c.partitions, c.database.pool_size), (1, 5));
-        assert!(c.redacted().contains(&("APPLY_PARTITIONS", "1".to_owned())));
-        let mut v = vars(&MINIMAL);
-        v.extend(vars(&[
-            ("WORKERS", "2"),
-            ("DATABASE_POOL_SIZE", "5"),
-            ("APPLY_PARTITIONS", "2"),
-        ]));
-        let e = Config::from_vars(v).unwrap_err();
-        assert!(
-            e.0[0].starts_with("DATABASE_POOL_SIZE: 5 is below WORKERS × APPLY_PARTITIONS + 2 = 6")
-        );
-
-        // Unset, it is raised to what the workers need, and shown so.
-        let mut v = vars(&MINIMAL);
-        v.extend(vars(&[("WORKERS", "16"), ("APPLY_PARTITIONS", "3")]));
-        let c = Config::from_vars(v).unwrap();
-        assert_eq!(c.database.pool_size, 50);
-        assert!(
-            c.redacted()
-                .contains(&("DATABASE_POOL_SIZE", "50".to_owned()))
-        );
+    #[test]
+    fn apply_partitions_doc_names_the_threshold_in_force() {
+        // The description is a literal; the threshold lives in `apply`.
+        let doc = SETTINGS
+            .iter()
+            .find(|s| s.name == "APPLY_PARTITIONS")
+            .unwrap()
+            .doc;
+        let threshold = crate::apply::PARTITION_MIN_EVENTS.to_string();
+        assert!(doc.contains(&format!("{threshold} events")), "{doc}");
     }
 
     #[test]
     fn empty_means_default_and_values_are_trimmed() {
-        let mut v = vars(&MINIMAL);
-        v.extend(vars(&[("BATCH_SIZE", ""), ("WORKERS", " 3 ")]));
-        let c = Config::from_vars(v).unwrap();
+        let c = parse_with(&[("BATCH_SIZE", ""), ("WORKERS", " 3 ")]).unwrap();
         assert_eq!(c.redis.batch_size, 500);
         assert_eq!(c.workers, 3);
     }

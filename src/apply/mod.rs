@@ -512,10 +512,11 @@ impl Partitioning {
         }
     }
 
-    /// One transaction per batch (benches of the Postgres side alone).
+    /// One transaction per batch, whatever its size (replay, the apply
+    /// bench of the Postgres side alone, tests).
     pub const NONE: Partitioning = Partitioning {
         parts: 1,
-        min_events: usize::MAX,
+        min_events: PARTITION_MIN_EVENTS,
     };
 }
 

@@ -138,14 +138,14 @@ old AS (
 ),
 prices AS (
     SELECT DISTINCT ON (term_id, curve_id) term_id, curve_id, share_price, total_assets,
-        total_shares, block_number, log_index
+        total_shares, vault_type, block_number, log_index
     FROM (
-        SELECT term_id, curve_id, share_price, total_assets, total_shares, block_number,
-            log_index
+        SELECT term_id, curve_id, share_price, total_assets, total_shares, vault_type,
+            block_number, log_index
         FROM recent_prices
         UNION ALL
         SELECT k.term_id, k.curve_id, s.share_price, s.total_assets, s.total_shares,
-            s.block_number, s.log_index
+            s.vault_type, s.block_number, s.log_index
         FROM old_prices k
         CROSS JOIN LATERAL (
             SELECT * FROM (
@@ -164,6 +164,10 @@ newest AS (
     FROM (
         SELECT * FROM recent
         UNION ALL
+        -- Each vault's newest SharePriceChanged, read once in `prices` (for
+        -- a vault with a recent event it is in `recent` or older than it).
+        SELECT term_id, curve_id, vault_type, block_number, log_index FROM prices
+        UNION ALL
         SELECT k.term_id, k.curve_id, h.vault_type, h.block_number, h.log_index
         FROM old k
         CROSS JOIN LATERAL (
@@ -173,10 +177,6 @@ newest AS (
                 UNION ALL
                 SELECT r.vault_type, r.block_number, r.log_index FROM redeemed_events r
                 WHERE r.term_id = k.term_id AND r.curve_id = k.curve_id
-                UNION ALL
-                SELECT s.vault_type, s.block_number, s.log_index
-                FROM share_price_changed_events s
-                WHERE s.term_id = k.term_id AND s.curve_id = k.curve_id
                 OFFSET 0
             ) u
             ORDER BY u.block_number DESC, u.log_index DESC

@@ -117,35 +117,16 @@ async fn a_part_commits_while_another_waits_for_a_term_lock() {
     let seen = apply_while_locked(&db, TWO, &blocked, &free, Duration::from_secs(20)).await;
     assert_eq!(seen, 3, "the free part committed while the other waited");
 
-    let db = TestDb::new().await;
-    let seen = apply_while_locked(
-        &db,
-        Partitioning::NONE,
-        &blocked,
-        &free,
-        Duration::from_millis(500),
-    )
-    .await;
-    assert_eq!(
-        seen, 0,
-        "one transaction: nothing commits before the lock is free"
-    );
-
-    // The writer's own setting leaves a small batch (a caught-up writer's)
-    // in one transaction: splitting it would cost a commit for nothing.
-    let db = TestDb::new().await;
-    let seen = apply_while_locked(
-        &db,
-        Partitioning::new(2),
-        &blocked,
-        &free,
-        Duration::from_millis(500),
-    )
-    .await;
-    assert_eq!(
-        seen, 0,
-        "6 events, fewer than PARTITION_MIN_EVENTS: unsplit"
-    );
+    // Unsplit, nothing commits before the lock is free: one transaction,
+    // or the writer's own setting with a small batch (a caught-up writer's
+    // 6 events, fewer than PARTITION_MIN_EVENTS: a split would cost a
+    // commit for nothing).
+    for split in [Partitioning::NONE, Partitioning::new(2)] {
+        let db = TestDb::new().await;
+        let seen =
+            apply_while_locked(&db, split, &blocked, &free, Duration::from_millis(500)).await;
+        assert_eq!(seen, 0, "{split:?}: one transaction");
+    }
 }
 
 /// Split or not, a batch over many terms — several events per vault and
@@ -279,4 +260,57 @@ async fn a_delivery_replacing_another_parts_event_ends_as_one_transaction_would(
     for (split, stored_first, dump) in &dumps[1..] {
         assert_eq!(dump, &dumps[0].2, "{split:?}, stored first: {stored_first}");
     }
+}
+
+/// A part that fails (here: a statement timeout while another transaction
+/// holds its term lock) fails the batch while the other part commits; the
+/// batch retried whole applies the rest, and what the first attempt
+/// committed is not applied twice (invariants 1 and 2: sums exact).
+#[tokio::test]
+async fn a_failed_part_leaves_the_committed_one_and_the_retry_applies_the_rest() {
+    let (blocked, free) = (term_in_part(0, 2, 500), term_in_part(1, 2, 500));
+    let db = TestDb::new().await;
+    let mut config = TestDb::config(&db.url, &db.schema);
+    config.statement_timeout = Duration::from_millis(300);
+    let rm = ReadModel::new(writer::db::pool(&config).unwrap(), db.schema.as_str());
+    let payloads: Vec<String> = deposits(&blocked, 10)
+        .into_iter()
+        .chain(deposits(&free, 11))
+        .collect();
+    let events = decode_all(&payloads);
+    let delivered: Vec<Delivered<'_, '_>> = events.iter().map(Delivered::direct).collect();
+
+    let holder = hold_term_lock(&db, &blocked).await;
+    let error = rm
+        .apply_partitioned(&delivered, false, TWO)
+        .await
+        .expect_err("the blocked part times out");
+    assert_eq!(
+        writer::db::classify(&error),
+        writer::db::Failure::Transient,
+        "{error}"
+    );
+    assert_eq!(
+        count_deposits(&db, &free).await,
+        3,
+        "the free part committed"
+    );
+    assert_eq!(count_deposits(&db, &blocked).await, 0);
+    holder.rollback().await.unwrap();
+
+    let retry = rm.apply_partitioned(&delivered, false, TWO).await.unwrap();
+    assert_eq!(
+        (retry.applied.inserted.total(), retry.applied.duplicates),
+        (3, 3)
+    );
+    let mut expected = vec![format!("{blocked}|3|30"), format!("{free}|3|30")];
+    expected.sort();
+    assert_eq!(
+        db.rows(
+            "SELECT v.term_id, v.position_count, sum(p.total_deposit_assets_after_total_fees) \
+             FROM vault v JOIN position p USING (term_id, curve_id) GROUP BY 1, 2"
+        )
+        .await,
+        expected
+    );
 }
