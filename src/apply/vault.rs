@@ -96,8 +96,9 @@ GROUP BY u.term_id
 /// events); a vault with an event there has its newest one there, exactly,
 /// and only the vaults without one are looked up through their whole
 /// history, each on its own (a lateral read per vault through the `term_id`
-/// index). The `OFFSET 0` fences keep each recent read a range scan of its
-/// own and each history read an index lookup: unfenced, a planner without
+/// index); so are its positions, to count them. The `OFFSET 0` fences keep
+/// each recent read a range scan of its own and each history or position
+/// read an index lookup: unfenced, a planner without
 /// statistics joined every history table whole by hash (two full scans of
 /// the SharePriceChanged table per rebuild, most of a reorg's exclusive
 /// transaction at a steady rate), and one ordering by block with `LIMIT 1`
@@ -185,10 +186,18 @@ newest AS (
     ) e
     ORDER BY term_id, curve_id, block_number DESC, log_index DESC
 ),
+-- Each vault's positions through the position table's `term_id` index,
+-- read per vault: joined, the planner scanned the whole table by hash.
 counts AS (
-    SELECT p.term_id, p.curve_id, count(*) FILTER (WHERE p.shares > 0) AS open_positions
-    FROM position p JOIN keys k USING (term_id, curve_id)
-    GROUP BY p.term_id, p.curve_id
+    SELECT k.term_id, k.curve_id, c.open_positions
+    FROM keys k
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE p.shares > 0) AS open_positions
+        FROM (
+            SELECT p.shares, p.curve_id FROM position p WHERE p.term_id = k.term_id OFFSET 0
+        ) p
+        WHERE p.curve_id = k.curve_id
+    ) c
 ),
 upserted AS (
     INSERT INTO vault AS v (term_id, curve_id, total_shares, current_share_price, total_assets,
