@@ -254,8 +254,8 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
     let (actual, expected) = (TestDb::new().await, TestDb::new().await);
     let fork: i64 = 1_000;
     let edge = fork - writer::apply::RECENT_BLOCKS;
-    let alice = addr(0xa);
-    let [both, split, at_edge, far, gone] = [id(1), id(2), id(3), id(4), id(5)];
+    let (alice, bob, carol) = (addr(0xa), addr(0xb), addr(0xc));
+    let [both, split, at_edge, far, gone, pair] = [id(1), id(2), id(3), id(4), id(5), id(6)];
     let survivors = vec![
         // Both newest events just below the fork.
         share_price(&at(fork - 5, 0), &both, 1, 7, 70, 10, 0),
@@ -269,6 +269,12 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
         // Everything far below.
         share_price(&at(20, 0), &far, 2, 9, 90, 10, 0),
         deposited(&at(20, 1), &alice, &far, 2, 90, 10, 0),
+        // Two curves of one term; on curve 1 one open position and one
+        // redeemed to zero: the count is per vault and of open positions.
+        deposited(&at(30, 0), &alice, &pair, 1, 10, 10, 0),
+        deposited(&at(30, 1), &bob, &pair, 1, 10, 10, 0),
+        redeemed(&at(31, 0), &bob, &pair, 1, 10, 0, 0),
+        deposited(&at(32, 0), &carol, &pair, 2, 10, 10, 0),
     ];
     // The abandoned fork: newer events of every vault, on stream "s".
     let abandoned = vec![
@@ -279,6 +285,8 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
         redeemed(&at(fork + 2, 0), &alice, &far, 2, 5, 9, 1),
         share_price(&at(fork + 2, 1), &gone, 1, 2, 20, 10, 0),
         deposited(&at(fork + 2, 2), &alice, &gone, 1, 20, 10, 0),
+        deposited(&at(fork + 3, 0), &carol, &pair, 1, 5, 5, 0),
+        deposited(&at(fork + 3, 1), &bob, &pair, 2, 5, 5, 0),
     ];
     apply_each(&expected.read_model(), &survivors).await;
     let rm = actual.read_model();
@@ -307,7 +315,9 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
     let done = writer::reorg::apply(&rm, &[(&notice.reorgs[0], source)])
         .await
         .unwrap();
-    assert_eq!(done.copies[0].removed_events, 7);
+    assert_eq!(done.copies[0].removed_events, 9);
+    let counts = format!("SELECT curve_id, position_count FROM vault WHERE term_id = '{pair}'");
+    assert_eq!(actual.rows(&counts).await, ["1|1", "2|1"]);
     assert_same_core(&actual, &expected).await;
 }
 
