@@ -96,10 +96,10 @@ GROUP BY u.term_id
 /// events); a vault with an event there has its newest one there, exactly,
 /// and only the vaults without one are looked up through their whole
 /// history, each on its own (a lateral read per vault through the `term_id`
-/// index); so are its positions, to count them. The `OFFSET 0` fences keep
-/// each recent read a range scan of its own and each history or position
-/// read an index lookup: unfenced, a planner without
-/// statistics joined every history table whole by hash (two full scans of
+/// index); so are a kept vault's positions, to count them. The `OFFSET 0`
+/// fences keep each recent read a range scan of its own and each history or
+/// position read an index lookup: unfenced, a planner without statistics
+/// joined every history table whole by hash (two full scans of
 /// the SharePriceChanged table per rebuild, most of a reorg's exclusive
 /// transaction at a steady rate), and one ordering by block with `LIMIT 1`
 /// could scan the block index backwards through other vaults' events. The
@@ -186,19 +186,6 @@ newest AS (
     ) e
     ORDER BY term_id, curve_id, block_number DESC, log_index DESC
 ),
--- Each vault's positions through the position table's `term_id` index,
--- read per vault: joined, the planner scanned the whole table by hash.
-counts AS (
-    SELECT k.term_id, k.curve_id, c.open_positions
-    FROM keys k
-    CROSS JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE p.shares > 0) AS open_positions
-        FROM (
-            SELECT p.shares, p.curve_id FROM position p WHERE p.term_id = k.term_id OFFSET 0
-        ) p
-        WHERE p.curve_id = k.curve_id
-    ) c
-),
 upserted AS (
     INSERT INTO vault AS v (term_id, curve_id, total_shares, current_share_price, total_assets,
         market_cap, position_count, vault_type, share_price_block, share_price_log_index,
@@ -206,11 +193,20 @@ upserted AS (
     SELECT n.term_id, n.curve_id, coalesce(pr.total_shares, 0), coalesce(pr.share_price, 0),
         coalesce(pr.total_assets, 0),
         coalesce(div(pr.total_shares * pr.share_price, 1000000000000000000), 0),
-        coalesce(c.open_positions, 0), n.vault_type::text, pr.block_number, pr.log_index,
+        c.open_positions, n.vault_type::text, pr.block_number, pr.log_index,
         n.block_number, n.log_index
     FROM newest n
     LEFT JOIN prices pr USING (term_id, curve_id)
-    LEFT JOIN counts c USING (term_id, curve_id)
+    -- Each kept vault's positions, read on their own through the position
+    -- table's `term_id` index: joined, the planner scanned the whole table.
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE p.shares > 0) AS open_positions
+        FROM (
+            SELECT p.shares FROM position p
+            WHERE p.term_id = n.term_id AND p.curve_id = n.curve_id
+            OFFSET 0
+        ) p
+    ) c
     ON CONFLICT (term_id, curve_id) "#,
     update_changed!(v:
         total_shares, current_share_price, total_assets, market_cap, position_count, vault_type,
