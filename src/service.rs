@@ -59,6 +59,12 @@ async fn migrate_when_ready(status: &Status, cancel: &CancellationToken) -> anyh
                 if !applied.is_empty() {
                     tracing::info!(?applied, "applied migrations");
                 }
+                match crate::db::ServerSettings::read(&status.pool).await {
+                    Ok(settings) => settings.log(),
+                    // Only a log line is lost; the next statement reports a
+                    // connection problem if there is one.
+                    Err(e) => tracing::debug!(error = %e, "postgres server settings not read"),
+                }
                 return Ok(true);
             }
             Err(crate::migrate::MigrateError::Database(e))

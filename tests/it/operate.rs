@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use testkit::workload::generate;
 
 use crate::support::TestDb;
-use crate::support::private::RedisProcess;
+use crate::support::private::{PrivatePostgres, RedisProcess};
 use crate::support::proxy::Proxy;
 use crate::support::service::{
     Env, Writer, assert_core_exact, eventually, free_port, healthy_and_idle, json_body, poll,
-    writer_once,
+    redis_url, writer_once,
 };
 
 /// /health is 200 with every field; Postgres unreachable makes it 503
@@ -342,6 +342,97 @@ async fn two_schemas_stay_separate() {
         b.db.scalar_i64("SELECT count(*) FROM term").await,
     );
     assert!(na > 0 && nb > 0 && na != nb);
+}
+
+/// At start the writer logs the server settings a sync's speed depends on,
+/// as the server reports them, with a hint naming exactly those below what
+/// a sync wants: read from real servers at stock and at tuned settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_logs_the_settings_a_sync_depends_on() {
+    /// The writer's "postgres server" line against `env`'s database.
+    async fn server_line(env: &Env) -> String {
+        let writer = Writer::start(&env.writer_env("w1"));
+        let line = poll(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            async || {
+                writer
+                    .log()
+                    .lines()
+                    .find(|l| l.contains("postgres server"))
+                    .map(str::to_owned)
+                    .ok_or_else(|| "no postgres server line".to_owned())
+            },
+        )
+        .await;
+        line.unwrap_or_else(|seen| writer.fail_with_log(seen))
+    }
+    let shown = async |env: &Env| {
+        env.db
+            .rows("SELECT current_setting('shared_buffers') || ' ' || current_setting('max_wal_size')")
+            .await
+            .remove(0)
+    };
+
+    // The suite's server, whatever it is set to.
+    let env = Env::new(40, 10).await;
+    let line = server_line(&env).await;
+    let values = shown(&env).await;
+    let (buffers, wal) = values.split_once(' ').unwrap();
+    assert!(
+        line.contains(&format!("shared_buffers={buffers}"))
+            && line.contains(&format!("max_wal_size={wal}")),
+        "{line}"
+    );
+    let low = env
+        .db
+        .rows(
+            "SELECT (pg_size_bytes(current_setting('shared_buffers')) < 1073741824)::text
+                 || ' ' || (pg_size_bytes(current_setting('max_wal_size')) < 4294967296)::text",
+        )
+        .await
+        .remove(0);
+    assert_eq!(
+        line.contains("shared_buffers to 1GB"),
+        low.starts_with("true"),
+        "{line}"
+    );
+    assert_eq!(
+        line.contains("max_wal_size to 4GB"),
+        low.ends_with("true"),
+        "{line}"
+    );
+
+    // A server of our own: stock shared_buffers, max_wal_size raised.
+    let pg = PrivatePostgres::start();
+    let set = |sql: &str| {
+        let status = std::process::Command::new("psql")
+            .args([&pg.url(), "-qc", sql])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{sql}");
+    };
+    set("ALTER SYSTEM SET max_wal_size = '4GB'");
+    set("SELECT pg_reload_conf()");
+    let env = Env::new_at(40, 10, &pg.url(), &redis_url()).await;
+    let line = server_line(&env).await;
+    assert!(
+        line.contains("shared_buffers=128MB") && line.contains("max_wal_size=4GB"),
+        "{line}"
+    );
+    assert!(
+        line.contains("hint=") && line.contains("shared_buffers to 1GB"),
+        "{line}"
+    );
+    assert!(!line.contains("max_wal_size to"), "{line}");
+
+    // Both raised (shared_buffers needs a restart): no hint.
+    set("ALTER SYSTEM SET shared_buffers = '1GB'");
+    pg.stop();
+    pg.start_again();
+    let line = server_line(&env).await;
+    assert!(line.contains("shared_buffers=1GB"), "{line}");
+    assert!(!line.contains("hint="), "{line}");
 }
 
 /// LOG_FORMAT=json writes one JSON object per line.
