@@ -98,7 +98,7 @@ async fn main() {
     let analytics = analytics_started.elapsed();
     println!("\n== apply, one batch at a time ==");
     println!("machine: {}", machine());
-    println!("server: {}", postgres(&db).await);
+    println!("server: {}", server(&db).await);
     println!(
         "workload: rindexer shape, {} reorgs, seed {}; {} events of the final chain, {published} delivered in {} entries, batches of {} entries",
         workload.reorgs.len(),

@@ -265,15 +265,11 @@ pub fn machine() -> String {
     )
 }
 
-/// The server and the settings a sync's speed depends on most (README, "Sync
-/// speed and Postgres settings"): figures from hosts set up differently are
-/// not comparable.
-pub async fn postgres(pool: &PgPool) -> String {
+/// The server and the settings a sync's speed depends on most (ADR 0017):
+/// figures from differently configured servers are not comparable.
+pub async fn server(pool: &PgPool) -> String {
     match writer::db::ServerSettings::read(pool).await {
-        Ok(s) => format!(
-            "Postgres {}, shared_buffers {}, max_wal_size {}",
-            s.version, s.shared_buffers, s.max_wal_size
-        ),
+        Ok(settings) => settings.to_string(),
         Err(e) => format!("Postgres settings not read: {e}"),
     }
 }

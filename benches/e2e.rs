@@ -220,7 +220,7 @@ async fn main() {
     let unique = workload.unique_events;
     println!("\n== writer end to end ({:?}) ==", args.mode);
     println!("machine: {}", machine());
-    println!("server: {}", postgres(&db).await);
+    println!("server: {}", server(&db).await);
     println!(
         "workload: {:?} shape, {} reorgs (notices on every stream), seed {}",
         args.shape,

@@ -329,7 +329,7 @@ async fn main() {
 
     println!("\n== soak ==");
     println!("machine: {}", machine());
-    println!("server: {}", postgres(&pool).await);
+    println!("server: {}", server(&pool).await);
     println!(
         "{} minutes at {} events/s: {} events published, drained {}s after the start",
         args.minutes,

@@ -63,7 +63,7 @@ async fn migrate_when_ready(status: &Status, cancel: &CancellationToken) -> anyh
                     Ok(settings) => settings.log(),
                     // Only a log line is lost; the next statement reports a
                     // connection problem if there is one.
-                    Err(e) => tracing::debug!(error = %e, "postgres server settings not read"),
+                    Err(e) => tracing::info!(error = %e, "Postgres settings not read"),
                 }
                 return Ok(true);
             }
