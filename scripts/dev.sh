@@ -9,4 +9,4 @@ export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 cargo build --release --bin writer
 # `writer run` applies pending migrations itself.
-exec ./target/release/writer "${@:-run}"
+exec "${CARGO_TARGET_DIR:-target}/release/writer" "${@:-run}"
