@@ -526,7 +526,7 @@ pub fn classify(error: &sqlx::Error) -> Failure {
 /// runs, logged once at start: they are the operator's to change (ADR 0017),
 /// and at stock values a sync is markedly slower (README, "Sync speed and
 /// Postgres settings"; benches/README.md).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct ServerSettings {
     pub version: String,
     /// As Postgres shows it ("128MB"), for the operator; the byte count
@@ -559,7 +559,7 @@ impl ServerSettings {
     }
 
     /// Which settings to raise for a faster sync, if any.
-    pub fn sync_hint(&self) -> Option<String> {
+    fn sync_hint(&self) -> Option<String> {
         let low: Vec<String> = [
             (
                 "shared_buffers",
@@ -583,7 +583,7 @@ impl ServerSettings {
     /// One info line at start, a hint included when a setting is low: info,
     /// not a warning, because nothing is wrong (development machines run
     /// stock settings); a sync is only slower.
-    pub fn log(&self) {
+    pub(crate) fn log(&self) {
         tracing::info!(
             version = %self.version,
             shared_buffers = %self.shared_buffers,
@@ -608,12 +608,13 @@ impl std::fmt::Display for ServerSettings {
 mod tests {
     use super::*;
 
+    /// Settings of these sizes (the hint reads only the byte counts).
     fn settings(shared_buffers: i64, max_wal_size: i64) -> ServerSettings {
         ServerSettings {
-            version: "16.4".into(),
-            shared_buffers: format!("{}MB", shared_buffers >> 20),
+            version: String::new(),
+            shared_buffers: String::new(),
             shared_buffers_bytes: shared_buffers,
-            max_wal_size: format!("{}MB", max_wal_size >> 20),
+            max_wal_size: String::new(),
             max_wal_size_bytes: max_wal_size,
         }
     }

@@ -59,12 +59,6 @@ async fn migrate_when_ready(status: &Status, cancel: &CancellationToken) -> anyh
                 if !applied.is_empty() {
                     tracing::info!(?applied, "applied migrations");
                 }
-                match crate::db::ServerSettings::read(&status.pool).await {
-                    Ok(settings) => settings.log(),
-                    // Only a log line is lost; the next statement reports a
-                    // connection problem if there is one.
-                    Err(e) => tracing::info!(error = %e, "Postgres settings not read"),
-                }
                 return Ok(true);
             }
             Err(crate::migrate::MigrateError::Database(e))
@@ -139,6 +133,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if !migrate_when_ready(&status, &shutdown).await? {
         http.await??;
         return Ok(Stopped::Clean);
+    }
+    // Postgres answers now. What bounds a sync's speed, said once (ADR 0017).
+    match crate::db::ServerSettings::read(&pool).await {
+        Ok(settings) => settings.log(),
+        // Only a log line is lost; the next statement reports a connection
+        // problem if there is one.
+        Err(e) => tracing::info!(error = %e, "Postgres settings not read"),
     }
 
     let read_model = ReadModel::new(pool.clone(), config.database.schema.as_str());
