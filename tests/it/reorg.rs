@@ -246,8 +246,9 @@ async fn copies_reaching_a_caught_up_writer_apply_in_one_transaction() {
 /// first from the blocks just below the fork (`vault::recompute`): exactly
 /// the rows of the surviving events, whether a vault's newest event and its
 /// newest SharePriceChanged are both in that window, one in it and one far
-/// below, exactly at its edge, or both below (then its whole history); and a
-/// vault only the abandoned fork had is deleted.
+/// below, exactly at its edge, or both below (then its whole history); a
+/// vault whose only SharePriceChanged was abandoned has zero totals again
+/// (invariant 3); and a vault only the abandoned fork had is deleted.
 #[tokio::test]
 async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
     use crate::support::events::*;
@@ -287,6 +288,8 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
         deposited(&at(fork + 2, 2), &alice, &gone, 1, 20, 10, 0),
         deposited(&at(fork + 3, 0), &carol, &pair, 1, 5, 5, 0),
         deposited(&at(fork + 3, 1), &bob, &pair, 2, 5, 5, 0),
+        // Curve 2's only SharePriceChanged: its totals go back to 0.
+        share_price(&at(fork + 3, 2), &pair, 2, 4, 40, 10, 0),
     ];
     apply_each(&expected.read_model(), &survivors).await;
     let rm = actual.read_model();
@@ -315,9 +318,12 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
     let done = writer::reorg::apply(&rm, &[(&notice.reorgs[0], source)])
         .await
         .unwrap();
-    assert_eq!(done.copies[0].removed_events, 9);
-    let counts = format!("SELECT curve_id, position_count FROM vault WHERE term_id = '{pair}'");
-    assert_eq!(actual.rows(&counts).await, ["1|1", "2|1"]);
+    assert_eq!(done.copies[0].removed_events, 10);
+    let vaults = format!(
+        "SELECT curve_id, position_count, total_assets, current_share_price, market_cap
+         FROM vault WHERE term_id = '{pair}' ORDER BY curve_id"
+    );
+    assert_eq!(actual.rows(&vaults).await, ["1|1|0|0|0", "2|1|0|0|0"]);
     assert_same_core(&actual, &expected).await;
 }
 
