@@ -26,7 +26,7 @@
 //! stream.
 
 use crate::apply::rebuild::Rebuild;
-use crate::apply::{ReadModel, Source, begin_reorg_locked, events};
+use crate::apply::{ReadModel, Source, begin_reorg_locked, column, events};
 use crate::event::ReorgNotice;
 
 /// What one copy of a notice did.
@@ -49,7 +49,10 @@ pub struct AppliedCopies {
 
 /// Applies copies of notices, each delivered by its source, in one
 /// transaction (one wait for the exclusive lock, however many streams the
-/// batch read copies from).
+/// batch read copies from). Three statements, however many copies: record
+/// them, remove what they orphan, record how many events each removed; then
+/// one rebuild of everything removed. The outcome is that of applying the
+/// copies one by one in the order given.
 pub async fn apply(
     rm: &ReadModel,
     copies: &[(&ReorgNotice<'_>, Source<'_>)],
@@ -63,42 +66,35 @@ pub async fn apply(
         .pool()
         .begin_with(begin_reorg_locked(rm.schema(), true))
         .await?;
-    let mut outcomes = Vec::with_capacity(copies.len());
+    let ids = record(&mut tx, copies, &streams).await?;
+    let mut outcomes = vec![ReorgOutcome::default(); copies.len()];
+    // The copies recorded now, by id (ascending: the order given).
+    let mut fresh: Vec<(i64, usize)> = ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, id)| id.map(|id| (id, i)))
+        .collect();
+    fresh.sort_unstable();
     let mut rebuild = Rebuild::default();
-    let mut applied = Vec::new();
-    for ((notice, source), stream) in copies.iter().zip(streams) {
-        let Some(reorg_id) = record(&mut tx, notice, *source, stream).await? else {
-            outcomes.push(ReorgOutcome::default());
-            continue;
-        };
-        let removed = events::remove_orphans(
-            &mut tx,
-            stream,
-            &notice.network,
-            notice.fork_block,
-            source.entry,
-        )
-        .await?;
-        let removed_events = removed.len() as u64;
-        for feed in removed {
+    if let Some(from_block) = fresh.iter().map(|&(_, i)| copies[i].0.fork_block).min() {
+        let notices: Vec<i64> = fresh.iter().map(|&(id, _)| id).collect();
+        for (notice, feed) in events::remove_orphans(&mut tx, &notices, from_block).await? {
+            let at = fresh
+                .binary_search_by_key(&notice, |&(id, _)| id)
+                .expect("a removed event's notice is one of those given");
+            outcomes[fresh[at].1].removed_events += 1;
             rebuild.add(feed);
         }
-        rebuild.look_first_from(notice.fork_block);
-        sqlx::query("UPDATE reorg_notices SET removed_events = $2 WHERE id = $1")
-            .bind(reorg_id)
-            .bind(removed_events as i64)
-            .execute(&mut *tx)
-            .await?;
-        applied.push(outcomes.len());
-        outcomes.push(ReorgOutcome {
-            applied: true,
-            removed_events,
-        });
+        for &(_, i) in &fresh {
+            outcomes[i].applied = true;
+            rebuild.look_first_from(copies[i].0.fork_block);
+        }
+        count_removed(&mut tx, &fresh, &outcomes).await?;
     }
     // Everything the copies removed, rebuilt once.
     let dirty_triples = rebuild.run(&mut tx, rm.schema()).await?;
     tx.commit().await?;
-    for &i in &applied {
+    for &(_, i) in &fresh {
         let (notice, source) = copies[i];
         tracing::info!(
             network = %notice.network,
@@ -116,33 +112,80 @@ pub async fn apply(
     })
 }
 
-/// Records a copy; None if it was recorded before (a redelivery).
+/// Records the copies (`streams`: their streams' ids) in one statement;
+/// returns each copy's id, None for a copy recorded before (a redelivery,
+/// or a repeat of an earlier copy in `copies`). Ids ascend in the order
+/// given.
 async fn record(
     conn: &mut sqlx::PgConnection,
-    notice: &ReorgNotice<'_>,
-    source: Source<'_>,
-    stream: i32,
-) -> Result<Option<i64>, sqlx::Error> {
-    let hashes: Vec<&str> = notice
-        .affected_tx_hashes
-        .iter()
-        .map(|h| h.as_str())
-        .collect();
-    sqlx::query_scalar(
+    copies: &[(&ReorgNotice<'_>, Source<'_>)],
+    streams: &[i32],
+) -> Result<Vec<Option<i64>>, sqlx::Error> {
+    // A notice's hashes as one text (validated hex: no spaces), split back
+    // in SQL: Postgres arrays of arrays must be rectangular.
+    let hashes = column(copies, |(n, _)| {
+        let list: Vec<&str> = n.affected_tx_hashes.iter().map(|h| h.as_str()).collect();
+        list.join(" ")
+    });
+    let recorded: Vec<(i64, i32, i64, i64)> = sqlx::query_as(
         "INSERT INTO reorg_notices (stream_id, entry_ms, entry_seq, message_id, network,
              fork_block, depth, affected_tx_hashes, notice)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
-         ON CONFLICT (stream_id, entry_ms, entry_seq) DO NOTHING RETURNING id",
+         SELECT stream_id, entry_ms, entry_seq, message_id, network, fork_block, depth,
+             string_to_array(hashes, ' '), notice::jsonb
+         FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::int8[],
+                     $7::int8[], $8::text[], $9::text[])
+             WITH ORDINALITY AS c(stream_id, entry_ms, entry_seq, message_id, network,
+                                  fork_block, depth, hashes, notice, ord)
+         ORDER BY ord
+         ON CONFLICT (stream_id, entry_ms, entry_seq) DO NOTHING
+         RETURNING id, stream_id, entry_ms, entry_seq",
     )
-    .bind(stream)
-    .bind(source.entry.ms)
-    .bind(source.entry.seq)
-    .bind(notice.message_id.as_deref())
-    .bind(notice.network.as_ref())
-    .bind(notice.fork_block)
-    .bind(notice.depth)
+    .bind(streams)
+    .bind(column(copies, |(_, s)| s.entry.ms))
+    .bind(column(copies, |(_, s)| s.entry.seq))
+    .bind(column(copies, |(n, _)| n.message_id.as_deref()))
+    .bind(column(copies, |(n, _)| n.network.as_ref()))
+    .bind(column(copies, |(n, _)| n.fork_block))
+    .bind(column(copies, |(n, _)| n.depth))
     .bind(&hashes)
-    .bind(notice.raw)
-    .fetch_optional(conn)
-    .await
+    .bind(column(copies, |(n, _)| n.raw))
+    .fetch_all(conn)
+    .await?;
+    // Each recorded row belongs to the first copy with its stream and entry.
+    let mut ids = vec![None; copies.len()];
+    for (id, stream, ms, seq) in recorded {
+        let first = (0..copies.len()).find(|&i| {
+            let entry = copies[i].1.entry;
+            streams[i] == stream && entry.ms == ms && entry.seq == seq
+        });
+        ids[first.expect("a recorded copy is one of those given")] = Some(id);
+    }
+    Ok(ids)
+}
+
+/// Records in `reorg_notices` how many events each of the `fresh` copies
+/// (id, index into `outcomes`) removed.
+async fn count_removed(
+    conn: &mut sqlx::PgConnection,
+    fresh: &[(i64, usize)],
+    outcomes: &[ReorgOutcome],
+) -> Result<(), sqlx::Error> {
+    let (ids, removed): (Vec<i64>, Vec<i64>) = fresh
+        .iter()
+        .map(|&(id, i)| (id, outcomes[i].removed_events as i64))
+        .filter(|&(_, n)| n > 0)
+        .unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE reorg_notices n SET removed_events = c.removed
+         FROM unnest($1::int8[], $2::int8[]) AS c(id, removed)
+         WHERE n.id = c.id",
+    )
+    .bind(&ids)
+    .bind(&removed)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -100,6 +100,7 @@ impl EventTable {
         let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
         let names = names.join(", ");
         let feeds = self.feeds;
+        let covered = covers("e");
         // Ordinals of the events not inserted, and whether they were live:
         // in the common case (all new) nothing comes back. `orphaned` is
         // usually empty; `NOT IN` over it is a hashed lookup per row.
@@ -108,7 +109,7 @@ impl EventTable {
     SELECT * FROM unnest({params}) WITH ORDINALITY AS e({names}, ord)
 ),
 orphaned AS (
-    SELECT e.ord FROM e WHERE {ORPHANED}
+    SELECT e.ord FROM e WHERE EXISTS (SELECT 1 FROM reorg_notices n WHERE {covered})
 ),
 ins AS (
     INSERT INTO {table} ({names})
@@ -151,13 +152,19 @@ SELECT * FROM replaced"
     }
 }
 
-/// An event delivered in entry `e` of stream `e.source_stream` is orphaned
-/// when a notice recorded on that stream came after it and covers its block
-/// on its network (SPEC §1 "Reorgs").
-const ORPHANED: &str = "EXISTS (SELECT 1 FROM reorg_notices n
-        WHERE n.stream_id = e.source_stream AND n.network = e.network
-          AND n.fork_block <= e.block_number
-          AND (n.entry_ms, n.entry_seq) > (e.source_entry_ms, e.source_entry_seq))";
+/// SQL: the recorded notice `n` covers the event `{event}` (a row with the
+/// event tables' columns): the notice came on the stream that delivered the
+/// event, after its entry, and its fork block is at or below the event's
+/// block on its network (SPEC §1 "Reorgs"). An event a notice covers is
+/// orphaned: it is not stored if it arrives late, and removed if it is
+/// stored when the notice is applied.
+fn covers(event: &str) -> String {
+    format!(
+        "n.stream_id = {event}.source_stream AND n.network = {event}.network
+          AND n.fork_block <= {event}.block_number
+          AND (n.entry_ms, n.entry_seq) > ({event}.source_entry_ms, {event}.source_entry_seq)"
+    )
+}
 
 pub(crate) static ATOM_CREATED: EventTable =
     EventTable::new("atom_created_events", "t.term_id, NULL, NULL, NULL");
@@ -356,27 +363,32 @@ fn ordinal(row: &sqlx::postgres::PgRow) -> Result<usize, sqlx::Error> {
     Ok((row.try_get::<i64, _>(0)? - 1) as usize)
 }
 
-/// Deletes, from every event table, the events a notice orphans: those of
-/// `network` at blocks ≥ `fork_block` that `stream` delivered before the
-/// notice's own entry. Returns what they fed.
+/// Deletes, from every event table, the events that the notices `notices`
+/// (ids in `reorg_notices`, recorded in this transaction) orphan: each
+/// notice's stream's events of its network at blocks ≥ its fork block,
+/// delivered before it. `from_block` is the lowest of their fork blocks
+/// (the statement reads the events from there on through the block
+/// indexes). Returns, for each removed event, the first notice covering it
+/// — the lowest id, the one that removes it when the notices are applied
+/// one by one in the order they were recorded — and what it fed.
 pub(crate) async fn remove_orphans(
     conn: &mut PgConnection,
-    stream: i32,
-    network: &str,
-    fork_block: i64,
-    notice: EntryId,
-) -> Result<Vec<Feed>, sqlx::Error> {
+    notices: &[i64],
+    from_block: i64,
+) -> Result<Vec<(i64, Feed)>, sqlx::Error> {
     static REMOVE: OnceLock<String> = OnceLock::new();
     let sql = REMOVE.get_or_init(|| {
+        let covered = covers("t");
         let parts: Vec<String> = TABLES
             .iter()
             .map(|t| {
                 format!(
                     "{name} AS (
     DELETE FROM {name} t
-    WHERE t.source_stream = $1 AND t.network = $2 AND t.block_number >= $3
-      AND (t.source_entry_ms, t.source_entry_seq) < ($4, $5)
-    RETURNING '{name}'::text, {feeds}
+    WHERE t.block_number >= $2
+      AND EXISTS (SELECT 1 FROM reorg_notices n WHERE n.id = ANY($1) AND {covered})
+    RETURNING (SELECT min(n.id) FROM reorg_notices n WHERE n.id = ANY($1) AND {covered}),
+        '{name}'::text, {feeds}
 )",
                     name = t.name,
                     feeds = t.feeds
@@ -390,21 +402,19 @@ pub(crate) async fn remove_orphans(
         format!("WITH {}\n{}", parts.join(",\n"), union.join("\nUNION ALL "))
     });
     let rows = sqlx::query(sql.as_str())
-        .bind(stream)
-        .bind(network)
-        .bind(fork_block)
-        .bind(notice.ms)
-        .bind(notice.seq)
+        .bind(notices)
+        .bind(from_block)
         .fetch_all(conn)
         .await?;
     rows.iter()
         .map(|row| {
-            let table: &str = row.try_get(0)?;
+            let notice: i64 = row.try_get(0)?;
+            let table: &str = row.try_get(1)?;
             let table = TABLES
                 .iter()
                 .find(|t| t.name == table)
                 .expect("a table of TABLES");
-            Feed::of_row(table, row, 1)
+            Ok((notice, Feed::of_row(table, row, 2)?))
         })
         .collect()
 }

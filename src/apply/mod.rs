@@ -546,6 +546,6 @@ fn pick<'b, E>(items: &[Item<'b, E>], indexes: &[usize]) -> Vec<Item<'b, E>> {
 
 /// One bind parameter of an `unnest` statement: a field of every row, in
 /// row order. The binds of a statement read as its column list.
-fn column<'r, R, T>(rows: &'r [R], field: impl Fn(&'r R) -> T) -> Vec<T> {
+pub(crate) fn column<'r, R, T>(rows: &'r [R], field: impl Fn(&'r R) -> T) -> Vec<T> {
     rows.iter().map(field).collect()
 }

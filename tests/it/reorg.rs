@@ -327,6 +327,136 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
     assert_same_core(&actual, &expected).await;
 }
 
+/// Copies applied together (`reorg::apply`: three statements, however many
+/// copies) do exactly what they do applied one by one in the same order:
+/// of two notices on one stream covering the same event, the first removes
+/// it; a copy repeated in the same call, or recorded before, is not applied
+/// again; each copy's count of removed events, its record (hashes, message
+/// id, depth) and the tables are the same, and the tables hold the
+/// survivors alone.
+#[tokio::test]
+async fn copies_applied_together_do_what_they_do_one_by_one() {
+    use crate::support::events::*;
+    let dbs = [
+        TestDb::new().await,
+        TestDb::new().await,
+        TestDb::new().await,
+    ];
+    let [together, one_by_one, survivors_only] = &dbs;
+    let fork: i64 = 100;
+    let alice = addr(0xa);
+    let [a, b] = [id(1), id(2)];
+    let survivors = vec![
+        share_price(&at(50, 0), &a, 1, 7, 70, 10, 0),
+        deposited(&at(50, 1), &alice, &a, 1, 70, 10, 0),
+        share_price(&at(60, 0), &b, 1, 3, 30, 10, 0),
+    ];
+    // The abandoned fork, as streams "s" and "t" delivered it (entries 1-i).
+    let on_s = vec![
+        share_price(&at(fork, 0), &a, 1, 8, 80, 11, 0),
+        deposited(&at(fork + 1, 0), &alice, &a, 1, 5, 11, 0),
+        share_price(&at(fork + 5, 0), &b, 1, 4, 40, 11, 0),
+    ];
+    let on_t = vec![
+        deposited(&at(fork + 2, 0), &alice, &b, 1, 5, 11, 0),
+        share_price(&at(fork + 6, 0), &a, 1, 9, 90, 12, 0),
+    ];
+    let hash = id(0xfeed);
+    let notice = |fork_block: i64, hashes: &str, message_id: &str| {
+        format!(
+            r#"{{"event_name":"__rindexer_reorg","event_data":[{{"type":"reorg","network":"testnet","fork_block":{fork_block},"depth":7,"affected_tx_hashes":[{hashes}]}}],"network":"testnet","message_id":"{message_id}"}}"#
+        )
+    };
+    let payloads = [
+        notice(fork + 5, "", "m1"),
+        notice(fork, "", "m2"),
+        notice(fork, &format!(r#""{}""#, &hash[2..]), "m3"),
+        notice(fork + 100, "", "m0"),
+    ];
+    let decoded: Vec<_> = payloads
+        .iter()
+        .map(|p| writer::decode::decode_json(p))
+        .collect();
+    let copy = |n: usize, stream: &'static str, entry: &'static str| {
+        (
+            &decoded[n].reorgs[0],
+            Source {
+                stream,
+                entry: EntryId::parse(entry).unwrap(),
+            },
+        )
+    };
+    // Recorded before, in its own call: covers nothing.
+    let before = copy(3, "t", "1-5");
+    let copies = [
+        copy(0, "s", "2-0"),
+        copy(1, "s", "3-0"),
+        copy(2, "t", "2-0"),
+        copy(0, "s", "2-0"),
+        before,
+    ];
+    for db in &dbs {
+        apply_each(&db.read_model(), &survivors).await;
+    }
+    for db in [together, one_by_one] {
+        let rm = db.read_model();
+        for (stream, payloads) in [("s", &on_s), ("t", &on_t)] {
+            let events = decode_all(payloads);
+            let delivered = events
+                .iter()
+                .enumerate()
+                .map(|(i, event)| writer::apply::Delivered {
+                    source: Source {
+                        stream,
+                        entry: EntryId::parse(&format!("1-{i}")).unwrap(),
+                    },
+                    event,
+                })
+                .collect();
+            rm.apply_delivered(delivered).await.unwrap();
+        }
+        let done = writer::reorg::apply(&rm, &[before]).await.unwrap();
+        assert_eq!(done.copies[0].removed_events, 0);
+    }
+    let outcome = |copies: Vec<writer::reorg::ReorgOutcome>| -> Vec<(bool, u64)> {
+        copies
+            .into_iter()
+            .map(|c| (c.applied, c.removed_events))
+            .collect()
+    };
+    let all = writer::reorg::apply(&together.read_model(), &copies)
+        .await
+        .unwrap();
+    let mut each = Vec::new();
+    for copy in &copies {
+        let done = writer::reorg::apply(&one_by_one.read_model(), std::slice::from_ref(copy))
+            .await
+            .unwrap();
+        each.extend(done.copies);
+    }
+    let expected = vec![(true, 1), (true, 2), (true, 2), (false, 0), (false, 0)];
+    assert_eq!(outcome(all.copies), expected);
+    assert_eq!(outcome(each), expected);
+    let recorded = "SELECT s.name, n.entry_ms || '-' || n.entry_seq, n.fork_block, n.depth,
+             n.affected_tx_hashes::text, n.message_id, n.removed_events, n.notice::text
+         FROM reorg_notices n JOIN streams s ON s.id = n.stream_id ORDER BY n.id";
+    // Sorted rows: stream, then entry.
+    let rows = together.rows(recorded).await;
+    let heads: Vec<&str> = rows.iter().map(|r| &r[..r.find("|{\"").unwrap()]).collect();
+    assert_eq!(
+        heads,
+        [
+            format!("s|2-0|{}|7|{{}}|m1|1", fork + 5),
+            format!("s|3-0|{fork}|7|{{}}|m2|2"),
+            format!("t|1-5|{}|7|{{}}|m0|0", fork + 100),
+            format!("t|2-0|{fork}|7|{{{hash}}}|m3|2"),
+        ]
+    );
+    assert_eq!(rows, one_by_one.rows(recorded).await);
+    assert_same_core(together, one_by_one).await;
+    assert_same_core(together, survivors_only).await;
+}
+
 /// The chain flips back: fork A, a notice, fork B, a second notice at the
 /// same fork block with the same message_id, fork A again. The tables hold
 /// fork A; a copy of a notice delivered again changes nothing.
