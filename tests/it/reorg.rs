@@ -294,22 +294,8 @@ async fn a_reorgs_rebuild_reads_near_the_fork_first_and_stays_exact() {
     apply_each(&expected.read_model(), &survivors).await;
     let rm = actual.read_model();
     apply_each(&rm, &survivors).await;
-    let events = decode_all(&abandoned);
-    let delivered: Vec<_> = events
-        .iter()
-        .enumerate()
-        .map(|(i, event)| writer::apply::Delivered {
-            source: Source {
-                stream: "s",
-                entry: EntryId::parse(&format!("1-{i}")).unwrap(),
-            },
-            event,
-        })
-        .collect();
-    rm.apply_delivered(delivered).await.unwrap();
-    let notice = format!(
-        r#"{{"event_name":"__rindexer_reorg","event_data":[{{"type":"reorg","network":"testnet","fork_block":{fork},"depth":3,"affected_tx_hashes":[]}}],"network":"testnet"}}"#
-    );
+    apply_on_stream(&rm, "s", &abandoned).await;
+    let notice = reorg_notice(fork, 3, &[], "m1");
     let notice = writer::decode::decode_json(&notice);
     let source = Source {
         stream: "s",
@@ -362,16 +348,11 @@ async fn copies_applied_together_do_what_they_do_one_by_one() {
         share_price(&at(fork + 6, 0), &a, 1, 9, 90, 12, 0),
     ];
     let hash = id(0xfeed);
-    let notice = |fork_block: i64, hashes: &str, message_id: &str| {
-        format!(
-            r#"{{"event_name":"__rindexer_reorg","event_data":[{{"type":"reorg","network":"testnet","fork_block":{fork_block},"depth":7,"affected_tx_hashes":[{hashes}]}}],"network":"testnet","message_id":"{message_id}"}}"#
-        )
-    };
     let payloads = [
-        notice(fork + 5, "", "m1"),
-        notice(fork, "", "m2"),
-        notice(fork, &format!(r#""{}""#, &hash[2..]), "m3"),
-        notice(fork + 100, "", "m0"),
+        reorg_notice(fork + 5, 7, &[], "m1"),
+        reorg_notice(fork, 7, &[], "m2"),
+        reorg_notice(fork, 7, &[&hash[2..]], "m3"),
+        reorg_notice(fork + 100, 7, &[], "m0"),
     ];
     let decoded: Vec<_> = payloads
         .iter()
@@ -400,21 +381,8 @@ async fn copies_applied_together_do_what_they_do_one_by_one() {
     }
     for db in [together, one_by_one] {
         let rm = db.read_model();
-        for (stream, payloads) in [("s", &on_s), ("t", &on_t)] {
-            let events = decode_all(payloads);
-            let delivered = events
-                .iter()
-                .enumerate()
-                .map(|(i, event)| writer::apply::Delivered {
-                    source: Source {
-                        stream,
-                        entry: EntryId::parse(&format!("1-{i}")).unwrap(),
-                    },
-                    event,
-                })
-                .collect();
-            rm.apply_delivered(delivered).await.unwrap();
-        }
+        apply_on_stream(&rm, "s", &on_s).await;
+        apply_on_stream(&rm, "t", &on_t).await;
         let done = writer::reorg::apply(&rm, &[before]).await.unwrap();
         assert_eq!(done.copies[0].removed_events, 0);
     }

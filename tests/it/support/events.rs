@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use writer::apply::{Applied, ReadModel};
+use writer::apply::{Applied, Delivered, EntryId, ReadModel, Source};
 use writer::decode::decode_json;
 use writer::event::{ChainEvent, Hash32};
 
@@ -155,4 +155,32 @@ pub async fn apply_each(model: &ReadModel, payloads: &[String]) -> Applied {
         total.duplicates += a.duplicates;
     }
     total
+}
+
+/// A reorg notice as rindexer sends it (0.40 shape), on network `testnet`:
+/// `hashes` without `0x`, as rindexer writes them.
+pub fn reorg_notice(fork_block: i64, depth: i64, hashes: &[&str], message_id: &str) -> String {
+    let hashes: Vec<String> = hashes.iter().map(|h| format!(r#""{h}""#)).collect();
+    format!(
+        r#"{{"event_name":"__rindexer_reorg","event_data":[{{"type":"reorg","network":"testnet","fork_block":{fork_block},"depth":{depth},"affected_tx_hashes":[{}]}}],"network":"testnet","message_id":"{message_id}"}}"#,
+        hashes.join(",")
+    )
+}
+
+/// Applies `payloads` in one transaction as delivered by `stream`, the
+/// i-th event in entry `1-i`.
+pub async fn apply_on_stream(model: &ReadModel, stream: &str, payloads: &[String]) -> Applied {
+    let events = decode_all(payloads);
+    let delivered = events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| Delivered {
+            source: Source {
+                stream,
+                entry: EntryId::parse(&format!("1-{i}")).unwrap(),
+            },
+            event,
+        })
+        .collect();
+    model.apply_delivered(delivered).await.expect("apply")
 }
