@@ -160,7 +160,7 @@ impl Worker {
         while pending.triples.len() < most {
             let caught_up = pending
                 .behind_at
-                .map_or_else(Instant::now, |at| at + CAUGHT_UP_AFTER);
+                .map_or_else(Instant::now, |at| at + pending.caught_up_after());
             let until = deadline.min(caught_up);
             if Instant::now() >= until {
                 break;
@@ -311,6 +311,9 @@ struct Pending {
     triples: FnvHashSet<String>,
     /// When the last batch whose read left entries waiting was announced.
     behind_at: Option<Instant>,
+    /// The usual time between two such announcements (a moving average):
+    /// how long the writers take for a batch while behind, on this host.
+    behind_gap: Duration,
     /// When the last sweep finished.
     swept_at: Instant,
 }
@@ -320,6 +323,7 @@ impl Pending {
         Pending {
             triples: FnvHashSet::default(),
             behind_at: None,
+            behind_gap: Duration::ZERO,
             swept_at: Instant::now(),
         }
     }
@@ -327,14 +331,38 @@ impl Pending {
     fn take(&mut self, dirtied: Dirtied) {
         self.triples.extend(dirtied.triples);
         if dirtied.behind {
-            self.behind_at = Some(Instant::now());
+            if let Some(previous) = self.behind_at {
+                // A longer pause is not the pace of a backlog: the writers
+                // were idle, or a new backlog starts.
+                let gap = dirtied.announced.saturating_duration_since(previous);
+                if gap <= CAUGHT_UP_AFTER_MOST {
+                    // The first gap seen is the best guess there is.
+                    self.behind_gap = if self.behind_gap.is_zero() {
+                        gap
+                    } else {
+                        (self.behind_gap * 3 + gap) / 4
+                    };
+                }
+            }
+            self.behind_at = Some(dirtied.announced);
         }
     }
 
-    /// Whether the writers were behind lately (within [`CAUGHT_UP_AFTER`]).
+    /// How long after the last full read the writers count as caught up:
+    /// [`CAUGHT_UP_GAPS`] usual gaps between full reads, within
+    /// [`CAUGHT_UP_AFTER`] and [`CAUGHT_UP_AFTER_MOST`]. A fixed wait would
+    /// end every catch-up early on a host (or a Postgres) where a batch
+    /// takes longer than it, and the worker would recompute the triples
+    /// once per writer batch again.
+    fn caught_up_after(&self) -> Duration {
+        (self.behind_gap * CAUGHT_UP_GAPS).clamp(CAUGHT_UP_AFTER, CAUGHT_UP_AFTER_MOST)
+    }
+
+    /// Whether the writers were behind lately (within
+    /// [`Pending::caught_up_after`]).
     fn writers_behind(&self) -> bool {
         self.behind_at
-            .is_some_and(|at| at.elapsed() < CAUGHT_UP_AFTER)
+            .is_some_and(|at| at.elapsed() < self.caught_up_after())
     }
 
     /// Whether a sweep tick should sweep. While the writers are behind,
@@ -346,9 +374,20 @@ impl Pending {
 }
 
 /// The writers count as caught up once no batch announced in this long
-/// came from a full read: longer than a batch takes under a backlog, short
-/// enough that the analytics of a finished backlog start at once.
+/// came from a full read, at least: longer than a batch takes under a
+/// backlog on a quick host, short enough that the analytics of a finished
+/// backlog start at once.
 const CAUGHT_UP_AFTER: Duration = Duration::from_millis(500);
+
+/// ... and at most this long, however slow the batches: bounds how late the
+/// analytics of a finished backlog start. Longer gaps between full reads
+/// are not a backlog's pace and are not learned.
+const CAUGHT_UP_AFTER_MOST: Duration = Duration::from_secs(5);
+
+/// How many usual gaps between full reads pass without one before the
+/// writers count as caught up: a batch several times slower than usual (a
+/// checkpoint, a lock wait) does not end the catch-up.
+const CAUGHT_UP_GAPS: u32 = 4;
 
 /// A catch-up gathers at most this many analytics batches of triples
 /// (ANALYTICS_BATCH_SIZE each) before recomputing them: bounds its memory
@@ -372,6 +411,7 @@ mod tests {
         Dirtied {
             triples: triples.iter().map(|t| (*t).to_owned()).collect(),
             behind,
+            announced: Instant::now(),
         }
     }
 
@@ -415,6 +455,68 @@ mod tests {
         );
         pending.swept_at = Instant::now();
         assert!(pending.sweep_due(Duration::ZERO), "no deferral: always");
+    }
+
+    /// A full read announced at `at` (dirtying one triple).
+    fn full_read_at(at: Instant) -> Dirtied {
+        Dirtied {
+            announced: at,
+            ..dirtied(&["0x01"], true)
+        }
+    }
+
+    /// `at` seconds after `start`.
+    fn secs(start: Instant, at: f64) -> Instant {
+        start + Duration::from_secs_f64(at)
+    }
+
+    #[test]
+    fn slow_batches_keep_the_writers_behind_between_them() {
+        // Full reads a second apart (a slow host): the writers stay behind
+        // between them, though a second is past the 500 ms floor...
+        let start = Instant::now()
+            .checked_sub(Duration::from_secs(60))
+            .expect("the clock is past boot");
+        let mut pending = Pending::new();
+        for i in 0..=20 {
+            pending.take(full_read_at(secs(start, f64::from(i))));
+        }
+        let learned = pending.caught_up_after();
+        assert!(
+            (Duration::from_millis(3_900)..=CAUGHT_UP_AFTER_MOST).contains(&learned),
+            "{learned:?}"
+        );
+        pending.behind_at = Instant::now().checked_sub(Duration::from_secs(2));
+        assert!(pending.writers_behind(), "two seconds after a full read");
+        // ... and count as caught up once four of those gaps passed.
+        pending.behind_at = Instant::now().checked_sub(learned);
+        assert!(!pending.writers_behind());
+    }
+
+    #[test]
+    fn one_slow_batch_is_forgotten_and_pauses_are_not_learned() {
+        let start = Instant::now()
+            .checked_sub(Duration::from_secs(7_300))
+            .expect("the clock is past boot");
+        let mut pending = Pending::new();
+        let mut at = 0.0;
+        for gap in [0.1, 0.1, 0.1, 4.0] {
+            at += gap;
+            pending.take(full_read_at(secs(start, at)));
+        }
+        assert!(
+            pending.caught_up_after() > Duration::from_secs(4),
+            "a checkpoint stall"
+        );
+        for _ in 0..20 {
+            at += 0.1;
+            pending.take(full_read_at(secs(start, at)));
+        }
+        assert_eq!(pending.caught_up_after(), CAUGHT_UP_AFTER, "forgotten");
+        // An hour without a full read: the writers were idle, not slow.
+        at += 3_600.0;
+        pending.take(full_read_at(secs(start, at)));
+        assert_eq!(pending.caught_up_after(), CAUGHT_UP_AFTER);
     }
 
     #[test]
