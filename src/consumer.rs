@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::analytics::AnalyticsSender;
+use crate::analytics::{AnalyticsSender, Dirtied};
 use crate::config::RedisConfig;
 use crate::ingest::Ingest;
 use crate::redis_client::Connections;
@@ -502,9 +502,11 @@ impl Shared {
             return;
         };
         drop(lookahead);
+        let started = Instant::now();
         let processed = self.ingest.apply(&decoded, &self.abort).await;
         drop(decoded);
         if let Some(processed) = processed {
+            let committed = Instant::now();
             let committed_ms = now_ms();
             let end_to_end = metrics::histogram!("writer_end_to_end_seconds");
             for e in &batch {
@@ -531,8 +533,12 @@ impl Shared {
                     "batch committed and acknowledged"
                 );
             }
-            self.analytics
-                .notify(processed.applied.dirty_triples, behind);
+            self.analytics.notify(Dirtied {
+                triples: processed.applied.dirty_triples,
+                behind,
+                committed,
+                took: committed - started,
+            });
         }
         {
             let mut in_flight = self.state.in_flight();

@@ -12,7 +12,7 @@
 pub mod recompute;
 mod worker;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -29,10 +29,14 @@ pub struct Dirtied {
     /// backlog, a re-index). The worker then defers its recomputations
     /// (see `worker`'s catch-up).
     pub behind: bool,
-    /// When the batch was announced (its commit): the worker measures the
-    /// writers' pace between full reads from these, unaffected by how long
-    /// the messages waited in the channel.
-    pub announced: Instant,
+    /// When the batch committed.
+    pub committed: Instant,
+    /// How long the batch took to apply (from its worker permit to its
+    /// commit, lock waits included): while the writers are behind, a full
+    /// read is announced at least about this often, whatever the number of
+    /// writer tasks, so the worker waits a few of these before it counts
+    /// them as caught up.
+    pub took: Duration,
 }
 
 /// The consumer's side of the channel.
@@ -52,19 +56,11 @@ impl AnalyticsSender {
     /// Offers the triples of one committed batch to the worker, without
     /// waiting. A message the channel cannot take (full, or the worker gone)
     /// is dropped and counted: the dirty marks still carry it (ADR 0002).
-    /// A batch from a full read is announced even when it dirtied no
-    /// triple (atoms only, say): the worker learns the writers are still
-    /// behind.
-    pub fn notify(&self, triples: Vec<String>, behind: bool) {
-        if triples.is_empty() && !behind {
-            return;
-        }
-        let dirtied = Dirtied {
-            triples,
-            behind,
-            announced: Instant::now(),
-        };
-        if self.0.try_send(dirtied).is_err() {
+    /// A batch that dirtied no triple is not announced: every message takes
+    /// a place in the channel, and one without triples would crowd out
+    /// those with (`analytics_converge_without_the_sweep` fails).
+    pub fn notify(&self, dirtied: Dirtied) {
+        if !dirtied.triples.is_empty() && self.0.try_send(dirtied).is_err() {
             metrics::counter!("writer_analytics_messages_dropped_total").increment(1);
         }
     }
@@ -190,22 +186,4 @@ pub async fn refresh(
         triples: ids.len(),
         last_mark: marks.last().map(|(id, _)| id.clone()),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_read_is_announced_even_without_triples() {
-        let (tx, mut rx) = channel(4);
-        tx.notify(Vec::new(), false);
-        assert!(rx.try_recv().is_err(), "nothing to say: nothing sent");
-        tx.notify(Vec::new(), true);
-        let full = rx.try_recv().expect("the writers are behind: said");
-        assert!(full.behind && full.triples.is_empty());
-        tx.notify(vec!["0x01".to_owned()], false);
-        let dirtied = rx.try_recv().expect("triples: sent");
-        assert_eq!((dirtied.behind, dirtied.triples.len()), (false, 1));
-    }
 }

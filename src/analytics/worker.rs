@@ -309,11 +309,11 @@ impl Worker {
 #[derive(Debug)]
 struct Pending {
     triples: FnvHashSet<String>,
-    /// When the last batch whose read left entries waiting was announced.
+    /// When the last batch whose read left entries waiting committed.
     behind_at: Option<Instant>,
-    /// The usual time between two such announcements (a moving average):
-    /// how long the writers take for a batch while behind, on this host.
-    behind_gap: Duration,
+    /// How long such batches take to apply (a moving average), once one
+    /// was announced.
+    batch_time: Option<Duration>,
     /// When the last sweep finished.
     swept_at: Instant,
 }
@@ -323,7 +323,7 @@ impl Pending {
         Pending {
             triples: FnvHashSet::default(),
             behind_at: None,
-            behind_gap: Duration::ZERO,
+            batch_time: None,
             swept_at: Instant::now(),
         }
     }
@@ -331,31 +331,26 @@ impl Pending {
     fn take(&mut self, dirtied: Dirtied) {
         self.triples.extend(dirtied.triples);
         if dirtied.behind {
-            if let Some(previous) = self.behind_at {
-                // A longer pause is not the pace of a backlog: the writers
-                // were idle, or a new backlog starts.
-                let gap = dirtied.announced.saturating_duration_since(previous);
-                if gap <= CAUGHT_UP_AFTER_MOST {
-                    // The first gap seen is the best guess there is.
-                    self.behind_gap = if self.behind_gap.is_zero() {
-                        gap
-                    } else {
-                        (self.behind_gap * 3 + gap) / 4
-                    };
-                }
-            }
-            self.behind_at = Some(dirtied.announced);
+            // Concurrent writer tasks may announce out of commit order.
+            self.behind_at = self.behind_at.max(Some(dirtied.committed));
+            // A batch that waited out an outage says nothing of the pace.
+            let took = dirtied.took.min(CAUGHT_UP_MAX);
+            self.batch_time = Some(match self.batch_time {
+                Some(usual) => (usual * 3 + took) / 4,
+                None => took,
+            });
         }
     }
 
     /// How long after the last full read the writers count as caught up:
-    /// [`CAUGHT_UP_GAPS`] usual gaps between full reads, within
-    /// [`CAUGHT_UP_AFTER`] and [`CAUGHT_UP_AFTER_MOST`]. A fixed wait would
-    /// end every catch-up early on a host (or a Postgres) where a batch
-    /// takes longer than it, and the worker would recompute the triples
-    /// once per writer batch again.
+    /// [`CAUGHT_UP_AFTER_BATCHES`] usual batch times, within
+    /// [`CAUGHT_UP_MIN`] and [`CAUGHT_UP_MAX`]. A fixed wait would end
+    /// every catch-up early on a host (or a Postgres) where a batch takes
+    /// longer than it, and the worker would recompute the triples once per
+    /// writer batch again.
     fn caught_up_after(&self) -> Duration {
-        (self.behind_gap * CAUGHT_UP_GAPS).clamp(CAUGHT_UP_AFTER, CAUGHT_UP_AFTER_MOST)
+        (self.batch_time.unwrap_or_default() * CAUGHT_UP_AFTER_BATCHES)
+            .clamp(CAUGHT_UP_MIN, CAUGHT_UP_MAX)
     }
 
     /// Whether the writers were behind lately (within
@@ -373,21 +368,19 @@ impl Pending {
     }
 }
 
-/// The writers count as caught up once no batch announced in this long
-/// came from a full read, at least: longer than a batch takes under a
-/// backlog on a quick host, short enough that the analytics of a finished
-/// backlog start at once.
-const CAUGHT_UP_AFTER: Duration = Duration::from_millis(500);
+/// The shortest wait after the last full read before the writers count as
+/// caught up: longer than a batch takes under a backlog on a quick host,
+/// short enough that the analytics of a finished backlog start at once.
+const CAUGHT_UP_MIN: Duration = Duration::from_millis(500);
 
-/// ... and at most this long, however slow the batches: bounds how late the
-/// analytics of a finished backlog start. Longer gaps between full reads
-/// are not a backlog's pace and are not learned.
-const CAUGHT_UP_AFTER_MOST: Duration = Duration::from_secs(5);
+/// The longest such wait, however slow the batches: bounds how late the
+/// analytics of a finished backlog start.
+const CAUGHT_UP_MAX: Duration = Duration::from_secs(5);
 
-/// How many usual gaps between full reads pass without one before the
-/// writers count as caught up: a batch several times slower than usual (a
+/// How many usual batch times pass without a full read before the writers
+/// count as caught up: a batch several times slower than usual (a
 /// checkpoint, a lock wait) does not end the catch-up.
-const CAUGHT_UP_GAPS: u32 = 4;
+const CAUGHT_UP_AFTER_BATCHES: u32 = 4;
 
 /// A catch-up gathers at most this many analytics batches of triples
 /// (ANALYTICS_BATCH_SIZE each) before recomputing them: bounds its memory
@@ -407,11 +400,17 @@ enum Scope<'a> {
 mod tests {
     use super::*;
 
+    /// A batch committed now that took 10 ms.
     fn dirtied(triples: &[&str], behind: bool) -> Dirtied {
+        took(triples, behind, Duration::from_millis(10))
+    }
+
+    fn took(triples: &[&str], behind: bool, took: Duration) -> Dirtied {
         Dirtied {
             triples: triples.iter().map(|t| (*t).to_owned()).collect(),
             behind,
-            announced: Instant::now(),
+            committed: Instant::now(),
+            took,
         }
     }
 
@@ -434,7 +433,7 @@ mod tests {
         pending.take(dirtied(&["0x02"], true));
         assert!(pending.writers_behind());
         // A later batch from a short read does not end the catch-up at
-        // once: the writers count as behind until CAUGHT_UP_AFTER passes.
+        // once: the writers count as behind until `caught_up_after` passes.
         pending.take(dirtied(&["0x03"], false));
         assert!(pending.writers_behind());
     }
@@ -457,66 +456,76 @@ mod tests {
         assert!(pending.sweep_due(Duration::ZERO), "no deferral: always");
     }
 
-    /// A full read announced at `at` (dirtying one triple).
-    fn full_read_at(at: Instant) -> Dirtied {
-        Dirtied {
-            announced: at,
-            ..dirtied(&["0x01"], true)
-        }
-    }
-
-    /// `at` seconds after `start`.
-    fn secs(start: Instant, at: f64) -> Instant {
-        start + Duration::from_secs_f64(at)
+    /// `pending` with `behind_at` moved `ago` into the past.
+    fn last_full_read_ago(pending: &mut Pending, ago: Duration) {
+        pending.behind_at = Some(
+            Instant::now()
+                .checked_sub(ago)
+                .expect("the clock is past boot"),
+        );
     }
 
     #[test]
     fn slow_batches_keep_the_writers_behind_between_them() {
-        // Full reads a second apart (a slow host): the writers stay behind
-        // between them, though a second is past the 500 ms floor...
-        let start = Instant::now()
-            .checked_sub(Duration::from_secs(60))
-            .expect("the clock is past boot");
+        // Batches of a second each (a slow host): the writers stay behind
+        // between two full reads, though a second is past the 500 ms
+        // floor, from the first announcement on...
         let mut pending = Pending::new();
-        for i in 0..=20 {
-            pending.take(full_read_at(secs(start, f64::from(i))));
-        }
-        let learned = pending.caught_up_after();
-        assert!(
-            (Duration::from_millis(3_900)..=CAUGHT_UP_AFTER_MOST).contains(&learned),
-            "{learned:?}"
-        );
-        pending.behind_at = Instant::now().checked_sub(Duration::from_secs(2));
+        pending.take(took(&[], true, Duration::from_secs(1)));
+        assert_eq!(pending.caught_up_after(), Duration::from_secs(4));
+        last_full_read_ago(&mut pending, Duration::from_secs(2));
         assert!(pending.writers_behind(), "two seconds after a full read");
-        // ... and count as caught up once four of those gaps passed.
-        pending.behind_at = Instant::now().checked_sub(learned);
+        // ... and count as caught up once four batch times passed.
+        last_full_read_ago(&mut pending, Duration::from_secs(4));
         assert!(!pending.writers_behind());
+        // Whatever the number of writer tasks: batches committing together
+        // do not shorten the wait, as gaps between their commits would.
+        for _ in 0..8 {
+            pending.take(took(&["0x01"], true, Duration::from_secs(1)));
+        }
+        assert_eq!(pending.caught_up_after(), Duration::from_secs(4));
     }
 
     #[test]
-    fn one_slow_batch_is_forgotten_and_pauses_are_not_learned() {
-        let start = Instant::now()
-            .checked_sub(Duration::from_secs(7_300))
-            .expect("the clock is past boot");
+    fn one_slow_batch_is_forgotten_and_an_outage_counts_as_the_longest_wait() {
         let mut pending = Pending::new();
-        let mut at = 0.0;
-        for gap in [0.1, 0.1, 0.1, 4.0] {
-            at += gap;
-            pending.take(full_read_at(secs(start, at)));
+        for ms in [100, 100, 100, 4_000] {
+            pending.take(took(&["0x01"], true, Duration::from_millis(ms)));
         }
         assert!(
             pending.caught_up_after() > Duration::from_secs(4),
             "a checkpoint stall"
         );
         for _ in 0..20 {
-            at += 0.1;
-            pending.take(full_read_at(secs(start, at)));
+            pending.take(took(&["0x01"], true, Duration::from_millis(100)));
         }
-        assert_eq!(pending.caught_up_after(), CAUGHT_UP_AFTER, "forgotten");
-        // An hour without a full read: the writers were idle, not slow.
-        at += 3_600.0;
-        pending.take(full_read_at(secs(start, at)));
-        assert_eq!(pending.caught_up_after(), CAUGHT_UP_AFTER);
+        assert_eq!(pending.caught_up_after(), CAUGHT_UP_MIN, "forgotten");
+        // A batch that retried through an hour-long outage weighs as one of
+        // CAUGHT_UP_MAX, and the wait stays within it.
+        pending.take(took(&["0x01"], true, Duration::from_secs(3_600)));
+        assert_eq!(pending.caught_up_after(), CAUGHT_UP_MAX);
+        for _ in 0..20 {
+            pending.take(took(&["0x01"], true, Duration::from_millis(100)));
+        }
+        assert_eq!(pending.caught_up_after(), CAUGHT_UP_MIN);
+    }
+
+    #[test]
+    fn announcements_out_of_commit_order_keep_the_latest_full_read() {
+        let mut pending = Pending::new();
+        let later = took(&["0x01"], true, Duration::from_millis(10));
+        let mut earlier = took(&["0x02"], true, Duration::from_millis(10));
+        earlier.committed = later
+            .committed
+            .checked_sub(Duration::from_millis(300))
+            .expect("the clock is past boot");
+        let latest = later.committed;
+        pending.take(later);
+        pending.take(earlier);
+        assert_eq!(pending.behind_at, Some(latest));
+        // Short reads say nothing of when the writers were last behind.
+        pending.take(dirtied(&["0x03"], false));
+        assert_eq!(pending.behind_at, Some(latest));
     }
 
     #[test]
@@ -524,7 +533,7 @@ mod tests {
         let mut pending = Pending::new();
         pending.take(dirtied(&["0x01"], true));
         let earlier = Instant::now()
-            .checked_sub(CAUGHT_UP_AFTER + Duration::from_millis(1))
+            .checked_sub(CAUGHT_UP_MIN + Duration::from_millis(1))
             .expect("the clock is past boot");
         pending.behind_at = Some(earlier);
         assert!(!pending.writers_behind());
