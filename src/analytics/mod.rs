@@ -56,9 +56,9 @@ impl AnalyticsSender {
     /// Offers the triples of one committed batch to the worker, without
     /// waiting. A message the channel cannot take (full, or the worker gone)
     /// is dropped and counted: the dirty marks still carry it (ADR 0002).
-    /// A batch that dirtied no triple is not announced: every message takes
-    /// a place in the channel, and one without triples would crowd out
-    /// those with (`analytics_converge_without_the_sweep` fails).
+    /// A batch that dirtied no triple is not announced, even from a full
+    /// read: every message takes a place in the channel, and empty ones
+    /// crowded out those with triples (ADR 0013 addendum).
     pub fn notify(&self, dirtied: Dirtied) {
         if !dirtied.triples.is_empty() && self.0.try_send(dirtied).is_err() {
             metrics::counter!("writer_analytics_messages_dropped_total").increment(1);
