@@ -293,26 +293,67 @@ pub async fn recompute(
     ids.extend(removed.iter().map(|r| r.0.as_str()));
     ids.sort_unstable();
     ids.dedup();
+    let spo = lock_pairs(&mut *conn, schema, &ids, removed).await?;
+
+    if !prune {
+        sqlx::query(INCREMENTAL)
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
+    sqlx::query(FULL).bind(&ids).execute(&mut *conn).await?;
+    sqlx::query(PRUNE_TRIPLE_ROWS)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    let subjects: Vec<&str> = spo.iter().map(|t| t.0.as_str()).collect();
+    let predicates: Vec<&str> = spo.iter().map(|t| t.1.as_str()).collect();
+    let objects: Vec<&str> = spo.iter().map(|t| t.2.as_str()).collect();
+    for pairs in [FULL_PAIRS, PRUNE_PAIR_ROWS] {
+        sqlx::query(pairs)
+            .bind(&predicates)
+            .bind(&objects)
+            .bind(&subjects)
+            .bind(&predicates)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Takes the analytics locks of the triples `ids` (pair locks, see the
+/// module doc), in the caller's transaction, and returns nothing: for a
+/// caller that must wait for any recomputation of these triples in flight
+/// before it reads their dirty marks (`analytics::refresh`). Taking them
+/// again later in the same transaction does not wait.
+pub async fn lock(conn: &mut PgConnection, schema: &str, ids: &[&str]) -> Result<(), sqlx::Error> {
+    lock_pairs(conn, schema, ids, &[]).await.map(drop)
+}
+
+/// Takes the pair locks of the existing triples among `ids` and of
+/// `removed`; returns their subjects, predicates and objects.
+async fn lock_pairs(
+    conn: &mut PgConnection,
+    schema: &str,
+    ids: &[&str],
+    removed: &[RemovedTriple],
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     // Subject, predicate, object of the triples that exist.
-    let existing: Vec<(String, String, String)> = sqlx::query_as(
+    let mut spo: Vec<(String, String, String)> = sqlx::query_as(
         r#"SELECT t.subject_id, t.predicate_id, t.object_id
            FROM unnest($1::text[]) AS i(id) CROSS JOIN LATERAL (
                SELECT subject_id, predicate_id, object_id FROM triple
                WHERE term_id = i.id OFFSET 0) t"#,
     )
-    .bind(&ids)
+    .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
-    let spo: Vec<(&str, &str, &str)> = existing
-        .iter()
-        .map(|(s, p, o)| (s.as_str(), p.as_str(), o.as_str()))
-        .chain(
-            removed
-                .iter()
-                .map(|r| (r.2.as_str(), r.3.as_str(), r.4.as_str())),
-        )
-        .collect();
-
+    spo.extend(
+        removed
+            .iter()
+            .map(|r| (r.2.clone(), r.3.clone(), r.4.clone())),
+    );
     let mut locks = LockSet::default();
     locks.add_stripes(
         schema,
@@ -327,30 +368,5 @@ pub async fn recompute(
             .map(|(s, p, _)| lock::stripe(&[s, ":", p], lock::PAIR_STRIPES)),
     );
     locks.take(&mut *conn).await?;
-
-    if !prune {
-        sqlx::query(INCREMENTAL)
-            .bind(&ids)
-            .execute(&mut *conn)
-            .await?;
-        return Ok(());
-    }
-    sqlx::query(FULL).bind(&ids).execute(&mut *conn).await?;
-    sqlx::query(PRUNE_TRIPLE_ROWS)
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
-    let subjects: Vec<&str> = spo.iter().map(|t| t.0).collect();
-    let predicates: Vec<&str> = spo.iter().map(|t| t.1).collect();
-    let objects: Vec<&str> = spo.iter().map(|t| t.2).collect();
-    for pairs in [FULL_PAIRS, PRUNE_PAIR_ROWS] {
-        sqlx::query(pairs)
-            .bind(&predicates)
-            .bind(&objects)
-            .bind(&subjects)
-            .bind(&predicates)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+    Ok(spo)
 }
