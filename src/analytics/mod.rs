@@ -138,7 +138,9 @@ const CLEAR_MARKS: &str = "DELETE FROM analytics_dirty WHERE term_id IN (
 /// triples at the same time. Without it the second pass waited for the
 /// first's locks, then recomputed every triple again
 /// (`a_backlog_shared_by_two_writers_converges`: 694 recomputations for
-/// 361 triples, ~370 with it). A mark gone once the locks are held was
+/// 361 triples, ~370 with it; pinned by
+/// `a_pass_behind_another_recomputes_only_what_is_still_marked`). A mark
+/// gone once the locks are held was
 /// cleared by a transaction that recomputed the triple after its last
 /// change: it is current.
 pub async fn refresh(
