@@ -138,14 +138,10 @@ async fn a_backlog_of_slow_batches_recomputes_each_triple_about_once() {
              END $$",
         )
         .await;
-    for table in [
-        "atom_created_events",
-        "triple_created_events",
-        "deposited_events",
-        "redeemed_events",
-        "share_price_changed_events",
-        "generic_events",
-    ] {
+    let event_tables = testkit::model::TABLES
+        .iter()
+        .filter(|t| t.ends_with("_events"));
+    for table in event_tables {
         env.db
             .execute(&format!(
                 "CREATE TRIGGER slow AFTER INSERT ON {table} \
@@ -222,7 +218,7 @@ async fn a_pass_behind_another_recomputes_only_what_is_still_marked() {
     let ids: Vec<&str> = marked.iter().map(String::as_str).collect();
 
     let mut first = db.pool.begin().await.unwrap();
-    writer::analytics::recompute::lock(&mut first, schema.as_str(), &ids)
+    let locked = writer::analytics::recompute::lock(&mut first, schema.as_str(), &ids, &[])
         .await
         .unwrap();
     let first_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -249,7 +245,7 @@ async fn a_pass_behind_another_recomputes_only_what_is_still_marked() {
             .ok_or_else(|| "the second pass is not waiting for the first".to_owned())
     })
     .await;
-    writer::analytics::recompute::recompute(&mut first, db.name().as_str(), &ids, &[], false)
+    writer::analytics::recompute::recompute_locked(&mut first, &ids, &locked, false)
         .await
         .unwrap();
     sqlx::query("DELETE FROM analytics_dirty")
