@@ -293,34 +293,18 @@ pub async fn recompute(
     ids.extend(removed.iter().map(|r| r.0.as_str()));
     ids.sort_unstable();
     ids.dedup();
-    let locked = lock(&mut *conn, schema, &ids, removed).await?;
-    recompute_locked(conn, &ids, &locked, prune).await
-}
+    let spo = lock_pairs(&mut *conn, schema, &ids, removed).await?;
 
-/// [`recompute`] of triples whose locks the caller took with [`lock`]:
-/// `ids` must be among those locked (removed ones included). With `prune`
-/// the pairs of every triple locked are recomputed in full (a superset of
-/// `ids`' pairs is recomputed to the same rows).
-pub async fn recompute_locked(
-    conn: &mut PgConnection,
-    ids: &[&str],
-    locked: &Locked,
-    prune: bool,
-) -> Result<(), sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let spo = &locked.0;
     if !prune {
         sqlx::query(INCREMENTAL)
-            .bind(ids)
+            .bind(&ids)
             .execute(&mut *conn)
             .await?;
         return Ok(());
     }
-    sqlx::query(FULL).bind(ids).execute(&mut *conn).await?;
+    sqlx::query(FULL).bind(&ids).execute(&mut *conn).await?;
     sqlx::query(PRUNE_TRIPLE_ROWS)
-        .bind(ids)
+        .bind(&ids)
         .execute(&mut *conn)
         .await?;
     let subjects: Vec<&str> = spo.iter().map(|t| t.0.as_str()).collect();
@@ -338,22 +322,23 @@ pub async fn recompute_locked(
     Ok(())
 }
 
-/// The analytics locks of some triples, held in the caller's transaction
-/// (taking them again in it does not wait), with the subjects, predicates
-/// and objects of those triples.
-#[derive(Debug)]
-pub struct Locked(Vec<(String, String, String)>);
+/// Takes the analytics locks of the triples `ids` (pair locks, see the
+/// module doc), in the caller's transaction, and returns nothing: for a
+/// caller that must wait for any recomputation of these triples in flight
+/// before it reads their dirty marks (`analytics::refresh`). Taking them
+/// again later in the same transaction does not wait.
+pub async fn lock(conn: &mut PgConnection, schema: &str, ids: &[&str]) -> Result<(), sqlx::Error> {
+    lock_pairs(conn, schema, ids, &[]).await.map(drop)
+}
 
-/// Takes the pair locks (see the module doc) of the existing triples among
-/// `ids` and of `removed`, in the caller's transaction. `analytics::refresh`
-/// takes them before it reads the dirty marks a second time, so that a
-/// recomputation of these triples in flight has committed by then.
-pub async fn lock(
+/// Takes the pair locks of the existing triples among `ids` and of
+/// `removed`; returns their subjects, predicates and objects.
+async fn lock_pairs(
     conn: &mut PgConnection,
     schema: &str,
     ids: &[&str],
     removed: &[RemovedTriple],
-) -> Result<Locked, sqlx::Error> {
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     // Subject, predicate, object of the triples that exist.
     let mut spo: Vec<(String, String, String)> = sqlx::query_as(
         r#"SELECT t.subject_id, t.predicate_id, t.object_id
@@ -383,5 +368,5 @@ pub async fn lock(
             .map(|(s, p, _)| lock::stripe(&[s, ":", p], lock::PAIR_STRIPES)),
     );
     locks.take(&mut *conn).await?;
-    Ok(Locked(spo))
+    Ok(spo)
 }

@@ -218,7 +218,7 @@ async fn a_pass_behind_another_recomputes_only_what_is_still_marked() {
     let ids: Vec<&str> = marked.iter().map(String::as_str).collect();
 
     let mut first = db.pool.begin().await.unwrap();
-    let locked = writer::analytics::recompute::lock(&mut first, schema.as_str(), &ids, &[])
+    writer::analytics::recompute::lock(&mut first, schema.as_str(), &ids)
         .await
         .unwrap();
     let first_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -245,7 +245,7 @@ async fn a_pass_behind_another_recomputes_only_what_is_still_marked() {
             .ok_or_else(|| "the second pass is not waiting for the first".to_owned())
     })
     .await;
-    writer::analytics::recompute::recompute_locked(&mut first, &ids, &locked, false)
+    writer::analytics::recompute::recompute(&mut first, db.name().as_str(), &ids, &[], false)
         .await
         .unwrap();
     sqlx::query("DELETE FROM analytics_dirty")
