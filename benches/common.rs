@@ -143,6 +143,37 @@ pub async fn metrics_text(port: u16) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The samples of several processes' metrics added up, key by key (in the
+/// order first seen, so histogram buckets stay in order): counters,
+/// histograms and sums of all writer processes of a run.
+pub fn added_up(texts: &[String]) -> String {
+    let mut keys: Vec<&str> = Vec::new();
+    let mut totals: std::collections::HashMap<&str, f64> = Default::default();
+    let bodies = texts.iter().map(|t| {
+        t.split_once("\r\n\r\n")
+            .map_or(t.as_str(), |(_, body)| body)
+    });
+    for line in bodies.flat_map(str::lines) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        if line.starts_with('#') {
+            continue;
+        }
+        let total = totals.entry(key).or_insert_with(|| {
+            keys.push(key);
+            0.0
+        });
+        *total += value;
+    }
+    keys.iter()
+        .map(|k| format!("{k} {}\n", totals[k]))
+        .collect()
+}
+
 /// `name{labels} value` lines of a metric family.
 pub fn samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
     text.lines()

@@ -105,7 +105,6 @@ async fn main() {
     let ports: Vec<u16> = (0..args.writers.max(1))
         .map(|_| private::free_port())
         .collect();
-    let port = ports[0];
     let commands: Vec<Command> = ports
         .iter()
         .enumerate()
@@ -214,7 +213,12 @@ async fn main() {
     peak_rss = peak_rss.max(peak_of(&pids));
     let writer_cpu: f64 = pids.iter().map(|&p| process_cpu_seconds(p)).sum();
     let pg_cpu = cpu_seconds("postgres") - pg_cpu_start;
-    let metrics = metrics_text(port).await;
+    let mut texts = Vec::new();
+    for port in &ports {
+        texts.push(metrics_text(*port).await);
+    }
+    // Figures of all writer processes, added up.
+    let metrics = added_up(&texts);
     drop(writers);
 
     let unique = workload.unique_events;
@@ -257,7 +261,7 @@ async fn main() {
     );
     println!("CPU: writer {writer_cpu:.1}s, postgres {pg_cpu:.1}s (all backends)");
     waits.print();
-    println!("where the time goes (sum over batches, seconds):");
+    println!("where the time goes (sum over batches and writer processes, seconds):");
     for (key, value) in samples(&metrics, "writer_stage_seconds_sum") {
         println!("  {key} = {value:.2}");
     }

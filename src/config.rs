@@ -802,7 +802,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting::new(
         "ANALYTICS_CATCH_UP_DELAY_MS",
         Kind::millis(0..=600_000, |c, d| c.analytics.catch_up_delay = d),
-        "while the writers are behind the streams (a backlog, a re-index), how long the analytics worker gathers dirty triples before recomputing them: how stale analytics may get during a catch-up (0: recompute as during steady load)",
+        "while the writers are behind the streams (a backlog, a re-index), how long the analytics worker gathers dirty triples before recomputing them: how stale analytics may get during a catch-up, up to one and a half delays plus a pass (a pass while the writers are still behind leaves triples dirty for less than half the delay to the next; ADR 0013); 0: recompute as during steady load",
     )
     .default("10000"),
     Setting::new(

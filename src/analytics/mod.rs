@@ -68,9 +68,10 @@ impl AnalyticsSender {
 
 /// Marks `triples` dirty (ADR 0002), in the caller's transaction: the batch
 /// that changed their vaults or created them. A new version on every mark
-/// tells the worker the triple changed again. `triples` come sorted and
-/// without repeats (callers keep the list for the channel too): concurrent
-/// batches lock mark rows in one order.
+/// tells the worker the triple changed again; `dirty_since` keeps the first
+/// mark's time (see [`Claim::Settled`]). `triples` come sorted and without
+/// repeats (callers keep the list for the channel too): concurrent batches
+/// lock mark rows in one order.
 pub(crate) async fn mark(
     conn: &mut sqlx::PgConnection,
     triples: &[String],
@@ -85,7 +86,7 @@ pub(crate) async fn mark(
     sqlx::query(
         "INSERT INTO analytics_dirty AS d (term_id) SELECT unnest($1::text[])
          ON CONFLICT (term_id) DO UPDATE
-             SET version = nextval('analytics_dirty_version'), marked_at = now()",
+             SET version = nextval('analytics_dirty_version')",
     )
     .bind(triples)
     .execute(conn)
@@ -98,6 +99,12 @@ pub(crate) async fn mark(
 pub enum Claim<'a> {
     /// These triples, if marked (the channel's hint).
     Listed(&'a [String]),
+    /// These triples, if marked and dirty for at least `age`; younger marks
+    /// are left as they are and returned in [`Refreshed::left`]. A catch-up
+    /// pass (see `worker`): each writer process's worker gathers the same
+    /// hot triples, and without this every process's pass recomputed them
+    /// again, a few seconds after another's (ADR 0013, third addendum).
+    Settled { ids: &'a [String], age: Duration },
     /// Up to `limit` marked triples after `after`, in id order (the sweep).
     After { after: &'a str, limit: usize },
 }
@@ -109,10 +116,17 @@ pub struct Refreshed {
     pub triples: usize,
     /// The highest dirty mark read (the sweep continues after it).
     pub last_mark: Option<String>,
+    /// Listed triples left marked because they were dirty for less than
+    /// the claim's age ([`Claim::Settled`]), in id order.
+    pub left: Vec<String>,
 }
 
 const MARKS_LISTED: &str =
     "SELECT term_id, version FROM analytics_dirty WHERE term_id = ANY($1::text[]) ORDER BY term_id";
+/// The listed marks, and whether each is younger than $2 seconds.
+const MARKS_SETTLED: &str =
+    "SELECT term_id, version, dirty_since > now() - $2 * interval '1 second'
+    FROM analytics_dirty WHERE term_id = ANY($1::text[]) ORDER BY term_id";
 const MARKS_AFTER: &str =
     "SELECT term_id, version FROM analytics_dirty WHERE term_id > $1 ORDER BY term_id LIMIT $2";
 
@@ -153,12 +167,29 @@ pub async fn refresh(
     prune: bool,
 ) -> Result<Refreshed, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let mut left = Vec::new();
     let marks: Vec<(String, i64)> = match claim {
         Claim::Listed(ids) => {
             sqlx::query_as(MARKS_LISTED)
                 .bind(ids)
                 .fetch_all(&mut *tx)
                 .await?
+        }
+        Claim::Settled { ids, age } => {
+            let read: Vec<(String, i64, bool)> = sqlx::query_as(MARKS_SETTLED)
+                .bind(ids)
+                .bind(age.as_secs_f64())
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut settled = Vec::with_capacity(read.len());
+            for (id, version, young) in read {
+                if young {
+                    left.push(id);
+                } else {
+                    settled.push((id, version));
+                }
+            }
+            settled
         }
         Claim::After { after, limit } => {
             sqlx::query_as(MARKS_AFTER)
@@ -192,6 +223,7 @@ pub async fn refresh(
         return Ok(Refreshed {
             triples: 0,
             last_mark,
+            left,
         });
     }
     recompute::recompute(&mut tx, schema, &ids, &[], prune).await?;
@@ -215,5 +247,6 @@ pub async fn refresh(
     Ok(Refreshed {
         triples: ids.len(),
         last_mark,
+        left,
     })
 }

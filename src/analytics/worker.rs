@@ -113,18 +113,24 @@ impl Worker {
                 }
             }
             self.take_queued(&mut pending, self.config.batch_size);
-            if pending.writers_behind() && !self.config.catch_up_delay.is_zero() {
+            let delay = self.config.catch_up_delay;
+            if pending.writers_behind() && !delay.is_zero() {
                 self.collect(&mut pending, &cancel).await;
             }
+            let age = pending.settle_age(delay);
             let mut ids: Vec<String> = pending.triples.drain().collect();
             ids.sort_unstable();
             let mut rest = ids.as_slice();
             while !rest.is_empty() && !cancel.is_cancelled() {
-                let Some((_, done)) = self.process_retrying(Scope::Listed(rest), &cancel).await
-                else {
+                let scope = Scope::Listed { ids: rest, age };
+                let Some((refreshed, done)) = self.process_retrying(scope, &cancel).await else {
                     return;
                 };
                 rest = &rest[done..];
+                // Marks left for being young wait for the next pass here
+                // (not for the sweep): it comes within a delay, or at once
+                // when the writers have caught up, and takes them all then.
+                pending.triples.extend(refreshed.left);
                 // Keep listening between batches: the writers' state stays
                 // current and the channel does not overflow.
                 self.take_queued(&mut pending, usize::MAX);
@@ -155,7 +161,11 @@ impl Worker {
     /// loses nothing (the next start sweeps them).
     async fn collect(&mut self, pending: &mut Pending, cancel: &CancellationToken) {
         let deadline = Instant::now() + self.config.catch_up_delay;
-        let most = self.config.batch_size.saturating_mul(CATCH_UP_BATCHES);
+        // Marks the last pass left for being young (`Pending::settle_age`)
+        // do not count against the new triples: they would end the
+        // gathering early, and the pass would find them young again.
+        let gathered = self.config.batch_size.saturating_mul(CATCH_UP_BATCHES);
+        let most = pending.triples.len().min(gathered) + gathered;
         metrics::counter!("writer_analytics_catch_ups_total").increment(1);
         while pending.triples.len() < most {
             let caught_up = pending
@@ -224,9 +234,13 @@ impl Worker {
             // A listed scope is cut to the current limit here, on every
             // attempt, since a failure shrinks it.
             let (claim, listed) = match scope {
-                Scope::Listed(ids) => {
+                Scope::Listed { ids, age } => {
                     let ids = &ids[..self.limit.min(ids.len())];
-                    (Claim::Listed(ids), ids.len())
+                    let claim = match age {
+                        Some(age) => Claim::Settled { ids, age },
+                        None => Claim::Listed(ids),
+                    };
+                    (claim, ids.len())
                 }
                 Scope::After(after) => (
                     Claim::After {
@@ -257,7 +271,7 @@ impl Worker {
                         // known: spacing the chunks out would only delay
                         // the rest.
                         let end_of_pass = match scope {
-                            Scope::Listed(ids) => listed == ids.len(),
+                            Scope::Listed { ids, .. } => listed == ids.len(),
                             Scope::After(_) => false,
                         };
                         self.pace(n, started, end_of_pass, cancel).await;
@@ -360,6 +374,26 @@ impl Pending {
             .is_some_and(|at| at.elapsed() < self.caught_up_after())
     }
 
+    /// Which marks a pass after a catch-up of `delay` takes: while the
+    /// writers are still behind (the gathering ended at its deadline or
+    /// its size), only those dirty for at least half the delay; once they
+    /// have caught up, all (None), so the analytics converge.
+    ///
+    /// Every writer process's worker gathers the hot triples its batches
+    /// dirty, and a backlog spreads every hot triple over all processes.
+    /// Without the age each process's pass recomputed them a few seconds
+    /// after another's: two processes recomputed about twice as often as
+    /// one. With it, a triple recomputed by one process (its mark cleared,
+    /// then set anew by the next change) is left by the other's pass that
+    /// comes soon after, and recomputed by the first pass half a delay
+    /// later: about once per delay, whatever the number of processes. Half,
+    /// not all of it: a process's own next pass comes a delay after its
+    /// last, so its hot triples, marked again right after that pass, are
+    /// older than the age by then with room to spare.
+    fn settle_age(&self, delay: Duration) -> Option<Duration> {
+        (self.writers_behind() && !delay.is_zero()).then(|| delay / 2)
+    }
+
     /// Whether a sweep tick should sweep. While the writers are behind,
     /// their marks are the triples being gathered (see `collect`): swept
     /// once per `delay` only, for the messages the channel dropped.
@@ -390,8 +424,12 @@ const CATCH_UP_BATCHES: usize = 25;
 /// What a worker batch looks at.
 #[derive(Debug, Clone, Copy)]
 enum Scope<'a> {
-    /// Triples a committed batch announced.
-    Listed(&'a [String]),
+    /// Triples committed batches announced; with an `age`, only those
+    /// dirty for that long ([`Claim::Settled`]).
+    Listed {
+        ids: &'a [String],
+        age: Option<Duration>,
+    },
     /// Marks after this id (the sweep).
     After(&'a str),
 }
@@ -454,6 +492,22 @@ mod tests {
         );
         pending.swept_at = Instant::now();
         assert!(pending.sweep_due(Duration::ZERO), "no deferral: always");
+    }
+
+    #[test]
+    fn a_pass_while_the_writers_are_behind_takes_only_settled_marks() {
+        let delay = Duration::from_secs(10);
+        let mut pending = Pending::new();
+        assert_eq!(pending.settle_age(delay), None, "never behind: all");
+        pending.take(dirtied(&["0x01"], true));
+        assert_eq!(pending.settle_age(delay), Some(delay / 2));
+        assert_eq!(pending.settle_age(Duration::ZERO), None, "no deferral: all");
+        last_full_read_ago(&mut pending, CAUGHT_UP_MIN + Duration::from_millis(1));
+        assert_eq!(
+            pending.settle_age(delay),
+            None,
+            "caught up: the pass takes all, and the analytics converge"
+        );
     }
 
     /// `pending` with `behind_at` moved `ago` into the past.

@@ -266,8 +266,69 @@ async fn a_pass_behind_another_recomputes_only_what_is_still_marked() {
     assert_analytics(&db, &model_of(&workload.events())).await;
 }
 
+/// A catch-up pass takes only the marks dirty for at least its age and
+/// leaves the younger ones marked, returned for a later pass; a re-mark
+/// keeps the first mark's time, so a triple changed again and again during
+/// a backlog still comes due (ADR 0013, third addendum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_pass_leaves_young_marks_for_a_later_pass() {
+    let workload = generate(&testkit::workload::Spec::new(31, 600));
+    let mut events = workload.canonical_events();
+    events.sort_by_key(|e| e.chain.order());
+    let (early, late) = events.split_at(events.len() / 2);
+    let db = TestDb::new().await;
+    let rm = db.read_model();
+    rm.apply(early).await.unwrap();
+    db.execute("UPDATE analytics_dirty SET dirty_since = now() - interval '1 hour'")
+        .await;
+    let old = db.rows("SELECT term_id FROM analytics_dirty").await;
+    let version = db
+        .scalar_i64("SELECT max(version) FROM analytics_dirty")
+        .await;
+    rm.apply(late).await.unwrap();
+    let marked = db.rows("SELECT term_id FROM analytics_dirty").await;
+    let young: Vec<String> = marked
+        .iter()
+        .filter(|t| !old.contains(t))
+        .cloned()
+        .collect();
+    assert!(!young.is_empty(), "the late half marks new triples");
+    let still_old = format!(
+        "SELECT term_id FROM analytics_dirty WHERE dirty_since < now() - interval '30 minutes' AND version > {version}"
+    );
+    let remarked = db.rows(&still_old).await;
+    assert!(
+        !remarked.is_empty(),
+        "the late half marks some early triples again, and they keep their first mark's time"
+    );
+
+    let schema = db.name();
+    let age = Duration::from_secs(10);
+    let claim = writer::analytics::Claim::Settled { ids: &marked, age };
+    let refreshed = writer::analytics::refresh(&db.pool, schema.as_str(), claim, &[], false)
+        .await
+        .unwrap();
+    assert_eq!(refreshed.triples, old.len(), "the settled marks recomputed");
+    assert_eq!(refreshed.left, young, "the young ones returned");
+    assert_eq!(db.rows("SELECT term_id FROM analytics_dirty").await, young);
+
+    // The next pass, once the writers have caught up, takes them all.
+    let claim = writer::analytics::Claim::Listed(&marked);
+    let refreshed = writer::analytics::refresh(&db.pool, schema.as_str(), claim, &[], false)
+        .await
+        .unwrap();
+    assert_eq!((refreshed.triples, refreshed.left.len()), (young.len(), 0));
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM analytics_dirty").await,
+        0
+    );
+    assert_analytics(&db, &model_of(&workload.events())).await;
+}
+
 /// A catch-up longer than ANALYTICS_CATCH_UP_DELAY_MS still refreshes the
-/// analytics every delay: some are recomputed while the backlog lasts.
+/// analytics every delay: some are recomputed while the backlog lasts. The
+/// marks its passes leave for being young are taken by the worker's later
+/// passes, not left for the sweep (an hour away here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_catch_up_refreshes_every_delay() {
     let mut env = Env::new(26, 12_000).await;
@@ -279,6 +340,7 @@ async fn a_long_catch_up_refreshes_every_delay() {
             ("BATCH_SIZE", "4"),
             ("WORKERS", "1"),
             ("ANALYTICS_CATCH_UP_DELAY_MS", "300"),
+            ("ANALYTICS_SWEEP_INTERVAL_MS", "3600000"),
         ],
     ));
     eventually(DRAIN, Duration::from_millis(20), async || {
