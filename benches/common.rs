@@ -149,25 +149,17 @@ pub async fn metrics_text(port: u16) -> String {
 pub fn added_up(texts: &[String]) -> String {
     let mut keys: Vec<&str> = Vec::new();
     let mut totals: std::collections::HashMap<&str, f64> = Default::default();
-    let bodies = texts.iter().map(|t| {
-        t.split_once("\r\n\r\n")
-            .map_or(t.as_str(), |(_, body)| body)
-    });
-    for line in bodies.flat_map(str::lines) {
-        let Some((key, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        if line.starts_with('#') {
-            continue;
+    for text in texts {
+        // The metrics after the HTTP response's head.
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or(text.as_str(), |(_, b)| b);
+        for (key, value) in samples(body, "") {
+            *totals.entry(key).or_insert_with(|| {
+                keys.push(key);
+                0.0
+            }) += value;
         }
-        let total = totals.entry(key).or_insert_with(|| {
-            keys.push(key);
-            0.0
-        });
-        *total += value;
     }
     keys.iter()
         .map(|k| format!("{k} {}\n", totals[k]))
@@ -227,9 +219,18 @@ pub async fn recompute_all_analytics(pool: &PgPool, schema: &str) {
         .unwrap();
     let ids: Vec<&str> = triples.iter().map(String::as_str).collect();
     for chunk in ids.chunks(5000) {
-        refresh(pool, schema, Claim::Listed(&[]), chunk, true)
-            .await
-            .expect("analytics");
+        refresh(
+            pool,
+            schema,
+            Claim::Listed {
+                ids: &[],
+                age: None,
+            },
+            chunk,
+            true,
+        )
+        .await
+        .expect("analytics");
     }
 }
 

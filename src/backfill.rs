@@ -197,7 +197,10 @@ async fn rebuild_analytics(
     crate::analytics::refresh(
         pool,
         schema,
-        crate::analytics::Claim::Listed(&triples),
+        crate::analytics::Claim::Listed {
+            ids: &triples,
+            age: None,
+        },
         &refs,
         true,
     )

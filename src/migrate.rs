@@ -57,11 +57,6 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "block_indexes",
         include_str!("../migrations/0007_block_indexes.sql"),
     ),
-    (
-        8,
-        "dirty_since",
-        include_str!("../migrations/0008_dirty_since.sql"),
-    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

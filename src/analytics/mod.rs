@@ -68,8 +68,9 @@ impl AnalyticsSender {
 
 /// Marks `triples` dirty (ADR 0002), in the caller's transaction: the batch
 /// that changed their vaults or created them. A new version on every mark
-/// tells the worker the triple changed again; `dirty_since` keeps the first
-/// mark's time (see [`Claim::Settled`]). `triples` come sorted and without
+/// tells the worker the triple changed again; `marked_at` keeps the first
+/// mark's time, so a triple changed again and again still comes due for a
+/// catch-up pass (see [`Claim::Listed`]). `triples` come sorted and without
 /// repeats (callers keep the list for the channel too): concurrent batches
 /// lock mark rows in one order.
 pub(crate) async fn mark(
@@ -97,14 +98,17 @@ pub(crate) async fn mark(
 /// Which dirty marks a batch takes over.
 #[derive(Debug, Clone, Copy)]
 pub enum Claim<'a> {
-    /// These triples, if marked (the channel's hint).
-    Listed(&'a [String]),
-    /// These triples, if marked and dirty for at least `age`; younger marks
-    /// are left as they are and returned in [`Refreshed::left`]. A catch-up
+    /// These triples, if marked (the channel's hint); with an `age`, only
+    /// those marked at least that long ago: younger marks are left as they
+    /// are and returned in [`Refreshed::left`]. The age is for a catch-up
     /// pass (see `worker`): each writer process's worker gathers the same
-    /// hot triples, and without this every process's pass recomputed them
-    /// again, a few seconds after another's (ADR 0013, third addendum).
-    Settled { ids: &'a [String], age: Duration },
+    /// hot triples, and without it every process's pass could recompute
+    /// them again, a few seconds after another's (ADR 0013, third
+    /// addendum).
+    Listed {
+        ids: &'a [String],
+        age: Option<Duration>,
+    },
     /// Up to `limit` marked triples after `after`, in id order (the sweep).
     After { after: &'a str, limit: usize },
 }
@@ -116,17 +120,16 @@ pub struct Refreshed {
     pub triples: usize,
     /// The highest dirty mark read (the sweep continues after it).
     pub last_mark: Option<String>,
-    /// Listed triples left marked because they were dirty for less than
-    /// the claim's age ([`Claim::Settled`]), in id order.
+    /// Listed triples left marked because they were marked for less than
+    /// the claim's age ([`Claim::Listed`]), in id order.
     pub left: Vec<String>,
 }
 
+/// The listed marks, and whether each was marked less than $2 seconds ago
+/// (never, with $2 NULL).
 const MARKS_LISTED: &str =
-    "SELECT term_id, version FROM analytics_dirty WHERE term_id = ANY($1::text[]) ORDER BY term_id";
-/// The listed marks, and whether each is younger than $2 seconds.
-const MARKS_SETTLED: &str =
-    "SELECT term_id, version, dirty_since > now() - $2 * interval '1 second'
-    FROM analytics_dirty WHERE term_id = ANY($1::text[]) ORDER BY term_id";
+    "SELECT term_id, version, coalesce(marked_at > now() - $2 * interval '1 second', false)
+     FROM analytics_dirty WHERE term_id = ANY($1::text[]) ORDER BY term_id";
 const MARKS_AFTER: &str =
     "SELECT term_id, version FROM analytics_dirty WHERE term_id > $1 ORDER BY term_id LIMIT $2";
 
@@ -169,27 +172,21 @@ pub async fn refresh(
     let mut tx = pool.begin().await?;
     let mut left = Vec::new();
     let marks: Vec<(String, i64)> = match claim {
-        Claim::Listed(ids) => {
-            sqlx::query_as(MARKS_LISTED)
+        Claim::Listed { ids, age } => {
+            let read: Vec<(String, i64, bool)> = sqlx::query_as(MARKS_LISTED)
                 .bind(ids)
-                .fetch_all(&mut *tx)
-                .await?
-        }
-        Claim::Settled { ids, age } => {
-            let read: Vec<(String, i64, bool)> = sqlx::query_as(MARKS_SETTLED)
-                .bind(ids)
-                .bind(age.as_secs_f64())
+                .bind(age.map(|a| a.as_secs_f64()))
                 .fetch_all(&mut *tx)
                 .await?;
-            let mut settled = Vec::with_capacity(read.len());
+            let mut due = Vec::with_capacity(read.len());
             for (id, version, young) in read {
                 if young {
                     left.push(id);
                 } else {
-                    settled.push((id, version));
+                    due.push((id, version));
                 }
             }
-            settled
+            due
         }
         Claim::After { after, limit } => {
             sqlx::query_as(MARKS_AFTER)
@@ -206,10 +203,15 @@ pub async fn refresh(
     } else {
         let read: Vec<&str> = marks.iter().map(|(id, _)| id.as_str()).collect();
         recompute::lock(&mut tx, schema, &read).await?;
-        sqlx::query_as(MARKS_LISTED)
+        let again: Vec<(String, i64, bool)> = sqlx::query_as(MARKS_LISTED)
             .bind(&read)
+            .bind(None::<f64>)
             .fetch_all(&mut *tx)
-            .await?
+            .await?;
+        again
+            .into_iter()
+            .map(|(id, version, _)| (id, version))
+            .collect()
     };
     let mut ids: Vec<&str> = marks
         .iter()

@@ -236,11 +236,7 @@ impl Worker {
             let (claim, listed) = match scope {
                 Scope::Listed { ids, age } => {
                     let ids = &ids[..self.limit.min(ids.len())];
-                    let claim = match age {
-                        Some(age) => Claim::Settled { ids, age },
-                        None => Claim::Listed(ids),
-                    };
-                    (claim, ids.len())
+                    (Claim::Listed { ids, age }, ids.len())
                 }
                 Scope::After(after) => (
                     Claim::After {
@@ -426,7 +422,7 @@ const CATCH_UP_BATCHES: usize = 25;
 #[derive(Debug, Clone, Copy)]
 enum Scope<'a> {
     /// Triples committed batches announced; with an `age`, only those
-    /// dirty for that long ([`Claim::Settled`]).
+    /// marked that long ago ([`Claim::Listed`]).
     Listed {
         ids: &'a [String],
         age: Option<Duration>,

@@ -228,7 +228,10 @@ async fn a_pass_behind_another_recomputes_only_what_is_still_marked() {
     let second = tokio::spawn({
         let (pool, marked) = (db.pool.clone(), marked.clone());
         async move {
-            let claim = writer::analytics::Claim::Listed(&marked);
+            let claim = writer::analytics::Claim::Listed {
+                ids: &marked,
+                age: None,
+            };
             writer::analytics::refresh(&pool, schema.as_str(), claim, &[], false).await
         }
     });
@@ -279,7 +282,7 @@ async fn a_catch_up_pass_leaves_young_marks_for_a_later_pass() {
     let db = TestDb::new().await;
     let rm = db.read_model();
     rm.apply(early).await.unwrap();
-    db.execute("UPDATE analytics_dirty SET dirty_since = now() - interval '1 hour'")
+    db.execute("UPDATE analytics_dirty SET marked_at = now() - interval '1 hour'")
         .await;
     let old = db.rows("SELECT term_id FROM analytics_dirty").await;
     let version = db
@@ -294,7 +297,7 @@ async fn a_catch_up_pass_leaves_young_marks_for_a_later_pass() {
         .collect();
     assert!(!young.is_empty(), "the late half marks new triples");
     let still_old = format!(
-        "SELECT term_id FROM analytics_dirty WHERE dirty_since < now() - interval '30 minutes' AND version > {version}"
+        "SELECT term_id FROM analytics_dirty WHERE marked_at < now() - interval '30 minutes' AND version > {version}"
     );
     let remarked = db.rows(&still_old).await;
     assert!(
@@ -304,7 +307,10 @@ async fn a_catch_up_pass_leaves_young_marks_for_a_later_pass() {
 
     let schema = db.name();
     let age = Duration::from_secs(10);
-    let claim = writer::analytics::Claim::Settled { ids: &marked, age };
+    let claim = writer::analytics::Claim::Listed {
+        ids: &marked,
+        age: Some(age),
+    };
     let refreshed = writer::analytics::refresh(&db.pool, schema.as_str(), claim, &[], false)
         .await
         .unwrap();
@@ -313,7 +319,10 @@ async fn a_catch_up_pass_leaves_young_marks_for_a_later_pass() {
     assert_eq!(db.rows("SELECT term_id FROM analytics_dirty").await, young);
 
     // The next pass, once the writers have caught up, takes them all.
-    let claim = writer::analytics::Claim::Listed(&marked);
+    let claim = writer::analytics::Claim::Listed {
+        ids: &marked,
+        age: None,
+    };
     let refreshed = writer::analytics::refresh(&db.pool, schema.as_str(), claim, &[], false)
         .await
         .unwrap();
