@@ -96,8 +96,7 @@ async fn main() {
     let group = format!("{tag}_group");
 
     let redis = writer::redis_client::open(&redis_url(), &Default::default()).expect("redis url");
-    let mut conn = redis
-        .get_multiplexed_async_connection()
+    let mut conn = testkit::publisher(&redis)
         .await
         .expect("redis (scripts/services.sh)");
     let db = pool(&schema).await;

@@ -69,13 +69,10 @@ fn streams() -> Spec {
 
 async fn redis_conn(url: &str) -> Option<redis::aio::MultiplexedConnection> {
     let client = writer::redis_client::open(url, &Default::default()).ok()?;
-    tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .ok()?
-    .ok()
+    tokio::time::timeout(Duration::from_secs(2), testkit::publisher(&client))
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Publishes minute after minute at the rate, riding out Redis restarts.

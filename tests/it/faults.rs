@@ -79,7 +79,7 @@ async fn survives_dependency_faults_without_restart() {
     redis.start_again().await;
     writer.wait_health(200, Duration::from_secs(30)).await;
     let client = redis::Client::open(redis.url()).unwrap();
-    env.redis = client.get_multiplexed_async_connection().await.unwrap();
+    env.redis = testkit::publisher(&client).await.unwrap();
     env.publish(slices[2]).await;
 
     // 3. The writer's connections terminated from the server side.

@@ -239,7 +239,7 @@ async fn passwords_never_leak() {
     let workload = generate(&env.spec);
     let redis_url = format!("redis://:{redis_secret}@127.0.0.1:{port}");
     let client = writer::redis_client::open(&redis_url, &Default::default()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = testkit::publisher(&client).await.unwrap();
     let () = env
         .spec
         .xadd(&workload.entries)

@@ -97,7 +97,7 @@ impl Env {
         let prefix = format!("{}_", unique_name("s"));
         let spec = spec.with_stream_prefix(&prefix);
         let client = writer::redis_client::open(redis_url, tls).unwrap();
-        let redis = client.get_multiplexed_async_connection().await.unwrap();
+        let redis = testkit::publisher(&client).await.unwrap();
         Env {
             db: TestDb::new_at(database).await,
             group: format!("{prefix}group"),
