@@ -200,12 +200,13 @@ impl Shared {
         let block_ms = self.config.block.as_millis() as u64;
         let new_ids = vec![">"; self.streams.len()];
         // New entries are read one stream at a time, in turn, without
-        // blocking: a read is one batch of one event type (memory bounded
-        // by the batch, cascades that touch fewer tables). When a whole
-        // round finds nothing, one blocking read over every stream (a
-        // little of each) waits for the next entry. A reorg notice read
-        // while caught up brings the other streams' copies along
-        // (`read_other_copies`, ADR 0014).
+        // blocking: behind, a read is one batch of one event type (memory
+        // bounded by the batch, cascades that touch fewer tables). When a
+        // whole round finds nothing, one blocking read over every stream (a
+        // little of each) waits for the next entry. A read that catches up
+        // brings along what the other streams hold (`read_other_streams`,
+        // ADR 0018): a block's entries, and a reorg notice's copies
+        // (ADR 0014), in one batch.
         let n = self.streams.len();
         let (mut turn, mut empty_reads) = (0usize, 0usize);
         while !cancel.is_cancelled() {
@@ -301,7 +302,7 @@ impl Shared {
                     let mut behind = behind;
                     let mut broken = None;
                     if !reading_pending && !behind {
-                        match self.read_other_copies(c, &mut entries).await {
+                        match self.read_other_streams(c, &mut entries).await {
                             Ok(full) => behind = full,
                             Err(e) => broken = Some(e),
                         }
@@ -324,29 +325,28 @@ impl Shared {
         }
     }
 
-    /// When a read that was not full holds a reorg notice, reads what the
-    /// streams absent from it hold now, into the same batch; returns
-    /// whether one of them came back full (more waiting: behind).
+    /// When a read that was not full found entries, reads what the streams
+    /// absent from it hold now, into the same batch; returns whether one of
+    /// them came back full (more waiting: behind).
     ///
-    /// rindexer sends a notice to every stream at once. Read one stream at a
-    /// time, each copy would be a batch of its own and a transaction of its
-    /// own, each waiting for the exclusive reorg lock (so for every batch in
-    /// flight) and each rebuilding what its stream's abandoned events fed,
-    /// while every other batch waits: at a steady rate, most of what a
-    /// reorg adds to the latency (benches/README.md). The copies in one
-    /// batch apply in one transaction (`Ingest`). Entries after a copy come
-    /// along; within a batch notices apply first and their meaning is
-    /// positional (ADR 0009), so this is only an earlier read. Only when
-    /// caught up: behind, the other streams' copies are further down.
-    async fn read_other_copies(
+    /// rindexer XADDs a block's events as one entry per event type, each on
+    /// its own stream from a task of its own, close together, and a reorg
+    /// notice to every stream at once.
+    /// Read one stream at a time, each would be a batch and a transaction
+    /// of its own: at a steady rate that is a transaction per entry, each
+    /// paying the round trips of a batch, the deposit's waiting for its
+    /// SharePriceChanged's term locks, and a notice's copies each waiting
+    /// for the exclusive reorg lock while every other batch waits (ADR 0014,
+    /// ADR 0018; benches/README.md). Within a batch notices apply first and
+    /// their meaning is positional (ADR 0009), so this is only an earlier
+    /// read. Only when caught up: behind, the other streams' entries are
+    /// read in their turn, a batch of one event type each.
+    async fn read_other_streams(
         &self,
         conn: &mut MultiplexedConnection,
         entries: &mut Vec<StreamEntry>,
     ) -> redis::RedisResult<bool> {
-        if !entries
-            .iter()
-            .any(|e| crate::decode::may_hold_reorg_notice(e.field_pairs()))
-        {
+        if entries.is_empty() {
             return Ok(false);
         }
         let others: Vec<Arc<str>> = self

@@ -30,20 +30,6 @@ pub const PAYLOAD_FIELDS: [&str; 3] = ["payload", "data", "event_data"];
 /// `event_name` of rindexer's chain reorganisation notices.
 pub const REORG_EVENT_NAME: &str = "__rindexer_reorg";
 
-/// Whether an entry may be a reorg notice, without decoding it: its payload
-/// (the field [`select_payload`] picks, as decoding does) spells
-/// [`REORG_EVENT_NAME`]. A hint for the reader (it then reads the other
-/// streams' copies into the same batch), never a decision: a false positive
-/// costs one read, a false negative (the name escaped in the JSON) leaves
-/// the copies to later batches, and decoding decides what the entry is.
-pub fn may_hold_reorg_notice<'e, I>(fields: I) -> bool
-where
-    I: IntoIterator<Item = (&'e str, &'e [u8])> + Clone,
-{
-    let name = REORG_EVENT_NAME.as_bytes();
-    select_payload(fields).is_ok_and(|(_, payload)| payload.windows(name.len()).any(|w| w == name))
-}
-
 /// Picks the JSON-carrying field of a stream entry: the first of
 /// [`PAYLOAD_FIELDS`] that is present.
 pub fn select_payload<'e, I>(fields: I) -> Result<(&'static str, &'e [u8]), DecodeError>

@@ -229,29 +229,6 @@ fn network_falls_back_to_the_envelope() {
     );
 }
 
-/// The reader's hint: a notice's entry is recognised in whichever payload
-/// field carries it, an event's is not, nor a notice in a field decoding
-/// would not read; the hint never decides (decoding does).
-#[test]
-fn reorg_notice_hint() {
-    let notice = envelope(
-        REORG_EVENT_NAME,
-        json!([{"type": "reorg", "network": "n", "fork_block": 16, "depth": 2,
-                "affected_tx_hashes": []}]),
-    );
-    let event = envelope("Deposited", deposited());
-    let hint = |field: &str, payload: &str| {
-        may_hold_reorg_notice([("other", b"x".as_slice()), (field, payload.as_bytes())])
-    };
-    for field in PAYLOAD_FIELDS {
-        assert!(hint(field, &notice), "{field}");
-        assert!(!hint(field, &event), "{field}");
-    }
-    assert!(!may_hold_reorg_notice(std::iter::empty()));
-    assert!(!hint("payload", "__rindexer_reo"));
-    assert!(!hint("other_field", &notice));
-}
-
 #[test]
 fn reorg_notice() {
     let payload = envelope(

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use testkit::workload::{Entry, Workload, generate};
+use testkit::workload::{Entry, Spec, Workload, generate};
 
 use crate::support::TestDb;
 use crate::support::proxy::Proxy;
-use crate::support::service::{Env, Writer, assert_core_exact, eventually, json_body, writer_once};
+use crate::support::service::{
+    Env, Writer, assert_core_exact, assert_exact, eventually, json_body, writer_once,
+};
 
 /// A generated workload XADDed to the five streams ends in exactly the
 /// tables the same events give when applied directly.
@@ -194,6 +196,100 @@ async fn three_writers_in_one_group() {
         busy >= 2,
         "the load was not shared: {busy} writer(s) committed batches"
     );
+}
+
+/// A block's entries (rindexer XADDs one per event type, each on its
+/// stream) that are waiting when a caught-up writer next reads apply in one
+/// transaction, not one per stream (ADR 0018); the tables stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocks_entries_waiting_for_a_caught_up_writer_apply_in_one_transaction() {
+    let mut env = Env::for_spec(Spec::rindexer(38, 800, 0)).await;
+    let workload = generate(&env.spec);
+    // A block past the first hundred entries whose entries follow each
+    // other on at least three streams, none of them a repeat.
+    let entries = &workload.entries;
+    let (start, end) = (100..entries.len())
+        .filter(|&i| entries[i].block != entries[i - 1].block)
+        .map(|i| {
+            let len = entries[i..]
+                .iter()
+                .take_while(|e| e.block == entries[i].block)
+                .count();
+            (i, i + len)
+        })
+        .find(|&(i, j)| {
+            let block = &entries[i..j];
+            let mut streams: Vec<usize> = block.iter().map(|e| e.stream).collect();
+            streams.sort_unstable();
+            streams.dedup();
+            streams.len() >= 3 && block.iter().all(|e| !e.duplicate && e.events > 0)
+        })
+        .expect("a block with entries on three streams");
+    let block = entries[start].block;
+    let mut vars = env.writer_env("w1");
+    vars.insert("WORKERS".into(), "1".into());
+    let _writer = Writer::start(&vars);
+    env.publish(&entries[..start - 2]).await;
+    env.wait_streams_drained().await;
+    // Caught up, then busy: the one worker's batch waits for the reorg
+    // lock, the next batch read waits for the worker, and the reader waits
+    // for them while the block's entries arrive.
+    let mut reorg = env.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(writer::lock::key(
+            &env.db.schema,
+            writer::lock::Domain::Reorg,
+            "",
+        ))
+        .execute(&mut *reorg)
+        .await
+        .unwrap();
+    for (i, entry) in entries[start - 2..start].iter().enumerate() {
+        env.publish([entry]).await;
+        eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            async || {
+                let mut pending = 0;
+                for s in env.spec.streams.clone() {
+                    let info = writer::stream::group_info(&mut env.redis, &s, &env.group).await;
+                    pending += info.ok().flatten().map_or(0, |g| g.pending);
+                }
+                match pending {
+                    p if p == i as u64 + 1 => Ok(()),
+                    p => Err(format!("{p} entries read")),
+                }
+            },
+        )
+        .await;
+    }
+    env.publish(&entries[start..end]).await;
+    reorg.commit().await.unwrap();
+    env.wait_streams_drained().await;
+    let tables = [
+        "atom_created_events",
+        "triple_created_events",
+        "deposited_events",
+        "redeemed_events",
+        "share_price_changed_events",
+        "generic_events",
+    ];
+    let rows = tables
+        .map(|t| format!("SELECT xmin::text AS x FROM {t} WHERE block_number = {block}"))
+        .join(" UNION ALL ");
+    let transactions = env
+        .db
+        .scalar_i64(&format!("SELECT count(DISTINCT x) FROM ({rows}) r"))
+        .await;
+    assert_eq!(
+        transactions,
+        1,
+        "the {} entries of block {block} took {transactions} transactions",
+        end - start
+    );
+    env.publish(&entries[end..]).await;
+    env.wait_drained().await;
+    assert_exact(&env.db, &workload).await;
 }
 
 /// Postgres unreachable for a few seconds under load: the writer stops
