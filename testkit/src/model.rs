@@ -27,6 +27,9 @@ pub const TABLES: &[&str] = &[
     "subject_predicate",
 ];
 
+/// The event tables: the first six of [`TABLES`].
+pub const EVENT_TABLES: &[&str] = TABLES.split_at(6).0;
+
 #[derive(Default, Clone, Copy, Debug)]
 struct Position {
     shares: u128,

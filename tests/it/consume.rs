@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use testkit::model::EVENT_TABLES;
 use testkit::workload::{Entry, Spec, Workload, generate};
 
 use crate::support::TestDb;
@@ -246,37 +247,16 @@ async fn a_blocks_entries_waiting_for_a_caught_up_writer_apply_in_one_transactio
         .unwrap();
     for (i, entry) in entries[start - 2..start].iter().enumerate() {
         env.publish([entry]).await;
-        eventually(
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            async || {
-                let mut pending = 0;
-                for s in env.spec.streams.clone() {
-                    let info = writer::stream::group_info(&mut env.redis, &s, &env.group).await;
-                    pending += info.ok().flatten().map_or(0, |g| g.pending);
-                }
-                match pending {
-                    p if p == i as u64 + 1 => Ok(()),
-                    p => Err(format!("{p} entries read")),
-                }
-            },
-        )
-        .await;
+        env.wait_pending(i as u64 + 1).await;
     }
     env.publish(&entries[start..end]).await;
     reorg.commit().await.unwrap();
     env.wait_streams_drained().await;
-    let tables = [
-        "atom_created_events",
-        "triple_created_events",
-        "deposited_events",
-        "redeemed_events",
-        "share_price_changed_events",
-        "generic_events",
-    ];
-    let rows = tables
+    let rows: Vec<String> = EVENT_TABLES
+        .iter()
         .map(|t| format!("SELECT xmin::text AS x FROM {t} WHERE block_number = {block}"))
-        .join(" UNION ALL ");
+        .collect();
+    let rows = rows.join(" UNION ALL ");
     let transactions = env
         .db
         .scalar_i64(&format!("SELECT count(DISTINCT x) FROM ({rows}) r"))

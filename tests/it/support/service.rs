@@ -281,14 +281,46 @@ impl Env {
     /// Lag + pending of the group over all streams (None if a group is
     /// missing).
     pub async fn backlog(&mut self) -> Option<u64> {
-        let mut total = 0;
+        let groups = self.groups().await?;
+        Some(
+            groups
+                .iter()
+                .map(|g| g.lag.unwrap_or(u64::MAX / 8) + g.pending)
+                .sum(),
+        )
+    }
+
+    /// The group's state on each stream (None if a group is missing).
+    async fn groups(&mut self) -> Option<Vec<writer::stream::GroupInfo>> {
+        let mut groups = Vec::new();
         for s in self.spec.streams.clone() {
-            let info = writer::stream::group_info(&mut self.redis, &s, &self.group)
-                .await
-                .ok()??;
-            total += info.lag.unwrap_or(u64::MAX / 8) + info.pending;
+            groups.push(
+                writer::stream::group_info(&mut self.redis, &s, &self.group)
+                    .await
+                    .ok()??,
+            );
         }
-        Some(total)
+        Some(groups)
+    }
+
+    /// Waits until `n` entries over all streams are delivered to the group
+    /// and not yet acknowledged.
+    pub async fn wait_pending(&mut self, n: u64) {
+        eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            async || {
+                let pending: Option<u64> = self
+                    .groups()
+                    .await
+                    .map(|g| g.iter().map(|g| g.pending).sum());
+                match pending {
+                    Some(p) if p == n => Ok(()),
+                    p => Err(format!("{p:?} entries pending, not {n}")),
+                }
+            },
+        )
+        .await;
     }
 
     /// Waits until every entry is acknowledged (analytics aside).
